@@ -1,0 +1,61 @@
+"""The ``bartops`` command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bartops.config import load_params, section
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="bartops: BaRT-style home-page personalisation.")
+
+
+@app.callback()
+def _root() -> None:
+    """bartops: BaRT-style home-page personalisation (simulate, validate, train, evaluate, serve)."""
+
+
+@app.command()
+def simulate(
+    impressions: Optional[int] = typer.Option(None, help="logged impressions (default: params sim.impressions)"),
+    seed: Optional[int] = typer.Option(None, help="random seed (default: params seed)"),
+    out: Optional[Path] = typer.Option(None, help="output folder (default: params paths.data)"),
+    params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
+    summary_json: Optional[Path] = typer.Option(None, help="also write the summary as JSON here"),
+) -> None:
+    """Simulate a music service: catalog, users, history, and one logged impression batch."""
+    from bartops.sim import SimParams, World, simulate as run_simulation
+    from bartops.sim.store import format_summary, summarise, write_simulation
+
+    params = load_params(params_file)
+    sim = dict(section(params, "sim"))
+    if impressions is not None:
+        sim["impressions"] = impressions
+    seed = int(params.get("seed", 0) if seed is None else seed)
+    out = Path(out or params.get("paths", {}).get("data", "data"))
+    pol = section(params, "policy")
+    try:
+        sim_params = SimParams.from_dict(sim)
+        world = World.generate(sim_params, seed)
+        data = run_simulation(world, sim_params.impressions, pol["shelves"], pol["cards"],
+                              pol["epsilon_head"], pol["epsilon_fill"], seed)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    paths = write_simulation(data, out, batch_name=f"sim-seed{seed}")
+    summary = summarise(data, pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed=seed)
+    typer.echo(format_summary(summary))
+    typer.echo(f"world and history: {paths['world']}\nimpression batch:  {paths['batch']}")
+    if summary_json:
+        summary_json.parent.mkdir(parents=True, exist_ok=True)
+        summary_json.write_text(json.dumps(summary, indent=2))
+
+
+def main() -> None:  # pragma: no cover - console entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,38 @@
+"""Request context shared by the simulator, features and serving: regions, platforms, local hour."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+REGIONS: tuple[str, ...] = ("SE", "US", "GB", "DE", "BR", "JP", "IN", "MX")
+REGION_UTC_OFFSET_HOURS: dict[str, int] = {
+    "SE": 1, "US": -5, "GB": 0, "DE": 1, "BR": -3, "JP": 9, "IN": 5, "MX": -6,
+}
+PLATFORMS: tuple[str, ...] = ("ios", "android", "desktop", "web")
+
+
+def region_code(region: pd.Series | np.ndarray) -> np.ndarray:
+    """Integer code of each region; raises ValueError naming unknown regions."""
+    return _codes(region, REGIONS, "region")
+
+
+def platform_code(platform: pd.Series | np.ndarray) -> np.ndarray:
+    """Integer code of each platform; raises ValueError naming unknown platforms."""
+    return _codes(platform, PLATFORMS, "platform")
+
+
+def _codes(values, vocabulary: tuple[str, ...], name: str) -> np.ndarray:
+    cat = pd.Categorical(np.asarray(values, dtype=object), categories=list(vocabulary))
+    codes = np.asarray(cat.codes, dtype=np.int64)
+    if (codes < 0).any():
+        bad = sorted({str(v) for v, c in zip(np.asarray(values, dtype=object), codes) if c < 0})[:5]
+        raise ValueError(f"unknown {name} value(s) {bad}; expected one of {list(vocabulary)}")
+    return codes
+
+
+def local_hour(timestamp: pd.Series, region: pd.Series | np.ndarray) -> np.ndarray:
+    """Local hour of day (0-23) of UTC timestamps in each region."""
+    ts = pd.to_datetime(pd.Series(timestamp), utc=True)
+    offsets = np.array([REGION_UTC_OFFSET_HOURS[r] for r in REGIONS])[region_code(region)]
+    return ((ts.dt.hour.to_numpy() + offsets) % 24).astype(np.int64)

@@ -1,0 +1,14 @@
+"""The BaRT page policy (``page``)."""
+
+from bartops.policy.page import (
+    EMPTY,
+    CandidateSet,
+    PagePolicy,
+    Pages,
+    build_pages,
+    logged_choice_probabilities,
+    slot_marginals,
+)
+
+__all__ = ["EMPTY", "CandidateSet", "PagePolicy", "Pages", "build_pages",
+           "logged_choice_probabilities", "slot_marginals"]

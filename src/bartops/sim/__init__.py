@@ -1,0 +1,14 @@
+"""Simulated music service with ground truth (see ``world`` and ``simulate``)."""
+
+from bartops.sim.simulate import (
+    SimulatedData,
+    logging_policy,
+    oracle_policy,
+    sample_contexts,
+    simulate,
+    true_value,
+)
+from bartops.sim.world import SimParams, World
+
+__all__ = ["SimParams", "World", "SimulatedData", "simulate", "true_value", "oracle_policy",
+           "logging_policy", "sample_contexts"]

@@ -1,0 +1,275 @@
+"""A seeded music service with known ground truth: catalog, users, listening history, stream model.
+
+The true probability that a user streams a card is
+
+    P(stream) = examination(shelf, position) · sigmoid(logit)
+    logit = base + taste·⟨user, item⟩ + popularity·z(log popularity)
+            + explanation·response[user, kind] + context·(platform×kind + hour×energy)
+
+so rewards depend on taste, the explanation, the context (platform, local hour) and the slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bartops.context import PLATFORMS, REGIONS, local_hour, platform_code
+from bartops.features.candidates import EXPLANATION_KINDS, explanation_table
+from bartops.policy.page import CandidateSet
+
+GENRES = ("pop", "rock", "hip-hop", "electronic", "jazz", "classical", "indie", "metal", "latin",
+          "r&b", "country", "folk", "k-pop", "reggae", "blues", "soul")
+MOODS = ("chill", "energetic", "happy", "melancholy", "focus", "party", "romantic", "dark")
+_SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sa", "li", "nu", "bel", "dro", "fa", "xi", "mon",
+              "ter", "qui", "zan", "pe", "ro", "da")
+LATENT_DIM = 8
+
+
+@dataclass(frozen=True)
+class SimParams:
+    """Sizes and effect strengths of the simulated world (``params.yaml`` → ``sim:``)."""
+
+    impressions: int = 200_000
+    users: int = 4000
+    artists: int = 400
+    items: int = 6000
+    genres: int = 12
+    moods: int = 6
+    history_plays_per_user: int = 60
+    window_days: int = 7
+    window_end: str = "2026-11-01T00:00:00Z"
+    position_decay_shelf: float = 0.35
+    position_decay_card: float = 0.25
+    base_logit: float = -2.6
+    taste_weight: float = 1.6
+    popularity_weight: float = 0.35
+    explanation_weight: float = 1.0
+    context_weight: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("impressions", "users", "artists", "items", "genres", "moods", "window_days"):
+            value = getattr(self, name)
+            if int(value) != value or value < 1:
+                raise ValueError(f"sim.{name} must be a positive integer, got {value!r}")
+        if self.history_plays_per_user < 1:
+            raise ValueError(f"sim.history_plays_per_user must be at least 1, got {self.history_plays_per_user!r}")
+        if self.genres > len(GENRES):
+            raise ValueError(f"sim.genres must be at most {len(GENRES)}, got {self.genres}")
+        if self.moods > len(MOODS):
+            raise ValueError(f"sim.moods must be at most {len(MOODS)}, got {self.moods}")
+        if self.artists > self.items:
+            raise ValueError(f"sim.artists ({self.artists}) must not exceed sim.items ({self.items})")
+        for name in ("position_decay_shelf", "position_decay_card"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"sim.{name} must be non-negative, got {getattr(self, name)!r}")
+
+    @staticmethod
+    def from_dict(values: dict) -> "SimParams":
+        known = {f.name for f in fields(SimParams)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown sim parameter(s) {unknown}")
+        return SimParams(**values)
+
+    @property
+    def window(self) -> tuple[pd.Timestamp, pd.Timestamp]:
+        end = pd.Timestamp(self.window_end)
+        end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+        return end - pd.Timedelta(days=self.window_days), end
+
+
+def _names(rng: np.random.Generator, n: int, parts: int, prefix: str = "") -> list[str]:
+    idx = rng.integers(0, len(_SYLLABLES), size=(n, parts))
+    words = ["".join(_SYLLABLES[j] for j in row).capitalize() for row in idx]
+    return [f"{prefix}{w} {i}" if prefix else f"{w}" for i, w in enumerate(words)]
+
+
+@dataclass
+class World:
+    """Catalog, users and the hidden stream model of a simulated music service."""
+
+    params: SimParams
+    seed: int
+    items: pd.DataFrame
+    users: pd.DataFrame
+    explanations: pd.DataFrame
+    item_vec: np.ndarray  # (items, d) latent taste vectors
+    user_vec: np.ndarray  # (users, d)
+    response: np.ndarray  # (users, kinds) response to each explanation kind
+    platform_kind: np.ndarray  # (platforms, kinds) context effect
+    user_platform_mix: np.ndarray  # (users, platforms)
+
+    # ------------------------------------------------------------------ generation
+    @staticmethod
+    def generate(params: SimParams, seed: int) -> "World":
+        """Draw a world from the seed; the same (params, seed) gives the same world."""
+        rng = np.random.default_rng(seed)
+        p = params
+        genres = list(GENRES[: p.genres])
+        moods = list(MOODS[: p.moods])
+        genre_centre = rng.normal(0, 1, (p.genres, LATENT_DIM))
+        genre_audio = rng.uniform(0.15, 0.85, (p.genres, 4))
+
+        artist_genre = rng.choice(p.genres, size=p.artists, p=_zipf(p.genres, 0.8))
+        artist_pop = rng.pareto(1.5, p.artists) + 0.05
+        artist_names = _names(rng, p.artists, 2)
+        artist_names = [f"{n} {suffix}" for n, suffix in zip(artist_names, rng.choice(
+            ["", "Band", "Collective", "& the Echoes", "Trio", "Project"], p.artists))]
+        artist_names = [n.strip() for n in artist_names]
+
+        # every artist gets at least one item; the rest go to popular artists more often
+        extra = rng.choice(p.artists, size=p.items - p.artists, p=artist_pop / artist_pop.sum())
+        item_artist = np.sort(np.concatenate([np.arange(p.artists), extra]))
+        same_genre = rng.random(p.items) < 0.9
+        item_genre = np.where(same_genre, artist_genre[item_artist], rng.integers(0, p.genres, p.items))
+        item_vec = genre_centre[item_genre] + rng.normal(0, 0.6, (p.items, LATENT_DIM))
+        item_vec /= np.sqrt(LATENT_DIM)
+        audio = np.clip(genre_audio[item_genre] + rng.normal(0, 0.12, (p.items, 4)), 0, 1)
+        item_mood = rng.integers(0, p.moods, p.items)
+        popularity = artist_pop[item_artist] * (rng.pareto(2.0, p.items) + 0.1)
+        popularity = popularity / popularity.max()
+        start, end = p.window
+        age_days = rng.exponential(900, p.items)
+        recent = rng.random(p.items) < 0.06
+        age_days[recent] = rng.uniform(1, 110, recent.sum())
+        release = (start - pd.to_timedelta(np.round(age_days), unit="D")).normalize()
+        album_of = item_artist * 100 + rng.integers(0, 4, p.items)
+        _, album_id = np.unique(album_of, return_inverse=True)
+        item_names = _names(rng, p.items, 3)
+        home_region = rng.choice(len(REGIONS), size=p.artists)[item_artist]
+        items = pd.DataFrame({
+            "item_id": np.arange(p.items, dtype=np.int64),
+            "name": item_names,
+            "artist_id": item_artist.astype(np.int64),
+            "artist": np.array(artist_names, dtype=object)[item_artist],
+            "album_id": album_id.astype(np.int64),
+            "album": [f"Album {a}" for a in album_id],
+            "genre": np.array(genres, dtype=object)[item_genre],
+            "mood": np.array(moods, dtype=object)[item_mood],
+            "release_date": release,
+            "popularity": popularity,
+            "home_region": np.array(REGIONS, dtype=object)[home_region],
+            "danceability": audio[:, 0],
+            "energy": audio[:, 1],
+            "valence": audio[:, 2],
+            "acousticness": audio[:, 3],
+            "tempo": 60 + 120 * audio[:, 1] + rng.normal(0, 8, p.items),
+            "tags": [f"{g},{m}" for g, m in zip(np.array(genres)[item_genre], np.array(moods)[item_mood])],
+        })
+        for col in ("name", "artist", "album", "genre", "mood", "home_region", "tags"):
+            items[col] = items[col].astype("string")
+
+        taste = rng.dirichlet(np.full(p.genres, 0.3), p.users)
+        user_vec = taste @ genre_centre + rng.normal(0, 0.5, (p.users, LATENT_DIM))
+        user_vec /= np.sqrt(LATENT_DIM)
+        region = rng.choice(len(REGIONS), size=p.users, p=_zipf(len(REGIONS), 0.5))
+        mix = rng.dirichlet(np.array([3.0, 3.0, 1.5, 1.0]), p.users)
+        kinds = len(EXPLANATION_KINDS)
+        kind_mean = np.array([0.6, 0.2, 0.0, -0.2, 0.1])
+        response = kind_mean + rng.normal(0, 0.5, (p.users, kinds))
+        platform_kind = rng.normal(0, 0.4, (len(PLATFORMS), kinds))
+        users = pd.DataFrame({
+            "user_id": np.arange(p.users, dtype=np.int64),
+            "region": pd.array(np.array(REGIONS, dtype=object)[region], dtype="string"),
+            "activity": rng.lognormal(0, 0.6, p.users),
+            **{f"share_{pl}": mix[:, j] for j, pl in enumerate(PLATFORMS)},
+        })
+        world = World(p, seed, items, users, pd.DataFrame(), item_vec, user_vec, response,
+                      platform_kind, mix)
+        world.explanations = explanation_table(items)
+        return world
+
+    # ------------------------------------------------------------------ ground truth
+    def taste_logit(self, user_id: np.ndarray, item_id: np.ndarray) -> np.ndarray:
+        """The part of the true logit that depends on user and item only."""
+        p = self.params
+        taste = np.einsum("ij,ij->i", self.user_vec[user_id], self.item_vec[item_id])
+        logpop = np.log(self.items["popularity"].to_numpy()[item_id])
+        z = (logpop - self._logpop_mean) / self._logpop_std
+        return p.base_logit + p.taste_weight * taste + p.popularity_weight * z
+
+    def taste_logit_matrix(self, user_id: np.ndarray) -> np.ndarray:
+        """``taste_logit`` of the given users against every item, shape (users, items)."""
+        p = self.params
+        z = (np.log(self.items["popularity"].to_numpy()) - self._logpop_mean) / self._logpop_std
+        return p.base_logit + p.taste_weight * (self.user_vec[user_id] @ self.item_vec.T) + p.popularity_weight * z
+
+    @property
+    def _logpop_mean(self) -> float:
+        return float(np.log(self.items["popularity"].to_numpy()).mean())
+
+    @property
+    def _logpop_std(self) -> float:
+        return float(np.log(self.items["popularity"].to_numpy()).std())
+
+    def relevance(self, contexts: pd.DataFrame, candidates: CandidateSet) -> np.ndarray:
+        """True P(stream) of each candidate at the top-left slot (examination 1)."""
+        p = self.params
+        rows = candidates.page
+        user = contexts["user_id"].to_numpy()[rows]
+        item = candidates.item_id
+        kind = self.explanation_kind_code[candidates.explanation]
+        platform = platform_code(contexts["platform"])[rows]
+        hour = local_hour(contexts["timestamp"], contexts["region"])[rows]
+        energy = self.items["energy"].to_numpy()[item]
+        ctx = self.platform_kind[platform, kind] + 1.5 * (energy - 0.5) * np.cos(2 * np.pi * (hour - 14) / 24)
+        logit = (self.taste_logit(user, item) + p.explanation_weight * self.response[user, kind]
+                 + p.context_weight * ctx)
+        return 1.0 / (1.0 + np.exp(-logit))
+
+    def examination(self, shelf: np.ndarray, position: np.ndarray) -> np.ndarray:
+        """Probability that a card at (shelf, position) is looked at (the position bias)."""
+        p = self.params
+        return (1.0 + np.asarray(shelf)) ** -p.position_decay_shelf * (1.0 + np.asarray(position)) ** -p.position_decay_card
+
+    @property
+    def explanation_kind_code(self) -> np.ndarray:
+        kinds = {k: i for i, k in enumerate(EXPLANATION_KINDS)}
+        return self.explanations["kind"].map(kinds).to_numpy(np.int64)
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, directory: Path) -> None:
+        """Write the catalog and users as parquet and the hidden truth as ``truth.npz``."""
+        directory.mkdir(parents=True, exist_ok=True)
+        _atomic_parquet(self.items, directory / "items.parquet")
+        _atomic_parquet(self.users, directory / "users.parquet")
+        _atomic_parquet(self.explanations, directory / "explanations.parquet")
+        tmp = directory / ".truth.npz.tmp"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, item_vec=self.item_vec, user_vec=self.user_vec, response=self.response,
+                     platform_kind=self.platform_kind, user_platform_mix=self.user_platform_mix,
+                     seed=np.array(self.seed), params=np.array(repr(asdict(self.params))))
+        tmp.replace(directory / "truth.npz")
+
+    @staticmethod
+    def load(directory: Path) -> "World":
+        """Read a world written by ``save``."""
+        import ast
+
+        directory = Path(directory)
+        if not (directory / "truth.npz").exists():
+            raise FileNotFoundError(f"no simulated world in {directory} (truth.npz missing)")
+        with np.load(directory / "truth.npz", allow_pickle=False) as z:
+            params = SimParams.from_dict(ast.literal_eval(str(z["params"])))
+            arrays = {k: z[k] for k in ("item_vec", "user_vec", "response", "platform_kind", "user_platform_mix")}
+            seed = int(z["seed"])
+        return World(params, seed, pd.read_parquet(directory / "items.parquet"),
+                     pd.read_parquet(directory / "users.parquet"),
+                     pd.read_parquet(directory / "explanations.parquet"),
+                     arrays["item_vec"], arrays["user_vec"], arrays["response"],
+                     arrays["platform_kind"], arrays["user_platform_mix"])
+
+
+def _zipf(n: int, a: float) -> np.ndarray:
+    w = 1.0 / np.arange(1, n + 1) ** a
+    return w / w.sum()
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    df.to_parquet(tmp, index=False)
+    tmp.replace(path)

@@ -53,6 +53,11 @@ def simulate(
         summary_json.write_text(json.dumps(summary, indent=2))
 
 
+from bartops.registry.cli import app as _registry_app  # noqa: E402
+
+app.add_typer(_registry_app, name="registry")
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

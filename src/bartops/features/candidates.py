@@ -152,3 +152,24 @@ def candidates_for_requests(table: pd.DataFrame, user_ids: np.ndarray) -> Candid
         n_pages=len(user_ids),
         choosable=np.ones(len(rows), bool),
     )
+
+
+def cold_start_table(
+    items: pd.DataFrame,
+    history: pd.DataFrame,
+    explanations: pd.DataFrame,
+    now: pd.Timestamp,
+    params: CandidateParams = CandidateParams(),
+) -> pd.DataFrame:
+    """(region, explanation, item_id): the candidates of a user the table does not know, per region.
+
+    The same pairs ``candidate_table`` gives a user without history: the region's popular items,
+    new releases, and the globally most played artists, genres and moods.
+    """
+    pseudo = pd.DataFrame({"user_id": -1 - np.arange(len(REGIONS), dtype=np.int64),
+                           "region": pd.array(list(REGIONS), dtype="string")})
+    empty = history.iloc[0:0]
+    # global top keys come from the whole history; a pseudo user has none of its own
+    table = candidate_table(pseudo, items, pd.concat([empty, history], ignore_index=True), explanations, now, params)
+    table["region"] = pd.array(np.array(REGIONS, dtype=object)[-1 - table["user_id"].to_numpy()], dtype="string")
+    return table[["region", "explanation", "item_id"]].reset_index(drop=True)

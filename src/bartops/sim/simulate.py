@@ -223,12 +223,13 @@ def simulate(world: World, n_impressions: int, shelves: int, cards: int,
     history = simulate_history(world, rng)
     start, _ = world.params.window
     table = candidate_table(world.users, world.items, history, world.explanations, now=start)
+    check_page_shape(table, shelves)
     policy = logging_policy(world, history, shelves, cards, epsilon_head, epsilon_fill)
     logs = simulate_impressions(world, history, table, policy, n_impressions, rng, batch=f"sim{seed}")
     return SimulatedData(world, history, table, logs)
 
 
-def check_page_shape(world: World, table: pd.DataFrame, shelves: int) -> None:
+def check_page_shape(table: pd.DataFrame, shelves: int) -> None:
     """Raise if pages cannot have ``shelves`` shelves: more shelves than a user's explanations."""
     per_user = table.groupby("user_id")["explanation"].nunique()
     if len(per_user) == 0:

@@ -1,0 +1,1 @@
+"""bartops benchmarks (python -m bench.<name>); results go to bench/results/."""

@@ -1,0 +1,496 @@
+"""The shared layer: affinities, co-listening embeddings, clusters, similar items and candidates.
+
+``build_features`` is pure (data frames in, a ``Features`` snapshot out); ``save_features`` writes
+the snapshot as parquet + npz + ``manifest.json`` (with a content hash as its version) atomically,
+and ``load_features`` reads it back.  No pickles.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from bartops.context import REGIONS, region_code
+from bartops.features.candidates import (
+    CandidateParams,
+    candidate_table,
+    candidates_for_requests,
+    cold_start_table,
+    explanation_table,
+    regional_popularity,
+)
+from bartops.policy.page import CandidateSet
+
+FORMAT_VERSION = 1
+SNAPSHOT_TABLES = ("items", "explanations", "users", "candidates", "cold_candidates",
+                   "user_artist", "user_genre", "user_mood", "user_item", "user_cluster",
+                   "similar_items", "item_stats")
+SNAPSHOT_ARRAYS = ("item_ids", "item_emb", "user_ids", "user_emb", "user_plays", "cluster")
+
+
+@dataclass(frozen=True)
+class FeatureParams:
+    """``params.yaml`` → ``features:``."""
+
+    half_life_days: float = 30.0
+    embedding_dim: int = 16
+    clusters: int = 24
+    similar_items: int = 10
+    now: str | None = None  # cut-off for "new releases"; None = the day after the last play
+    candidates: CandidateParams = field(default_factory=CandidateParams)
+
+    def __post_init__(self) -> None:
+        if not self.half_life_days > 0:
+            raise ValueError(f"features.half_life_days must be positive, got {self.half_life_days!r}")
+        for name in ("embedding_dim", "clusters", "similar_items"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise ValueError(f"features.{name} must be a positive integer, got {v!r}")
+
+    @staticmethod
+    def from_dict(values: dict[str, Any] | None) -> "FeatureParams":
+        values = dict(values or {})
+        known = {f.name for f in fields(FeatureParams)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown features parameter(s) {unknown}")
+        cand = values.pop("candidates", None) or {}
+        cknown = {f.name for f in fields(CandidateParams)}
+        bad = sorted(set(cand) - cknown)
+        if bad:
+            raise ValueError(f"unknown features.candidates parameter(s) {bad}")
+        return FeatureParams(candidates=CandidateParams(**cand), **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "candidates"}
+        out["candidates"] = {f.name: getattr(self.candidates, f.name) for f in fields(CandidateParams)}
+        return out
+
+
+def _sorted_lookup(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position, found) of each query in the sorted unique ``keys``."""
+    if len(keys) == 0:
+        return np.zeros(len(query), np.int64), np.zeros(len(query), bool)
+    pos = np.searchsorted(keys, query)
+    pos_c = np.minimum(pos, len(keys) - 1)
+    return pos_c, keys[pos_c] == query
+
+
+@dataclass
+class Features:
+    """A shared-layer snapshot.  Tables are pandas frames, dense arrays numpy; ids are int64.
+
+    - ``items``/``explanations``: the catalog (explanation code = row number);
+    - ``users`` (user_id, region); ``candidates`` (user_id, explanation, item_id), canonical order;
+      ``cold_candidates`` (region, explanation, item_id) for users the table does not know;
+    - affinities ``user_artist`` (user_id, artist_id, affinity), ``user_genre``, ``user_mood``,
+      ``user_item`` (time-decayed plays), ``user_cluster`` (share of decayed plays per cluster);
+    - ``item_emb`` (items × d, rows in ``item_ids`` order), ``user_emb`` (rows in ``user_ids``
+      order), ``cluster`` per item, ``similar_items`` (item_id, rank, similar_item_id, score),
+      ``item_stats`` (item_id, plays, log_popularity, ...).
+    """
+
+    items: pd.DataFrame
+    explanations: pd.DataFrame
+    users: pd.DataFrame
+    candidates: pd.DataFrame
+    cold_candidates: pd.DataFrame
+    user_artist: pd.DataFrame
+    user_genre: pd.DataFrame
+    user_mood: pd.DataFrame
+    user_item: pd.DataFrame
+    user_cluster: pd.DataFrame
+    similar_items: pd.DataFrame
+    item_stats: pd.DataFrame
+    item_ids: np.ndarray
+    item_emb: np.ndarray
+    user_ids: np.ndarray
+    user_emb: np.ndarray
+    user_plays: np.ndarray
+    cluster: np.ndarray
+    params: dict[str, Any] = field(default_factory=dict)
+    version: str = "unsaved"
+    _cache: dict = field(default_factory=dict, repr=False, compare=False)
+
+    # ------------------------------------------------------------------ lookups
+    def item_index(self, item_id: np.ndarray) -> np.ndarray:
+        """Row of each item in the catalog arrays; ValueError naming items the catalog lacks."""
+        pos, found = _sorted_lookup(self.item_ids, np.asarray(item_id, np.int64))
+        if not found.all():
+            bad = np.unique(np.asarray(item_id)[~found])[:5].tolist()
+            raise ValueError(f"item id(s) {bad} are not in the feature snapshot's catalog (version {self.version})")
+        return pos
+
+    def user_index(self, user_id: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(row in user arrays, known) per user; unknown users are cold start."""
+        return _sorted_lookup(self.user_ids, np.asarray(user_id, np.int64))
+
+    def pair_value(self, table: str, user_id: np.ndarray, key: np.ndarray) -> np.ndarray:
+        """Value of a (user_id, key) affinity table for each query pair, 0 where absent."""
+        if table not in self._cache:
+            df = getattr(self, table)
+            cols = list(df.columns)
+            u = df[cols[0]].to_numpy(np.int64)
+            k = df[cols[1]].to_numpy(np.int64)
+            combined = u * (1 << 32) + k
+            order = np.argsort(combined, kind="stable")
+            self._cache[table] = (combined[order], df[cols[2]].to_numpy(np.float64)[order])
+        keys, values = self._cache[table]
+        q = np.asarray(user_id, np.int64) * (1 << 32) + np.asarray(key, np.int64)
+        pos, found = _sorted_lookup(keys, q)
+        return np.where(found, values[pos] if len(values) else 0.0, 0.0)
+
+    def code_of(self, column: str) -> tuple[np.ndarray, np.ndarray]:
+        """(codes per catalog row, vocabulary) for a categorical item column (genre, mood)."""
+        key = ("code", column)
+        if key not in self._cache:
+            vocab, codes = np.unique(self.items[column].astype(str).to_numpy(), return_inverse=True)
+            self._cache[key] = (codes.astype(np.int64), vocab)
+        return self._cache[key]
+
+    def explanation_codes(self, explanation_id: np.ndarray | pd.Series) -> np.ndarray:
+        """Integer codes of explanation ids; ValueError naming unknown ids."""
+        idx = pd.Index(self.explanations["explanation_id"].astype(str))
+        ids = np.asarray(explanation_id, dtype=object).astype(str)
+        codes = idx.get_indexer(ids)
+        if (codes < 0).any():
+            bad = sorted(set(ids[codes < 0]))[:5]
+            raise ValueError(f"explanation id(s) {bad} are not in the feature snapshot (version {self.version})")
+        return codes.astype(np.int64)
+
+    # ------------------------------------------------------------------ candidates
+    def candidates_for(self, contexts: pd.DataFrame) -> CandidateSet:
+        """One page of candidates per context row; users the table lacks get the cold-start set.
+
+        Cold start = the region's popular items, new releases and the globally most played
+        artists, genres and moods (``cold_candidates`` of the context's region).
+        """
+        for col in ("user_id", "region"):
+            if col not in contexts.columns:
+                raise ValueError(f"contexts lack column {col!r}")
+        if "combined" not in self._cache:
+            cold = self.cold_candidates
+            rc = region_code(cold["region"]) if len(cold) else np.zeros(0, np.int64)
+            cold_tab = pd.DataFrame({"user_id": -1 - rc, "explanation": cold["explanation"].to_numpy(np.int64),
+                                     "item_id": cold["item_id"].to_numpy(np.int64)})
+            both = pd.concat([cold_tab, self.candidates[["user_id", "explanation", "item_id"]]], ignore_index=True)
+            both = both.sort_values(["user_id", "explanation", "item_id"], ignore_index=True)
+            self._cache["combined"] = both
+            self._cache["table_users"] = np.unique(self.candidates["user_id"].to_numpy(np.int64))
+        uid = contexts["user_id"].to_numpy(np.int64)
+        _, known = _sorted_lookup(self._cache["table_users"], uid)
+        key = uid.copy()
+        if (~known).any():
+            key[~known] = -1 - region_code(contexts["region"].to_numpy()[~known])
+        return candidates_for_requests(self._cache["combined"], key)
+
+    def similar_to(self, item_id: int, n: int = 10) -> np.ndarray:
+        """The ``n`` items most similar to ``item_id`` (stored table; at most features.similar_items)."""
+        self.item_index(np.array([item_id]))
+        s = self.similar_items
+        rows = s[s["item_id"] == item_id].sort_values("rank")
+        return rows["similar_item_id"].to_numpy(np.int64)[:n]
+
+
+# ---------------------------------------------------------------------- building
+def decay_weights(timestamps: pd.Series, now: pd.Timestamp, half_life_days: float) -> np.ndarray:
+    """exp(-ln2 · age / half-life) for each play (age in days before ``now``, at least 0)."""
+    ts = pd.to_datetime(timestamps, utc=True)
+    age = np.maximum((now - ts).dt.total_seconds().to_numpy() / 86400.0, 0.0)
+    return np.exp(-np.log(2.0) * age / half_life_days)
+
+
+def _affinity(h: pd.DataFrame, column: str) -> pd.DataFrame:
+    """(user_id, column, affinity): a user's share of decayed plays on each key."""
+    g = h.groupby(["user_id", column], observed=True, sort=True)["w"].sum().rename("affinity").reset_index()
+    total = g.groupby("user_id")["affinity"].transform("sum")
+    g["affinity"] = (g["affinity"] / total).astype(np.float64)
+    return g
+
+
+def co_listening_embeddings(user_idx: np.ndarray, item_idx: np.ndarray, weight: np.ndarray,
+                            n_users: int, n_items: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """User and item embeddings from a truncated SVD of the log-weighted user × item matrix.
+
+    Cells are log1p(decayed plays), columns scaled by 1/sqrt(item user count) (down-weights hits).
+    Returns (user_emb U·√Σ, item_emb V·√Σ) so that their dot product approximates the matrix.
+    """
+    from sklearn.utils.extmath import randomized_svd
+
+    m = sp.coo_matrix((weight, (user_idx, item_idx)), shape=(n_users, n_items)).tocsr()
+    m.sum_duplicates()
+    m.data = np.log1p(m.data)
+    users_per_item = np.asarray((m > 0).sum(axis=0)).ravel()
+    scale = 1.0 / np.sqrt(np.maximum(users_per_item, 1))
+    m = m @ sp.diags(scale)
+    k = int(min(dim, max(1, min(n_users, n_items) - 1)))
+    u, s, vt = randomized_svd(m, n_components=k, n_iter=6, random_state=seed)
+    # fix the sign of each component so the result does not depend on the solver's sign choice
+    sign = np.sign(vt[np.arange(k), np.abs(vt).argmax(axis=1)])
+    sign[sign == 0] = 1
+    u, vt = u * sign, vt * sign[:, None]
+    root = np.sqrt(s)
+    user_emb = np.zeros((n_users, dim), np.float32)
+    item_emb = np.zeros((n_items, dim), np.float32)
+    user_emb[:, :k] = u * root
+    item_emb[:, :k] = vt.T * root
+    return user_emb, item_emb
+
+
+def content_matrix(items: pd.DataFrame) -> np.ndarray:
+    """Standardised audio features plus one-hot genre, mood and tags (one row per item)."""
+    audio_cols = [c for c in ("danceability", "energy", "valence", "acousticness", "tempo") if c in items]
+    audio = items[audio_cols].to_numpy(np.float64) if audio_cols else np.zeros((len(items), 0))
+    if audio.shape[1]:
+        audio = (audio - audio.mean(0)) / np.maximum(audio.std(0), 1e-9)
+    parts = [audio]
+    tags = items["tags"].astype(str).str.get_dummies(sep=",") if "tags" in items else None
+    for col in ("genre", "mood"):
+        if col in items:
+            parts.append(pd.get_dummies(items[col].astype(str)).to_numpy(np.float64))
+    if tags is not None and tags.shape[1]:
+        parts.append(0.5 * tags.to_numpy(np.float64))
+    return np.hstack(parts)
+
+
+def _normalise(x: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(x, axis=1, keepdims=True)
+    return np.where(n > 0, x / np.where(n > 0, n, 1), 0.0)
+
+
+def most_similar(item_emb: np.ndarray, content: np.ndarray, n: int, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Top-``n`` most similar items of every item (itself excluded), with cosine scores.
+
+    Similarity is the cosine of the co-listening embeddings; items never played (zero embedding)
+    fall back to the cosine of their content vectors.  Ties go to the lower row.
+    """
+    emb = _normalise(item_emb.astype(np.float64))
+    con = _normalise(content)
+    cold = ~(np.abs(item_emb).sum(axis=1) > 0)
+    N = len(emb)
+    n = min(n, N - 1)
+    idx_out = np.zeros((N, n), np.int64)
+    score_out = np.zeros((N, n))
+    for lo in range(0, N, chunk):
+        hi = min(lo + chunk, N)
+        sim = emb[lo:hi] @ emb.T
+        c = cold[lo:hi]
+        if c.any():
+            sim[c] = con[lo:hi][c] @ con.T
+        sim[np.arange(hi - lo), np.arange(lo, hi)] = -np.inf
+        part = np.argpartition(-sim, n - 1, axis=1)[:, :n] if n < N else np.argsort(-sim, axis=1)
+        ps = np.take_along_axis(sim, part, axis=1)
+        order = np.lexsort((part, -ps), axis=1)
+        idx_out[lo:hi] = np.take_along_axis(part, order, axis=1)
+        score_out[lo:hi] = np.take_along_axis(ps, order, axis=1)
+    return idx_out, score_out
+
+
+def item_clusters(item_emb: np.ndarray, content: np.ndarray, k: int, seed: int) -> np.ndarray:
+    """k-means cluster of each item on [normalised embedding, normalised content]."""
+    from sklearn.cluster import KMeans
+
+    x = np.hstack([_normalise(item_emb.astype(np.float64)), 0.5 * _normalise(content)])
+    k = int(min(k, len(x)))
+    km = KMeans(n_clusters=k, n_init=3, random_state=seed, max_iter=200)
+    return km.fit_predict(x).astype(np.int64)
+
+
+def default_now(history: pd.DataFrame) -> pd.Timestamp:
+    """Midnight after the last play (UTC): the reference time of a snapshot built from history."""
+    if len(history) == 0:
+        raise ValueError("history is empty: cannot choose the snapshot's reference time (set features.now)")
+    last = pd.to_datetime(history["timestamp"], utc=True).max()
+    return last.ceil("D") if last != last.floor("D") else last
+
+
+def build_features_from_frames(
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    history: pd.DataFrame,
+    params: FeatureParams,
+    seed: int = 0,
+    explanations: pd.DataFrame | None = None,
+) -> Features:
+    """The shared-layer snapshot from catalog, users and listening history (pure)."""
+    for name, df, cols in (("items", items, ("item_id", "artist_id", "genre", "mood", "popularity",
+                                             "release_date", "home_region")),
+                           ("users", users, ("user_id", "region")),
+                           ("history", history, ("user_id", "item_id", "timestamp"))):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ValueError(f"{name} table lacks column(s) {missing}")
+    if len(items) == 0:
+        raise ValueError("items table is empty: no catalog to build features from")
+    items = items.sort_values("item_id", ignore_index=True)
+    users = users.sort_values("user_id", ignore_index=True)
+    if items["item_id"].duplicated().any():
+        raise ValueError("items table has duplicate item_id values")
+    explanations = explanation_table(items) if explanations is None else explanations.reset_index(drop=True)
+    now = pd.Timestamp(params.now) if params.now else default_now(history)
+    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    item_ids = items["item_id"].to_numpy(np.int64)
+    user_ids = users["user_id"].to_numpy(np.int64)
+
+    h = history[history["item_id"].isin(item_ids) & history["user_id"].isin(user_ids)]
+    h = h.merge(items[["item_id", "artist_id", "genre", "mood"]], on="item_id", how="inner")
+    h["w"] = decay_weights(h["timestamp"], now, params.half_life_days)
+
+    # affinities
+    user_artist = _affinity(h, "artist_id")
+    genre_codes = {g: i for i, g in enumerate(np.unique(items["genre"].astype(str)))}
+    mood_codes = {m: i for i, m in enumerate(np.unique(items["mood"].astype(str)))}
+    hg = h.assign(genre=h["genre"].astype(str).map(genre_codes).astype(np.int64),
+                  mood=h["mood"].astype(str).map(mood_codes).astype(np.int64))
+    user_genre = _affinity(hg, "genre")
+    user_mood = _affinity(hg, "mood")
+    user_item = (h.groupby(["user_id", "item_id"], sort=True)["w"].sum().rename("plays").reset_index())
+
+    # embeddings, clusters, similar items
+    ui = np.searchsorted(user_ids, h["user_id"].to_numpy(np.int64))
+    ii = np.searchsorted(item_ids, h["item_id"].to_numpy(np.int64))
+    user_emb, item_emb = co_listening_embeddings(ui, ii, h["w"].to_numpy(), len(user_ids), len(item_ids),
+                                                 params.embedding_dim, seed)
+    content = content_matrix(items)
+    cluster = item_clusters(item_emb, content, params.clusters, seed)
+    sim_idx, sim_score = most_similar(item_emb, content, params.similar_items)
+    k = sim_idx.shape[1]
+    similar = pd.DataFrame({
+        "item_id": np.repeat(item_ids, k),
+        "rank": np.tile(np.arange(k, dtype=np.int64), len(item_ids)),
+        "similar_item_id": item_ids[sim_idx.ravel()],
+        "score": sim_score.ravel(),
+    })
+    hc = h.assign(cluster=cluster[ii])
+    user_cluster = _affinity(hc, "cluster")
+
+    # item statistics and user activity
+    plays_per_item = np.bincount(ii, weights=np.ones(len(ii)), minlength=len(item_ids))
+    release = pd.to_datetime(items["release_date"], utc=True)
+    item_stats = pd.DataFrame({
+        "item_id": item_ids,
+        "plays": plays_per_item,
+        "log_popularity": np.log(np.maximum(items["popularity"].to_numpy(np.float64), 1e-12)),
+        "release_age_days": ((now - release).dt.total_seconds() / 86400.0).to_numpy(),
+    })
+    user_plays = np.bincount(ui, minlength=len(user_ids)).astype(np.float64)
+
+    cand = candidate_table(users, items, history, explanations, now=now, params=params.candidates)
+    cold = cold_start_table(items, history, explanations, now=now, params=params.candidates)
+    return Features(
+        items=items, explanations=explanations, users=users[["user_id", "region"]].copy(),
+        candidates=cand, cold_candidates=cold,
+        user_artist=user_artist, user_genre=user_genre, user_mood=user_mood, user_item=user_item,
+        user_cluster=user_cluster, similar_items=similar, item_stats=item_stats,
+        item_ids=item_ids, item_emb=item_emb, user_ids=user_ids, user_emb=user_emb,
+        user_plays=user_plays, cluster=cluster,
+        params={**params.to_dict(), "seed": int(seed), "now": now.isoformat(),
+                "genres": list(genre_codes), "moods": list(mood_codes)},
+    )
+
+
+def build_features(data_dir: Path, params: dict) -> Features:
+    """Features from the raw data folder (items, users, explanations, history parquet).
+
+    ``params`` is the whole params.yaml mapping (reads ``features:`` and ``seed``).
+    """
+    data_dir = Path(data_dir)
+    frames = {}
+    for name in ("items", "users", "history", "explanations"):
+        path = data_dir / f"{name}.parquet"
+        if not path.exists():
+            if name == "explanations":
+                frames[name] = None
+                continue
+            raise FileNotFoundError(f"{path} not found: run `bartops simulate` (or provide the catalog) first")
+        frames[name] = pd.read_parquet(path)
+    fp = FeatureParams.from_dict(params.get("features"))
+    return build_features_from_frames(frames["items"], frames["users"], frames["history"], fp,
+                                      seed=int(params.get("seed", 0)), explanations=frames["explanations"])
+
+
+# ---------------------------------------------------------------------- persistence
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Move a fully written temporary directory into place (replacing an old one)."""
+    out_dir = Path(out_dir)
+    old = None
+    if out_dir.exists():
+        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{os.urandom(3).hex()}")
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def save_features(features: Features, out_dir: Path) -> Path:
+    """Write the snapshot (parquet tables, ``arrays.npz``, ``manifest.json``) atomically; returns out_dir.
+
+    The manifest's ``version`` is a hash of every file's content, so equal snapshots share a version.
+    """
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        files = {}
+        for name in SNAPSHOT_TABLES:
+            path = tmp / f"{name}.parquet"
+            getattr(features, name).to_parquet(path, index=False)
+            files[path.name] = _sha256(path)
+        with open(tmp / "arrays.npz", "wb") as fh:
+            np.savez(fh, **{name: getattr(features, name) for name in SNAPSHOT_ARRAYS})
+        files["arrays.npz"] = _sha256(tmp / "arrays.npz")
+        params_blob = json.dumps(features.params, sort_keys=True, default=str)
+        digest = hashlib.sha256((params_blob + json.dumps(files, sort_keys=True)).encode()).hexdigest()
+        manifest = {"format": FORMAT_VERSION, "version": digest[:16], "content_sha256": digest,
+                    "files": files, "params": features.params,
+                    "counts": {"items": len(features.item_ids), "users": len(features.user_ids),
+                               "candidates": len(features.candidates)}}
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        atomic_replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    features.version = manifest["version"]
+    return out_dir
+
+
+def load_features(dir: Path) -> Features:
+    """Read a snapshot written by ``save_features``; checks every file against the manifest."""
+    d = Path(dir)
+    mpath = d / "manifest.json"
+    if not mpath.exists():
+        raise FileNotFoundError(f"no feature snapshot in {d} (manifest.json missing): run `bartops features`")
+    manifest = json.loads(mpath.read_text())
+    if manifest.get("format") != FORMAT_VERSION:
+        raise ValueError(f"feature snapshot {d} has format {manifest.get('format')!r}, expected {FORMAT_VERSION}")
+    for name, digest in manifest["files"].items():
+        path = d / name
+        if not path.exists() or _sha256(path) != digest:
+            raise ValueError(f"feature snapshot {d}: {name} is missing or does not match manifest.json")
+    tables = {name: pd.read_parquet(d / f"{name}.parquet") for name in SNAPSHOT_TABLES}
+    with np.load(d / "arrays.npz", allow_pickle=False) as z:
+        arrays = {name: z[name] for name in SNAPSHOT_ARRAYS}
+    return Features(**tables, **arrays, params=manifest["params"], version=manifest["version"])
+
+
+__all__ = ["Features", "FeatureParams", "build_features", "build_features_from_frames", "save_features",
+           "load_features", "most_similar", "item_clusters", "co_listening_embeddings", "REGIONS",
+           "regional_popularity"]

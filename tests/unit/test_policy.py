@@ -1,0 +1,179 @@
+"""The BaRT page policy: structure, exact propensities (checked by Monte Carlo), replay, marginals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from bartops.policy.page import (
+    EMPTY,
+    CandidateSet,
+    PagePolicy,
+    build_pages,
+    logged_choice_probabilities,
+    slot_marginals,
+)
+
+
+def tiny_context(n_pages: int = 1):
+    """12 candidates over 3 explanations with overlapping items and a score tie."""
+    item = np.array([1, 2, 3, 4, 5, 2, 3, 6, 7, 1, 8, 9])
+    expl = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2])
+    score = np.array([0.9, 0.5, 0.4, 0.3, 0.2, 0.8, 0.5, 0.6, 0.1, 0.7, 0.6, 0.3])
+    page = np.repeat(np.arange(n_pages), len(item))
+    cands = CandidateSet.from_arrays(page, np.tile(item, n_pages), np.tile(expl, n_pages), n_pages)
+    lookup = dict(zip(zip(expl, item), score))
+    scores = np.array([lookup[(e, i)] for e, i in zip(cands.explanation, cands.item_id)])
+    ctx = pd.DataFrame({"user_id": np.zeros(n_pages, dtype=np.int64)})
+    return ctx, cands, scores
+
+
+def fixed_scorer(scores_one_page: np.ndarray):
+    def scorer(contexts, candidates):
+        return np.tile(scores_one_page, candidates.n_pages)
+    return scorer
+
+
+def test_pages_have_distinct_items_titles_and_contiguous_slots():
+    ctx, cands, scores = tiny_context(500)
+    policy = PagePolicy(fixed_scorer(scores[:12]), shelves=3, cards=3, epsilon_head=0.5, epsilon_fill=0.5)
+    pages = build_pages(policy, ctx, cands, np.random.default_rng(0))
+    for b in range(500):
+        chosen = pages.candidate[b][pages.filled[b]]
+        items = cands.item_id[chosen]
+        assert len(set(items)) == len(items)
+        titles = [cands.explanation[pages.candidate[b, s, 0]] for s in range(3) if pages.filled[b, s, 0]]
+        assert len(set(titles)) == len(titles)
+        for s in range(3):
+            row = pages.filled[b, s]
+            # slots fill left to right: no gap before a filled slot
+            assert not np.any(~row[:-1] & row[1:])
+            for k in range(1, 3):
+                if row[k]:
+                    assert cands.explanation[pages.candidate[b, s, k]] == cands.explanation[pages.candidate[b, s, 0]]
+    assert ((pages.propensity > 0) | ~pages.filled).all() and (pages.propensity <= 1).all()
+
+
+def test_greedy_policy_is_deterministic_with_ties_to_the_earlier_candidate():
+    ctx, cands, scores = tiny_context(1)
+    policy = PagePolicy(fixed_scorer(scores), shelves=3, cards=3, epsilon_head=0.0, epsilon_fill=0.0)
+    a = build_pages(policy, ctx, cands, np.random.default_rng(1))
+    b = build_pages(policy, ctx, cands, np.random.default_rng(2))
+    np.testing.assert_array_equal(a.candidate, b.candidate)
+    assert np.all(a.propensity[a.filled] == 1.0)
+    # head of shelf 0 is the best pair overall: (expl 0, item 1, 0.9)
+    first = a.candidate[0, 0, 0]
+    assert (cands.explanation[first], cands.item_id[first]) == (0, 1)
+    # expl 1's best is item 2 (0.8); in expl 2 item 1 is taken, so its head is item 8 (0.6)
+    heads = [(cands.explanation[a.candidate[0, s, 0]], cands.item_id[a.candidate[0, s, 0]]) for s in range(3)]
+    assert heads == [(0, 1), (1, 2), (2, 8)]
+    # shelf 0's fill takes item 3, so shelf 1's fill is item 6 (0.6) then item 7 (0.1), not 3 (0.5)
+    fill1 = [cands.item_id[a.candidate[0, 1, k]] for k in range(1, 3)]
+    assert fill1 == [6, 7]
+
+
+def test_ties_break_toward_the_canonical_first_pair_whatever_the_input_order():
+    rng = np.random.default_rng(5)
+    for _ in range(5):
+        order = rng.permutation(4)
+        item, expl = np.array([10, 11, 12, 13])[order], np.array([1, 0, 1, 0])[order]
+        cands = CandidateSet.from_arrays(np.zeros(4), item, expl, 1)
+        policy = PagePolicy(lambda c, k: np.full(len(k), 0.5), shelves=1, cards=1, epsilon_head=0, epsilon_fill=0)
+        pages = build_pages(policy, pd.DataFrame({"user_id": [0]}), cands, rng)
+        chosen = pages.candidate[0, 0, 0]
+        assert (cands.explanation[chosen], cands.item_id[chosen]) == (0, 11)
+
+
+def test_page_propensities_match_monte_carlo_frequencies():
+    """Every distinct page's propensity (product of card propensities) equals its frequency.
+
+    Tolerance: a chi-square goodness-of-fit test over pages with expected count >= 20; it fails
+    wrongly with probability 1e-4 when the propensities are exact.
+    """
+    n = 60_000
+    ctx, cands, scores = tiny_context(n)
+    policy = PagePolicy(fixed_scorer(scores[:12]), shelves=2, cards=3, epsilon_head=0.4, epsilon_fill=0.3)
+    pages = build_pages(policy, ctx, cands, np.random.default_rng(3))
+    local = np.where(pages.filled, pages.candidate % 12, -1).reshape(n, -1)
+    keys, inverse, counts = np.unique(local, axis=0, return_inverse=True, return_counts=True)
+    prop = pages.page_propensity()
+    # the same page always gets the same propensity
+    first = np.zeros(len(keys), int)
+    first[inverse[::-1]] = np.arange(n)[::-1]
+    np.testing.assert_allclose(prop, prop[first][inverse], rtol=1e-12)
+    expected = prop[first] * n
+    big = expected >= 20
+    observed = np.append(counts[big], counts[~big].sum())
+    exp = np.append(expected[big], n - expected[big].sum())
+    chi2 = ((observed - exp) ** 2 / exp).sum()
+    p_value = stats.chi2.sf(chi2, df=len(observed) - 1)
+    assert p_value > 1e-4, f"chi2={chi2:.1f} over {len(observed)} cells"
+    # probabilities of all pages ever seen cannot exceed one
+    assert prop[first].sum() <= 1 + 1e-9
+
+
+def test_logged_choice_probabilities_reproduce_logged_propensities(small_sim):
+    """Replaying the simulator's logs with the logging policy recomputes each logged propensity."""
+    from bartops.features.candidates import candidates_for_requests
+    from bartops.sim import logging_policy
+
+    logs = small_sim.impressions
+    pages = logs.drop_duplicates("request_id")[["request_id", "user_id", "platform", "region", "timestamp"]]
+    pages = pages.reset_index(drop=True)
+    page_of = pd.Series(np.arange(len(pages)), index=pages["request_id"]).loc[logs["request_id"]].to_numpy()
+    cands = candidates_for_requests(small_sim.candidates, pages["user_id"].to_numpy())
+    code = pd.Series(np.arange(len(small_sim.world.explanations)), index=small_sim.world.explanations["explanation_id"])
+    policy = logging_policy(small_sim.world, small_sim.history, 6, 8, 0.1, 0.1)
+    p = logged_choice_probabilities(
+        policy, pages, cands, page_of, logs["shelf"], logs["position"], logs["item_id"],
+        code.loc[logs["explanation_id"]].to_numpy(),
+    )
+    np.testing.assert_allclose(p, logs["propensity"].to_numpy(), rtol=1e-12, atol=0)
+
+
+def test_logged_choice_outside_support_has_probability_zero():
+    ctx, cands, scores = tiny_context(1)
+    policy = PagePolicy(fixed_scorer(scores), shelves=2, cards=2, epsilon_head=0.2, epsilon_fill=0.2)
+    # item 99 is no candidate; slot (1, 0) is logged but (0, 5) lies beyond the policy's shape
+    p = logged_choice_probabilities(policy, ctx, cands, np.array([0, 0, 0]), np.array([0, 1, 0]),
+                                    np.array([0, 0, 5]), np.array([99, 2, 1]), np.array([0, 1, 0]))
+    assert p[0] == 0.0 and p[2] == 0.0
+    # (1, 0): expl 1 is free, item 2 is free; greedy among heads excluding expl 0 … remaining 8 pairs
+    assert 0 < p[1] <= 1
+
+
+def test_slot_marginals_exact_for_greedy_and_monte_carlo_otherwise():
+    ctx, cands, scores = tiny_context(1)
+    greedy = PagePolicy(fixed_scorer(scores), shelves=2, cards=2, epsilon_head=0.0, epsilon_fill=0.0)
+    p, se = slot_marginals(greedy, ctx, cands, np.array([0, 0]), np.array([0, 0]), np.array([0, 0]),
+                           np.array([1, 2]), np.array([0, 0]))
+    np.testing.assert_array_equal(p, [1.0, 0.0])
+    np.testing.assert_array_equal(se, [0.0, 0.0])
+    eps = 0.3
+    noisy = PagePolicy(fixed_scorer(scores), shelves=2, cards=2, epsilon_head=eps, epsilon_fill=eps)
+    # the first head has no prefix: its marginal is (1-ε)[greedy] + ε/12 exactly
+    p, se = slot_marginals(noisy, ctx, cands, np.array([0, 0]), np.array([0, 0]), np.array([0, 0]),
+                           np.array([1, 3]), np.array([0, 0]), n_samples=20_000, seed=4)
+    truth = np.array([1 - eps + eps / 12, eps / 12])
+    assert np.all(np.abs(p - truth) <= 4.5 * np.sqrt(truth * (1 - truth) / 20_000))
+    assert np.all(se > 0)
+
+
+@pytest.mark.parametrize("name,kwargs", [
+    ("epsilon_head", dict(epsilon_head=1.5)),
+    ("epsilon_fill", dict(epsilon_fill=-0.1)),
+    ("shelves", dict(shelves=0)),
+    ("cards", dict(cards=0)),
+])
+def test_invalid_policy_parameters_name_the_parameter(name, kwargs):
+    with pytest.raises(ValueError, match=name):
+        PagePolicy(lambda c, k: np.zeros(len(k)), **kwargs)
+
+
+def test_empty_candidate_set_gives_empty_pages():
+    cands = CandidateSet.from_arrays(np.zeros(0), np.zeros(0), np.zeros(0), 2)
+    policy = PagePolicy(lambda c, k: np.zeros(len(k)), shelves=2, cards=2)
+    pages = build_pages(policy, pd.DataFrame({"user_id": [1, 2]}), cands, np.random.default_rng(0))
+    assert (pages.candidate == EMPTY).all()

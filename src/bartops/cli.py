@@ -58,6 +58,17 @@ from bartops.registry.cli import app as _registry_app  # noqa: E402
 app.add_typer(_registry_app, name="registry")
 
 
+from bartops.ops.cli import down, status, up  # noqa: E402
+
+app.command("up")(up)
+app.command("down")(down)
+app.command("status")(status)
+
+from bartops.dashboard.cli import dashboard as _dashboard  # noqa: E402
+
+app.command("dashboard")(_dashboard)
+
+
 def main() -> None:  # pragma: no cover - console entry
     app()
 

@@ -134,5 +134,5 @@ def test_world_round_trips_through_disk(small_sim, tmp_path):
     loaded = World.load(tmp_path)
     ctx, cands = _fixed_contexts(small_sim, n=50)
     np.testing.assert_array_equal(loaded.relevance(ctx, cands), small_sim.world.relevance(ctx, cands))
-    with pytest.raises(FileNotFoundError, match="truth.npz"):
+    with pytest.raises(FileNotFoundError, match="world.json"):
         World.load(tmp_path / "nowhere")

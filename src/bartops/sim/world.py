@@ -11,6 +11,8 @@ so rewards depend on taste, the explanation, the context (platform, local hour) 
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -233,35 +235,41 @@ class World:
 
     # ------------------------------------------------------------------ persistence
     def save(self, directory: Path) -> None:
-        """Write the catalog and users as parquet and the hidden truth as ``truth.npz``."""
+        """Write the catalog and users as parquet and the hidden truth as ``truth/`` (.npy + JSON)."""
         directory.mkdir(parents=True, exist_ok=True)
         _atomic_parquet(self.items, directory / "items.parquet")
         _atomic_parquet(self.users, directory / "users.parquet")
         _atomic_parquet(self.explanations, directory / "explanations.parquet")
-        tmp = directory / ".truth.npz.tmp"
-        with open(tmp, "wb") as fh:
-            np.savez(fh, item_vec=self.item_vec, user_vec=self.user_vec, response=self.response,
-                     platform_kind=self.platform_kind, user_platform_mix=self.user_platform_mix,
-                     seed=np.array(self.seed), params=np.array(repr(asdict(self.params))))
-        tmp.replace(directory / "truth.npz")
+        # .npy files and JSON rather than .npz: byte-identical for the same seed (zip stores times)
+        truth = directory / "truth"
+        tmp = directory / ".truth.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        for name in _TRUTH_ARRAYS:
+            np.save(tmp / f"{name}.npy", getattr(self, name), allow_pickle=False)
+        (tmp / "world.json").write_text(json.dumps({"seed": self.seed, "params": asdict(self.params)}, indent=2))
+        old = directory / ".truth.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if truth.exists():
+            truth.rename(old)
+        tmp.rename(truth)
+        shutil.rmtree(old, ignore_errors=True)
 
     @staticmethod
     def load(directory: Path) -> "World":
         """Read a world written by ``save``."""
-        import ast
+        truth = Path(directory) / "truth"
+        if not (truth / "world.json").exists():
+            raise FileNotFoundError(f"no simulated world in {directory} (truth/world.json missing)")
+        meta = json.loads((truth / "world.json").read_text())
+        arrays = {name: np.load(truth / f"{name}.npy", allow_pickle=False) for name in _TRUTH_ARRAYS}
+        return World(SimParams.from_dict(meta["params"]), int(meta["seed"]),
+                     pd.read_parquet(Path(directory) / "items.parquet"),
+                     pd.read_parquet(Path(directory) / "users.parquet"),
+                     pd.read_parquet(Path(directory) / "explanations.parquet"), **arrays)
 
-        directory = Path(directory)
-        if not (directory / "truth.npz").exists():
-            raise FileNotFoundError(f"no simulated world in {directory} (truth.npz missing)")
-        with np.load(directory / "truth.npz", allow_pickle=False) as z:
-            params = SimParams.from_dict(ast.literal_eval(str(z["params"])))
-            arrays = {k: z[k] for k in ("item_vec", "user_vec", "response", "platform_kind", "user_platform_mix")}
-            seed = int(z["seed"])
-        return World(params, seed, pd.read_parquet(directory / "items.parquet"),
-                     pd.read_parquet(directory / "users.parquet"),
-                     pd.read_parquet(directory / "explanations.parquet"),
-                     arrays["item_vec"], arrays["user_vec"], arrays["response"],
-                     arrays["platform_kind"], arrays["user_platform_mix"])
+
+_TRUTH_ARRAYS = ("item_vec", "user_vec", "response", "platform_kind", "user_platform_mix")
 
 
 def _zipf(n: int, a: float) -> np.ndarray:

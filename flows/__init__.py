@@ -1,0 +1,1 @@
+"""Thin Prefect flows that wire the pure functions of src/bartops."""

@@ -1,0 +1,1 @@
+"""Operating the local stack: background services of the embedded default."""

@@ -1,0 +1,181 @@
+"""The review dashboard: a FastAPI app rendering server-side HTML from the registry.
+
+Routes: ``/`` (candidates, their gate status, production and its history), ``/candidates/{version}``
+(OPE table, gate rules, plots, validation, lineage, home-page preview, and the review form for a
+version awaiting approval), ``POST /candidates/{version}/review`` (resume the paused gate flow run),
+``/api/candidates`` and ``/api/candidates/{version}`` (the same view models as JSON), ``/healthz``.
+"""
+
+from __future__ import annotations
+
+import getpass
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import quote
+
+from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from jinja2 import DictLoader, Environment, select_autoescape
+
+from bartops.dashboard import svg
+from bartops.dashboard.templates import TEMPLATES
+from bartops.dashboard.views import (
+    ReviewError,
+    candidate_detail,
+    candidate_rows,
+    preview_for_bundle,
+    production_view,
+    submit_review,
+)
+from bartops.registry import Registry, RegistryError
+
+BundleLoader = Callable[[Path], tuple[Any, Any]]
+
+
+def _default_loader(bundle_dir: Path) -> tuple[Any, Any]:
+    from bartops.reward.policy import load_policy_bundle
+
+    return load_policy_bundle(bundle_dir)
+
+
+def _default_resume(flow_run_id: str, run_input: dict) -> None:
+    from uuid import UUID
+
+    from prefect.flow_runs import resume_flow_run
+
+    resume_flow_run(UUID(str(flow_run_id)), run_input=run_input)
+
+
+def fmt(x: Any, digits: int = 4) -> str:
+    """Numbers for tables: up to ``digits`` significant decimals, integers without a point."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        return str(x)
+    if digits == 0 or (float(x).is_integer() and abs(x) >= 1):
+        return f"{x:,.0f}"
+    if x != 0 and (abs(x) < 10 ** -digits or abs(x) >= 1e6):
+        return f"{x:.{max(digits - 1, 1)}e}"
+    return f"{x:.{digits}g}" if abs(x) < 1 else f"{x:,.{digits}f}".rstrip("0").rstrip(".")
+
+
+def _environment() -> Environment:
+    env = Environment(loader=DictLoader(TEMPLATES), autoescape=select_autoescape(default=True, default_for_string=True))
+    env.globals["fmt"] = fmt
+    return env
+
+
+def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None,
+               resume: Callable[..., Any] | None = None, preview_users: int = 3, seed: int = 0,
+               preview_timestamp: str | None = None, reviewer: str | None = None) -> FastAPI:
+    """The dashboard app over the registry at ``registry_root``.
+
+    ``bundle_loader(bundle_dir) -> (PagePolicy, Features)`` defaults to
+    ``bartops.reward.policy.load_policy_bundle``; ``resume(flow_run_id, run_input=...)`` defaults to
+    ``prefect.flow_runs.resume_flow_run`` against the configured Prefect API.  The preview shows
+    ``preview_users`` known users plus one new user, sampled and paged with ``seed``.
+    """
+    registry = Registry(Path(registry_root))
+    loader = bundle_loader or _default_loader
+    resume_fn = resume or _default_resume
+    default_reviewer = reviewer or _user_name()
+    env = _environment()
+    previews: OrderedDict[str, dict] = OrderedDict()
+    lock = threading.Lock()
+    app = FastAPI(title="bartops review dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def render(name: str, request: Request, status_code: int = 200, **ctx: Any) -> HTMLResponse:
+        msg = request.query_params.get("msg")
+        html = env.get_template(name).render(
+            production=registry.production(), flash=msg, flash_error=request.query_params.get("err") == "1", **ctx)
+        return HTMLResponse(html, status_code=status_code)
+
+    def preview(version: str) -> dict:
+        # registered versions are immutable, so a preview is computed once per version
+        with lock:
+            if version in previews:
+                previews.move_to_end(version)
+                return previews[version]
+        result = preview_for_bundle(registry.path(version), loader, preview_users, seed, preview_timestamp)
+        with lock:
+            previews[version] = result
+            while len(previews) > 8:
+                previews.popitem(last=False)
+        return result
+
+    def detail_or_404(version: str) -> dict:
+        try:
+            return candidate_detail(registry, version)
+        except (RegistryError, ValueError) as exc:
+            raise HTTPException(status_code=404, detail=str(exc)) from None
+
+    @app.exception_handler(HTTPException)
+    def _http_error(request: Request, exc: HTTPException):
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
+        heading = "Not found" if exc.status_code == 404 else f"Error {exc.status_code}"
+        return render("error.html", request, exc.status_code, heading=heading, message=str(exc.detail))
+
+    @app.get("/", response_class=HTMLResponse)
+    def index(request: Request) -> HTMLResponse:
+        return render("index.html", request, rows=candidate_rows(registry), prod=production_view(registry),
+                      root=str(registry.root))
+
+    @app.get("/candidates/{version}", response_class=HTMLResponse)
+    def candidate(request: Request, version: str) -> HTMLResponse:
+        d = detail_or_404(version)
+        plot_rows = [{"label": r["estimator"], "value": r["difference"].value, "ci_low": r["difference"].ci_low,
+                      "ci_high": r["difference"].ci_high} for r in d["ope"] if r["difference"] is not None]
+        w = d["weights"]
+        return render(
+            "candidate.html", request, d=d, seed=seed, reviewer=default_reviewer, preview=preview(version),
+            interval_plot=svg.interval_svg(plot_rows, margin=d["margin"]) if plot_rows else "",
+            calibration_plot=svg.reliability_svg(d["calibration"] or []),
+            weights_plot=svg.histogram_svg(w["edges"], w["counts"], log_x=w["log_x"]) if w else "",
+        )
+
+    @app.post("/candidates/{version}/review")
+    def review(version: str, decision: str = Form(...), comment: str = Form(""),
+               reviewer: str = Form("")) -> RedirectResponse:
+        detail_or_404(version)
+        if decision not in ("approve", "reject"):
+            raise HTTPException(status_code=400, detail=f"decision must be 'approve' or 'reject', got {decision!r}")
+        target = f"/candidates/{quote(version)}"
+        try:
+            sent = submit_review(registry, version, decision == "approve", comment, reviewer, resume_fn)
+        except ReviewError as exc:
+            return RedirectResponse(f"{target}?err=1&msg={quote(str(exc))}", status_code=303)
+        word = "approved" if sent["approved"] else "rejected"
+        msg = (f"{word.capitalize()} by {sent['reviewer']}; gate flow run {sent['flow_run_id']} resumed. "
+               "The flow records the decision and, if approved, promotes the version.")
+        return RedirectResponse(f"{target}?msg={quote(msg)}", status_code=303)
+
+    @app.get("/api/candidates")
+    def api_candidates() -> JSONResponse:
+        return JSONResponse({"production": production_view(registry), "candidates": candidate_rows(registry)})
+
+    @app.get("/api/candidates/{version}")
+    def api_candidate(version: str) -> JSONResponse:
+        d = detail_or_404(version)
+        d["ope"] = [{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in r.items()} for r in d["ope"]]
+        return JSONResponse(d)
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"ok": True, "registry": str(registry.root), "production": registry.production()}
+
+    return app
+
+
+def _user_name() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "reviewer"
+
+
+def serve(registry_root: Path, host: str = "127.0.0.1", port: int = 8050, **kwargs: Any) -> None:
+    """Run the dashboard with uvicorn (blocks)."""
+    import uvicorn
+
+    uvicorn.run(create_app(registry_root, **kwargs), host=host, port=port, log_level="info")

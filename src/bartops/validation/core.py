@@ -1,0 +1,230 @@
+"""Validate an impression batch and accept it into the training data or quarantine it.
+
+``validate_batch`` reads the batch and runs the three GX suites (impressions, catalog, history)
+without touching any file.  ``ingest`` then acts on the result:
+
+* passed: the batch is written (canonical parquet) into ``data/impressions/`` through a temp file
+  and a rename, named after its content digest, so a rerun on the same batch adds nothing;
+* failed only row-level checks on a small share of rows (``validation.row_split``): the pages
+  holding those rows are split off to quarantine and the rest is re-validated and accepted;
+* otherwise (or unreadable): the batch is moved whole and byte-identical into
+  ``quarantine/<name>-<stamp>/`` beside ``report.json`` and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bartops.validation.reader import Batch, BatchReadError, read_batch
+from bartops.validation.report import ValidationReport
+
+CATALOG_FILES = ("items.parquet", "explanations.parquet", "users.parquet", "history.parquet")
+
+
+class ValidationSetupError(FileNotFoundError):
+    """The reference data (catalog, users, history) needed to validate a batch is missing."""
+
+
+@dataclass
+class _Run:
+    report: ValidationReport
+    batch: Batch | None
+    context: Any = None
+    parameters: dict[str, Any] | None = None
+    now: pd.Timestamp | None = None
+
+
+def _vparams(params: dict[str, Any]) -> dict[str, Any]:
+    v = params.get("validation")
+    return v if isinstance(v, dict) else {}
+
+
+def _now_iso() -> str:
+    return pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
+
+
+def _check_reference(data_dir: Path) -> None:
+    missing = [n for n in CATALOG_FILES if not (Path(data_dir) / n).exists()]
+    if missing:
+        raise ValidationSetupError(f"reference data {missing} missing under {data_dir}: run `bartops simulate` "
+                                   "(or point --data at the raw data folder)")
+
+
+def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timestamp | None,
+              docs_dir: Path | None) -> _Run:
+    from bartops.validation import suites as S
+
+    t0 = time.perf_counter()
+    path = Path(path)
+    _check_reference(data_dir)
+    report = ValidationReport(batch=str(path), passed=False, decision="validated", created_at=_now_iso())
+    try:
+        batch = read_batch(path)
+    except BatchReadError as exc:
+        report.decision, report.error_kind, report.error = "unreadable", exc.kind, exc.message
+        report.timings["read"] = time.perf_counter() - t0
+        return _Run(report, None)
+    report.timings["read"] = time.perf_counter() - t0
+    frame = batch.frame
+    report.rows, report.fmt, report.digest = len(frame), batch.fmt, batch.digest
+    report.files = [str(p) for p in batch.files]
+    report.pages = int(frame["request_id"].nunique())
+    parameters = S.impression_parameters(frame, data_dir, params, now)
+    report.parameters = parameters
+    now = pd.Timestamp(parameters["window_end"]) - pd.Timedelta(
+        seconds=float(_vparams(params).get("window", {}).get("future_skew_seconds", 300)))
+    t1 = time.perf_counter()
+    context = S.make_context(docs_dir)
+    report.timings["gx_context"] = time.perf_counter() - t1
+    examples = int(_vparams(params).get("examples", 3))
+    tables = {"impressions": frame,
+              "catalog": pd.read_parquet(Path(data_dir) / "items.parquet"),
+              "history": pd.read_parquet(Path(data_dir) / "history.parquet")}
+    for name, table in tables.items():
+        run, _ = S.run_suite(context, name, table, parameters, checkpoint=docs_dir is not None, examples=examples)
+        report.expectations += run.outcomes
+        report.suites[name] = {"rows": run.rows, "evaluated": len(run.outcomes),
+                               "failed": sum(not o.success for o in run.outcomes)}
+        report.timings[f"suite_{name}"] = run.seconds
+    report.passed = not report.failed
+    if docs_dir is not None:
+        site = Path(docs_dir) / "gx" / "uncommitted" / "data_docs" / "local_site" / "index.html"
+        report.data_docs = str(site) if site.exists() else None
+    report.timings["total"] = time.perf_counter() - t0
+    return _Run(report, batch, context, parameters, now)
+
+
+def validate_batch(path: Path, data_dir: Path, params: dict[str, Any], *, now: pd.Timestamp | None = None,
+                   docs_dir: Path | None = None) -> ValidationReport:
+    """Read the batch at ``path`` and run the GX suites; moves nothing.
+
+    ``data_dir`` holds the catalog (items, explanations, users) and history; ``params`` is the
+    parsed params.yaml (``validation:``, ``policy:``); ``docs_dir`` builds GX Data Docs there.
+    Unreadable batches give a report with ``decision="unreadable"`` and ``error``; missing
+    reference data raises ValidationSetupError.
+    """
+    return _validate(Path(path), Path(data_dir), params, now, docs_dir).report
+
+
+def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: dict[str, Any], *,
+           impressions_dir: Path | None = None, docs_dir: Path | None = None,
+           now: pd.Timestamp | None = None) -> ValidationReport:
+    """Validate the batch and accept it into ``impressions_dir`` (default data_dir/impressions) or quarantine it."""
+    path, data_dir, quarantine_dir = Path(path), Path(data_dir), Path(quarantine_dir)
+    impressions_dir = Path(impressions_dir or data_dir / "impressions")
+    run = _validate(path, data_dir, params, now, docs_dir)
+    report, batch = run.report, run.batch
+    v = _vparams(params)
+    if report.passed and batch is not None:
+        _accept(batch, batch.frame, impressions_dir, report, remove_source=bool(v.get("remove_accepted_source", True)))
+        return report
+    if batch is not None and _try_split(run, params, data_dir, quarantine_dir, impressions_dir):
+        return report
+    report.decision = "unreadable" if report.error else "rejected"
+    report.passed = False
+    _quarantine(path, batch.files if batch else None, quarantine_dir, report)
+    return report
+
+
+# ---------------------------------------------------------------------------- accept
+def _accept(batch: Batch, frame: pd.DataFrame, impressions_dir: Path, report: ValidationReport,
+            remove_source: bool, suffix: str = "") -> None:
+    from bartops.logs.schema import conform_impressions
+
+    impressions_dir.mkdir(parents=True, exist_ok=True)
+    key = batch.digest[:16]
+    existing = sorted(impressions_dir.glob(f"*-{key}{suffix}.parquet"))
+    if existing:
+        report.decision = "already-ingested"
+        report.accepted_path = str(existing[0])
+    else:
+        stem = batch.path.stem if batch.path.is_file() else batch.path.name
+        target = impressions_dir / f"{stem}-{key}{suffix}.parquet"
+        tmp = impressions_dir / f".{target.name}.tmp"
+        plain = frame.reset_index(drop=True)
+        plain = plain.astype({c: "string" for c in plain.columns if isinstance(plain[c].dtype, pd.CategoricalDtype)})
+        table = conform_impressions(plain)
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, target)
+        report.decision = "accepted" if not suffix else "accepted-partly"
+        report.accepted_path = str(target)
+    if remove_source:
+        for f in batch.files:
+            f.unlink(missing_ok=True)
+        if batch.path.is_dir() and not any(batch.path.iterdir()):
+            batch.path.rmdir()
+
+
+# ---------------------------------------------------------------------------- quarantine
+def _quarantine(path: Path, files: list[Path] | None, quarantine_dir: Path, report: ValidationReport,
+                extra: dict[str, pd.DataFrame] | None = None) -> Path:
+    """Move the batch (file or folder) whole into a new quarantine folder beside its report."""
+    quarantine_dir.mkdir(parents=True, exist_ok=True)
+    stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
+    name = (path.stem if path.suffix else path.name) or "batch"
+    final = quarantine_dir / f"{name}-{stamp}"
+    tmp = quarantine_dir / f".{final.name}.tmp"
+    tmp.mkdir(parents=True)
+    if path.exists():
+        dest = tmp / path.name
+        try:
+            os.replace(path, dest)  # same file system: a rename, bytes untouched
+        except OSError:
+            shutil.move(str(path), str(dest))
+    for fname, df in (extra or {}).items():
+        df.to_parquet(tmp / fname, index=False)
+    report.quarantine_path = str(final)
+    (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
+    (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
+    os.replace(tmp, final)
+    return final
+
+
+# ---------------------------------------------------------------------------- row-level split
+def _try_split(run: _Run, params: dict[str, Any], data_dir: Path, quarantine_dir: Path,
+               impressions_dir: Path) -> bool:
+    """Split off pages with rows failing only row-level checks, when under the configured share."""
+    from bartops.validation import suites as S
+
+    cfg = _vparams(params).get("row_split", {}) or {}
+    report, batch = run.report, run.batch
+    if not cfg.get("enabled", False) or batch is None or run.context is None:
+        return False
+    failed = report.failed
+    if not failed or any(o.suite != "impressions" or o.level != "row" or o.error for o in failed):
+        return False
+    checks = sorted({o.check for o in failed})
+    frame = batch.frame
+    bad_rows = S.unexpected_rows(run.context, "impressions", frame, run.parameters, checks)
+    bad_pages = frame["request_id"][bad_rows].unique()
+    split_mask = frame["request_id"].isin(bad_pages).to_numpy() | bad_rows
+    share = float(split_mask.mean())
+    max_share = float(cfg.get("max_share", 0.01))
+    split_info = {"checks": checks, "rows": int(split_mask.sum()), "failing_rows": int(bad_rows.sum()),
+                  "pages": int(len(bad_pages)), "share": share, "max_share": max_share}
+    if share > max_share or split_mask.all():
+        report.split = {**split_info, "applied": False, "reason": f"share {share:.3%} above max_share {max_share:.3%}"}
+        return False
+    kept = frame[~split_mask]
+    params2 = S.impression_parameters(kept, data_dir, params, run.now)
+    rerun, _ = S.run_suite(run.context, "impressions", kept, params2,
+                           examples=int(_vparams(params).get("examples", 3)))
+    if any(not o.success for o in rerun.outcomes):
+        report.split = {**split_info, "applied": False,
+                        "reason": "the remaining rows still fail: " + ", ".join(o.check for o in rerun.outcomes if not o.success)}
+        return False
+    report.split = {**split_info, "applied": True, "kept_rows": int(len(kept))}
+    report.passed = True
+    _accept(batch, kept, impressions_dir, report, remove_source=False, suffix="-kept")
+    # nothing is lost: the original batch and the split-off rows go to quarantine with the report
+    _quarantine(batch.path, batch.files, quarantine_dir, report,
+                extra={"split-off-rows.parquet": frame[split_mask].reset_index(drop=True)})
+    return True

@@ -1,0 +1,166 @@
+"""Custom Great Expectations expectations for bandit logs (imports GX: load lazily).
+
+* ``expect_column_values_to_be_known_to_catalog`` — every value appears in a catalog table
+  (parquet path + column), e.g. impressions' item_id in items.parquet; a referential check whose
+  catalog is read once per file version, not written into the suite.
+* ``expect_page_slots_to_be_contiguous`` — within a page (request_id) the shelves are 0..S'-1 and
+  within each shelf the positions are 0..k-1, each slot once: the page construction fills slots
+  in order, so a gap or a repeat means lost or duplicated cards.  A row fails when its page does.
+* ``expect_explored_share_to_match_epsilon`` — the explored flags are independent Bernoulli(ε_i)
+  draws, so their count has mean Σε_i and variance Σε_i(1−ε_i); the check passes when the observed
+  count lies within ``z`` standard deviations (``z`` derived from a false-alarm rate).
+
+The pandas implementations are vectorised (numpy / pandas group-by on integer codes).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Dict, Optional, Tuple, Union
+
+import numpy as np
+import pandas as pd
+from great_expectations.core.metric_domain_types import MetricDomainTypes
+from great_expectations.core.suite_parameters import SuiteParameterDict
+from great_expectations.execution_engine import PandasExecutionEngine
+from great_expectations.expectations.expectation import (
+    BatchExpectation,
+    ColumnMapExpectation,
+    MulticolumnMapExpectation,
+)
+from great_expectations.expectations.metrics.map_metric_provider import (
+    ColumnMapMetricProvider,
+    MulticolumnMapMetricProvider,
+)
+from great_expectations.expectations.metrics.map_metric_provider.column_condition_partial import (
+    column_condition_partial,
+)
+from great_expectations.expectations.metrics.map_metric_provider.multicolumn_condition_partial import (
+    multicolumn_condition_partial,
+)
+from great_expectations.expectations.metrics.metric_provider import metric_value
+from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
+
+from bartops.validation.checks import dtype_kind_matches, explored_share_stats, known_to_catalog, page_slots_contiguous
+
+
+# ---------------------------------------------------------------------------- metrics
+class ColumnValuesKnownToCatalog(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.bartops_known_to_catalog"
+    condition_value_keys = ("catalog_path", "catalog_column")
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column, catalog_path, catalog_column, **kwargs):
+        return known_to_catalog(column, catalog_path, catalog_column)
+
+
+class PageSlotsContiguous(MulticolumnMapMetricProvider):
+    condition_metric_name = "multicolumn_values.bartops_page_slots_contiguous"
+    condition_domain_keys = ("batch_id", "table", "column_list", "row_condition", "condition_parser",
+                             "ignore_row_if")
+
+    @multicolumn_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_list, **kwargs):
+        req, shelf, pos = column_list.columns
+        ok = page_slots_contiguous(column_list[req], column_list[shelf], column_list[pos])
+        return pd.Series(ok, index=column_list.index)
+
+
+class ExploredShareStats(TableMetricProvider):
+    metric_name = "table.bartops_explored_share"
+    value_keys = ("explored_column", "epsilon_column")
+
+    @metric_value(engine=PandasExecutionEngine)
+    def _pandas(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics, runtime_configuration):
+        df, _, _ = execution_engine.get_compute_domain(domain_kwargs=metric_domain_kwargs,
+                                                       domain_type=MetricDomainTypes.TABLE)
+        return explored_share_stats(df[metric_value_kwargs["explored_column"]],
+                                    df[metric_value_kwargs["epsilon_column"]])
+
+
+class ColumnDtypeName(TableMetricProvider):
+    metric_name = "table.bartops_column_dtype"
+    value_keys = ("column",)
+
+    @metric_value(engine=PandasExecutionEngine)
+    def _pandas(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics, runtime_configuration):
+        df, _, _ = execution_engine.get_compute_domain(domain_kwargs=metric_domain_kwargs,
+                                                       domain_type=MetricDomainTypes.TABLE)
+        col = metric_value_kwargs["column"]
+        return df[col].dtype if col in df.columns else None
+
+
+# ---------------------------------------------------------------------------- expectations
+class ExpectColumnToHaveSchemaKind(BatchExpectation):
+    """Expect the column's dtype to hold the schema kind: string, int64, float64, bool or utc (tz-aware UTC).
+
+    GX's type-list expectation compares exact dtype objects, which cannot say "any text dtype" or
+    "timezone-aware UTC timestamps"; this asks pandas.
+    """
+
+    column: str
+    kind: str
+
+    metric_dependencies = ("table.bartops_column_dtype",)
+    domain_keys: ClassVar[Tuple[str, ...]] = ("row_condition", "condition_parser")
+    success_keys = ("column", "kind")
+    args_keys = ("column", "kind")
+
+    def _validate(self, metrics: Dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Any = None) -> dict:
+        dtype = metrics["table.bartops_column_dtype"]
+        kind = self._get_success_kwargs()["kind"]
+        ok = dtype is not None and dtype_kind_matches(dtype, kind)
+        return {"success": bool(ok), "result": {"observed_value": None if dtype is None else str(dtype),
+                                                "details": {"expected_kind": kind}}}
+
+
+class ExpectColumnValuesToBeKnownToCatalog(ColumnMapExpectation):
+    """Expect every value of the column to appear in ``catalog_column`` of the parquet ``catalog_path``."""
+
+    catalog_path: Union[str, SuiteParameterDict]
+    catalog_column: Union[str, SuiteParameterDict]
+
+    map_metric = "column_values.bartops_known_to_catalog"
+    success_keys = ("mostly", "catalog_path", "catalog_column")
+    args_keys = ("column", "catalog_path", "catalog_column")
+
+
+class ExpectPageSlotsToBeContiguous(MulticolumnMapExpectation):
+    """Expect each page's slots (column_list = request, shelf, position) to be contiguous from 0."""
+
+    map_metric = "multicolumn_values.bartops_page_slots_contiguous"
+    success_keys = ("mostly",)
+    args_keys = ("column_list",)
+
+
+class ExpectExploredShareToMatchEpsilon(BatchExpectation):
+    """Expect the count of explored cards within ``z`` binomial standard deviations of Σε."""
+
+    explored_column: str = "explored"
+    epsilon_column: str = "epsilon"
+    z: Union[float, SuiteParameterDict] = 5.0
+
+    metric_dependencies = ("table.bartops_explored_share",)
+    domain_keys: ClassVar[Tuple[str, ...]] = ("row_condition", "condition_parser")
+    success_keys = ("explored_column", "epsilon_column", "z")
+    args_keys = ("explored_column", "epsilon_column", "z")
+
+    def _validate(self, metrics: Dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Any = None) -> dict:
+        s = metrics["table.bartops_explored_share"]
+        z = float(self._get_success_kwargs()["z"])
+        sd = float(np.sqrt(s["variance"]))
+        deviation = s["observed"] - s["expected"]
+        tolerance = z * sd
+        rows = max(s["rows"], 1)
+        return {
+            "success": bool(abs(deviation) <= tolerance + 1e-9),
+            "result": {"observed_value": s["observed"] / rows,
+                       "details": {"explored": s["observed"], "expected_explored": round(s["expected"], 3),
+                                   "expected_share": s["expected"] / rows, "sd": sd, "z": z,
+                                   "deviation_sd": deviation / sd if sd > 0 else (0.0 if deviation == 0 else float("inf")),
+                                   "tolerance": tolerance, "rows": s["rows"]}},
+        }
+
+
+CUSTOM = (ExpectColumnToHaveSchemaKind, ExpectColumnValuesToBeKnownToCatalog, ExpectPageSlotsToBeContiguous, ExpectExploredShareToMatchEpsilon)

@@ -1,0 +1,272 @@
+"""Load the GX suites from ``expectations/*.json``, derive their run-time parameters, run them.
+
+The suites are JSON files; values that depend on params.yaml or on the batch (the batch window,
+stream-rate bounds, the ε tolerance, catalog paths) are GX suite parameters (``{"$PARAMETER": …}``)
+filled in here.  ``import great_expectations`` is slow (~7 s), so it happens inside functions.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bartops.validation.report import ExpectationOutcome
+
+SUITES = ("impressions", "catalog", "history")
+EXPECTATIONS_ENV = "BARTOPS_EXPECTATIONS"
+
+
+def expectations_dir() -> Path:
+    """The folder of suite JSON files: $BARTOPS_EXPECTATIONS, else ``expectations/`` of the repo."""
+    import os
+
+    env = os.environ.get(EXPECTATIONS_ENV)
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve()
+    for parent in here.parents:
+        if (parent / "expectations" / "impressions.json").exists():
+            return parent / "expectations"
+    return Path("expectations")
+
+
+def load_suite_json(name: str, directory: Path | None = None) -> dict[str, Any]:
+    """A suite's JSON (name, meta, expectations); raises FileNotFoundError/ValueError naming the file."""
+    path = Path(directory or expectations_dir()) / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"expectation suite {path} not found")
+    data = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(data, dict) or not isinstance(data.get("expectations"), list):
+        raise ValueError(f"{path} must hold an object with an 'expectations' list")
+    checks = [e.get("meta", {}).get("check") for e in data["expectations"]]
+    if None in checks or len(set(checks)) != len(checks):
+        raise ValueError(f"{path}: every expectation needs a unique meta.check name")
+    return data
+
+
+# ---------------------------------------------------------------------------- parameters
+def normal_quantile(alpha: float) -> float:
+    """z with P(|N(0,1)| > z) = alpha (two-sided)."""
+    from scipy.stats import norm
+
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha!r}")
+    return float(norm.isf(alpha / 2))
+
+
+def stream_rate_bounds(rows: int, reference: float, reference_rows: int, rel_tolerance: float,
+                       alpha: float) -> tuple[float, float]:
+    """Accepted stream-rate range for a batch of ``rows`` cards.
+
+    The reference rate r0 (from a known-good batch of ``reference_rows`` cards) may drift by
+    ``rel_tolerance``·r0; on top, both rates carry binomial noise, so the band widens by
+    z·sqrt(r0(1−r0)(1/n + 1/n0)) with z from the two-sided false-alarm rate ``alpha``.
+    """
+    if not 0 <= reference <= 1:
+        raise ValueError(f"validation.stream_rate.reference must lie in [0, 1], got {reference!r}")
+    z = normal_quantile(alpha)
+    noise = z * math.sqrt(reference * (1 - reference) * (1 / max(rows, 1) + 1 / max(reference_rows, 1)))
+    half = rel_tolerance * reference + noise
+    return max(0.0, reference - half), min(1.0, reference + half)
+
+
+def reference_stream_rate(frame: pd.DataFrame) -> dict[str, Any]:
+    """The ``validation.stream_rate`` reference entries measured on a known-good batch."""
+    return {"reference": round(float(frame["reward"].mean()), 6), "reference_rows": int(len(frame))}
+
+
+def _utc(value: Any) -> pd.Timestamp:
+    ts = pd.Timestamp(value)
+    return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+
+
+def batch_window(timestamps: pd.Series, vparams: dict[str, Any], now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """(start, end) of the batch window.
+
+    end = now + future_skew_seconds (nothing may come from the future); start = the batch's latest
+    timestamp that is not in the future, minus max_span_days, and never before not_before.
+    """
+    w = vparams.get("window", {})
+    end = now + pd.Timedelta(seconds=float(w.get("future_skew_seconds", 300)))
+    ts = timestamps[timestamps <= end] if pd.api.types.is_datetime64_any_dtype(timestamps) else timestamps.iloc[:0]
+    latest = ts.max() if len(ts) else pd.NaT
+    latest = end if (latest is pd.NaT or pd.isna(latest)) else _utc(latest)
+    start = latest - pd.Timedelta(days=float(w.get("max_span_days", 8)))
+    if w.get("not_before"):
+        start = max(start, _utc(w["not_before"]))
+    return start, end
+
+
+def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: dict[str, Any],
+                          now: pd.Timestamp | None = None) -> dict[str, Any]:
+    """Run-time suite parameters for the impressions, catalog and history suites."""
+    v = params.get("validation", {})
+    pol = params.get("policy", {})
+    now = _utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
+    start, end = batch_window(frame["timestamp"], v, now)
+    sr = v.get("stream_rate", {})
+    lo, hi = stream_rate_bounds(len(frame), float(sr.get("reference", 0.05)), int(sr.get("reference_rows", 100_000)),
+                                float(sr.get("rel_tolerance", 0.5)), float(sr.get("alpha", 1e-6)))
+    data_dir = Path(data_dir)
+    return {
+        "window_start": start.isoformat(), "window_end": end.isoformat(),
+        "stream_rate_min": lo, "stream_rate_max": hi,
+        "explored_z": normal_quantile(float(v.get("explored_share_alpha", 1e-6))),
+        "max_shelf": int(pol.get("shelves", 6)) - 1, "max_position": int(pol.get("cards", 8)) - 1,
+        "items_path": str(data_dir / "items.parquet"),
+        "explanations_path": str(data_dir / "explanations.parquet"),
+        "users_path": str(data_dir / "users.parquet"),
+    }
+
+
+# ---------------------------------------------------------------------------- running
+@dataclass
+class SuiteRun:
+    name: str
+    rows: int
+    outcomes: list[ExpectationOutcome]
+    seconds: float
+
+
+def _import_gx():
+    import os
+
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+    logging.getLogger("great_expectations").setLevel(logging.ERROR)
+    import great_expectations as gx
+
+    import bartops.validation.expectations  # noqa: F401  (registers the custom expectations)
+
+    return gx
+
+
+def make_context(docs_root: Path | None = None):
+    """A GX context: a file context under ``docs_root`` (Data Docs there), else ephemeral."""
+    gx = _import_gx()
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    if docs_root is not None:
+        docs_root = Path(docs_root)
+        docs_root.mkdir(parents=True, exist_ok=True)
+        context = gx.get_context(mode="file", project_root_dir=str(docs_root))
+    else:
+        context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return context
+
+
+def build_suite(context, name: str, directory: Path | None = None):
+    """The named suite from JSON, registered in ``context`` (replacing a previous version)."""
+    gx = _import_gx()
+    data = load_suite_json(name, directory)
+    suite = gx.ExpectationSuite(name=data["name"], expectations=data["expectations"], meta=data.get("meta", {}))
+    if len(suite.expectations) != len(data["expectations"]):
+        raise ValueError(f"suite {name}: GX accepted {len(suite.expectations)} of {len(data['expectations'])} "
+                         "expectations (an invalid or duplicate configuration)")
+    return _replace(context.suites, suite)
+
+
+def _replace(store, obj):
+    """Add ``obj`` to a GX store, first deleting an older one of that name (cheaper than add_or_update)."""
+    try:
+        store.delete(obj.name)
+    except Exception:
+        pass
+    return store.add(obj)
+
+
+def run_suite(context, name: str, frame: pd.DataFrame, parameters: dict[str, Any], *,
+              checkpoint: bool = False, examples: int = 3, directory: Path | None = None,
+              result_format: str | dict = "SUMMARY"):
+    """Validate ``frame`` with suite ``name``; returns (SuiteRun, GX result).
+
+    With ``checkpoint`` the run goes through a GX Checkpoint that updates Data Docs.
+    """
+    gx = _import_gx()
+    t0 = time.perf_counter()
+    suite = build_suite(context, name, directory)
+    source = context.data_sources.add_or_update_pandas(f"bartops-{name}")
+    asset = source.get_asset(name) if name in [a.name for a in source.assets] else source.add_dataframe_asset(name)
+    try:
+        bd = asset.get_batch_definition("whole")
+    except Exception:
+        bd = asset.add_batch_definition_whole_dataframe("whole")
+    vd = _replace(context.validation_definitions, gx.ValidationDefinition(name=f"validate-{name}", data=bd, suite=suite))
+    if checkpoint:
+        from great_expectations.checkpoint import UpdateDataDocsAction
+
+        cp = _replace(context.checkpoints, gx.Checkpoint(
+            name=f"checkpoint-{name}", validation_definitions=[vd],
+            actions=[UpdateDataDocsAction(name="update-data-docs")], result_format=result_format))
+        cres = cp.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters)
+        result = next(iter(cres.run_results.values()))
+    else:
+        result = vd.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
+                        result_format=result_format)
+    outcomes = [_outcome(name, r, frame, examples) for r in result.results]
+    return SuiteRun(name, len(frame), outcomes, time.perf_counter() - t0), result
+
+
+def _outcome(suite: str, r, frame: pd.DataFrame, examples: int) -> ExpectationOutcome:
+    cfg = r.expectation_config
+    meta = cfg.meta or {}
+    kwargs = cfg.kwargs or {}
+    res = dict(r.result or {})
+    column = kwargs.get("column") or (",".join(kwargs["column_list"]) if kwargs.get("column_list") else None)
+    exc = r.exception_info or {}
+    error = None
+    if isinstance(exc, dict) and exc.get("raised_exception"):
+        error = str(exc.get("exception_message"))[:300]
+    elif isinstance(exc, dict):  # GX keys exception info by metric id when several metrics ran
+        for v in exc.values():
+            if isinstance(v, dict) and v.get("raised_exception"):
+                error = str(v.get("exception_message"))[:300]
+                break
+    rows: list[dict[str, Any]] = []
+    if not r.success:
+        idx = res.get("partial_unexpected_index_list") or []
+        if idx and all(not isinstance(i, dict) for i in idx):
+            try:
+                rows = frame.loc[list(idx)[:examples]].to_dict("records")
+            except KeyError:
+                rows = []
+        if not rows and res.get("partial_unexpected_list"):
+            rows = [v if isinstance(v, dict) else {column or "value": v} for v in res["partial_unexpected_list"][:examples]]
+    details = res.get("details") or {}
+    return ExpectationOutcome(
+        suite=suite, check=meta.get("check", cfg.type), expectation=cfg.type, level=meta.get("level", "batch"),
+        success=bool(r.success), column=column, element_count=res.get("element_count"),
+        unexpected_count=res.get("unexpected_count"), unexpected_percent=res.get("unexpected_percent"),
+        observed_value=res.get("observed_value"), details=details if isinstance(details, dict) else {"details": details},
+        examples=rows, notes=meta.get("notes", ""), error=error,
+    )
+
+
+def unexpected_rows(context, name: str, frame: pd.DataFrame, parameters: dict[str, Any], checks: list[str],
+                    directory: Path | None = None) -> np.ndarray:
+    """Boolean mask of rows failing any of the given (row-level) checks, from GX COMPLETE results."""
+    gx = _import_gx()
+    data = load_suite_json(name, directory)
+    chosen = [e for e in data["expectations"] if e["meta"]["check"] in set(checks)]
+    suite = _replace(context.suites, gx.ExpectationSuite(name=f"{name}-rows", expectations=chosen))
+    source = context.data_sources.add_or_update_pandas(f"bartops-{name}-rows")
+    bd = source.add_dataframe_asset("rows").add_batch_definition_whole_dataframe("whole")
+    vd = gx.ValidationDefinition(name=f"validate-{name}-rows", data=bd, suite=suite)
+    vd = _replace(context.validation_definitions, vd)
+    result = vd.run(batch_parameters={"dataframe": frame}, expectation_parameters=parameters,
+                    result_format={"result_format": "COMPLETE"})
+    mask = np.zeros(len(frame), bool)
+    pos = pd.Series(np.arange(len(frame)), index=frame.index)
+    for r in result.results:
+        idx = (r.result or {}).get("unexpected_index_list") or []
+        if idx:
+            mask[pos.loc[list(idx)].to_numpy()] = True
+    return mask

@@ -1,0 +1,169 @@
+"""The review dashboard in real headless Debian chromium, approving a real paused Prefect flow run.
+
+The dashboard runs as ``bartops dashboard`` (uvicorn) in a subprocess against the test session's
+Prefect API; a gate flow run pauses waiting for a reviewer; the browser loads the candidate table,
+opens the candidate awaiting approval and clicks Approve; the flow resumes and production changes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bartops.registry import Registry
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
+from test_dashboard_support import gate_decision, shared_bundle  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = shutil.which("chromium")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _gate_flow():
+    """A minimal real gate flow: record 'awaiting approval' with its run id, pause, act on the answer."""
+    from prefect import flow
+    from prefect.flow_runs import pause_flow_run
+    from prefect.input import RunInput
+    from prefect.runtime import flow_run
+
+    class Approval(RunInput):
+        approved: bool = False  # an empty answer means "not approved"
+        comment: str = ""
+        reviewer: str = ""
+
+    @flow(name="dashboard-e2e-gate")
+    def gate(root: str, version: str, timeout: int = 240) -> bool:
+        reg = Registry(root)
+        decision = {**gate_decision("awaiting_approval"), "flow_run_id": str(flow_run.get_id())}
+        reg.record_decision(version, decision)
+        answer = pause_flow_run(wait_for_input=Approval.with_initial_data(), timeout=timeout, poll_interval=2)
+        approval = {"approved": answer.approved, "comment": answer.comment, "reviewer": answer.reviewer}
+        if answer.approved:
+            reg.promote(version, f"approved by {answer.reviewer}: {answer.comment}")
+        reg.record_decision(version, {**decision, "status": "promoted" if answer.approved else "rejected",
+                                      "approval": approval})
+        return answer.approved
+
+    return gate
+
+
+def _flow_run_paused(run_id: str) -> bool:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state
+    return bool(state and state.is_paused())
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (`make browser` installs it)")
+def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim, tmp_path, tmp_path_factory):
+    from prefect.settings import PREFECT_API_URL
+    from playwright.sync_api import expect, sync_playwright
+
+    bundle = shared_bundle(tmp_path_factory, small_data_dir, small_sim.impressions)
+    reg = Registry(tmp_path / "registry")
+    reg.register(bundle, "v1")
+    reg.record_decision("v1", gate_decision("promoted"))
+    reg.promote("v1", "initial production")
+    reg.register(bundle, "v2")
+
+    # the paused gate flow run (real Prefect API of the test session)
+    result: dict = {}
+    gate = _gate_flow()
+    runner = threading.Thread(target=lambda: result.setdefault("approved", gate(str(reg.root), "v2")), daemon=True)
+    runner.start()
+    run_id = _wait(lambda: (reg.show("v2")["gate"] or {}).get("flow_run_id"), 120, "the gate flow to record its run")
+    _wait(lambda: _flow_run_paused(run_id), 120, "the gate flow run to pause")
+
+    port = _free_port()
+    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    bartops = Path(sys.executable).with_name("bartops")
+    server = subprocess.Popen([str(bartops), "dashboard", "--host", "127.0.0.1", "--port", str(port),
+                               "--registry", str(reg.root)], env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy():
+            if server.poll() is not None:
+                raise AssertionError(f"dashboard exited: {server.stdout.read()}")
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(healthy, 60, "the dashboard to answer /healthz")
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            try:
+                page = browser.new_page()
+                page.goto(base + "/")
+                table = page.locator("table#candidates")
+                expect(table).to_be_visible()
+                expect(table.locator("tbody tr")).to_have_count(2)
+                expect(page.locator('tr[data-version="v2"]')).to_contain_text("awaiting approval")
+                expect(page.locator('tr[data-version="v1"]')).to_contain_text("production")
+
+                page.click('tr[data-version="v2"] >> text=v2')
+                expect(page.locator("h1")).to_contain_text("v2")
+                expect(page.locator("table#ope")).to_be_visible()
+                expect(page.locator(".page .shelf h4").first).to_be_visible()
+                page.fill("textarea[name=comment]", "better on every estimator")
+                page.fill("input[name=reviewer]", "e2e-reviewer")
+                page.click("button.approve")
+                expect(page.locator("#flash")).to_contain_text("Approved by e2e-reviewer")
+
+                _wait(lambda: reg.production() == "v2", 90, "production to switch to v2")
+                runner.join(timeout=60)
+                assert result.get("approved") is True
+                gate_json = reg.show("v2")["gate"]
+                assert gate_json["approval"] == {"approved": True, "comment": "better on every estimator",
+                                                 "reviewer": "e2e-reviewer"}
+                assert reg.history()[-1]["reason"] == "approved by e2e-reviewer: better on every estimator"
+
+                page.goto(base + "/")
+                expect(page.locator("header")).to_contain_text("production: v2")
+                expect(page.locator('tr[data-version="v2"]')).to_contain_text("promoted")
+            finally:
+                browser.close()
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        if runner.is_alive():  # make sure a failed test does not leave the flow paused for long
+            try:
+                from prefect.flow_runs import resume_flow_run
+
+                resume_flow_run(run_id, run_input={})
+            except Exception:  # noqa: BLE001 - best-effort cleanup
+                pass
+            runner.join(timeout=30)

@@ -1,0 +1,101 @@
+"""Helpers for the dashboard tests (no tests here): a real policy bundle and gate decisions.
+
+The bundle is built by the real code path (features → small weighted XGBoost → write_policy_bundle);
+the gate decisions follow the shape documented in ``bartops.dashboard.views`` (the gate's own
+output, ``Estimate.to_dict()`` per estimator and ``ValidationReport.to_dict()``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
+TRAIN_PARAMS = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8},
+                "reward": {"num_boost_round": 20, "baselines": []}}
+
+
+def make_bundle(data_dir: Path, impressions: pd.DataFrame, out: Path, version: str = "v-test") -> Path:
+    """A real policy bundle in ``out/bundle`` from the small simulated data."""
+    from bartops.features.store import build_features, save_features
+    from bartops.reward.model import save_model
+    from bartops.reward.policy import write_policy_bundle
+    from bartops.reward.train import train_reward_models
+
+    features = build_features(data_dir, TRAIN_PARAMS)
+    save_features(features, out / "features")
+    result = train_reward_models(features, impressions, TRAIN_PARAMS)
+    save_model(result.model, out / "model")
+    bundle = write_policy_bundle(out / "model", out / "features", POLICY, out / "bundle", version)
+    # calibration bins as the reward metrics carry them (equal-frequency bins on validation rows)
+    metrics = json.loads((bundle / "metrics.json").read_text())
+    metrics.setdefault("validation", {}).setdefault("calibration", calibration_bins(
+        np.random.default_rng(0).uniform(0, 0.3, 2000)))
+    (bundle / "metrics.json").write_text(json.dumps(metrics))
+    return bundle
+
+
+def shared_bundle(tmp_path_factory, data_dir: Path, impressions: pd.DataFrame) -> Path:
+    """One bundle per test session (built on first use under the session's base temp dir)."""
+    out = tmp_path_factory.getbasetemp() / "dashboard-bundle"
+    if not (out / "bundle" / "policy.json").exists():
+        make_bundle(data_dir, impressions, out, "v-src")
+    return out / "bundle"
+
+
+def calibration_bins(p: np.ndarray, bins: int = 10) -> list[dict]:
+    """Equal-frequency bins of predictions p with outcomes drawn as Bernoulli(p) (well calibrated)."""
+    rng = np.random.default_rng(1)
+    y = rng.random(len(p)) < p
+    order = np.argsort(p)
+    return [{"predicted": float(p[b].mean()), "observed": float(y[b].mean()), "count": int(len(b))}
+            for b in np.array_split(order, bins)]
+
+
+def estimate(name: str, value: float, half: float, ess: float = 5000.0, max_weight: float = 12.0) -> dict:
+    """An estimate as ``bartops.ope.Estimate.to_dict()`` writes it."""
+    return {"estimator": name, "value": value, "ci_low": value - half, "ci_high": value + half, "se": half / 1.96,
+            "level": 0.95, "n_rows": 30000, "n_groups": 625, "ess": ess, "max_weight": max_weight,
+            "support": 0.97, "mean_weight": 0.99, "n_boot": 1000, "seed": 0, "clip": None, "extra": {}}
+
+
+def gate_decision(status: str, flow_run_id: str | None = None, lift: float = 0.05) -> dict:
+    """A gate decision with evidence: OPE per estimator, rules, weights histogram, validation."""
+    ope = {}
+    for name, cand, prod, half in (("ips", 1.30, 1.25, 0.04), ("snips", 1.31, 1.25, 0.03), ("dr", 1.25 + lift, 1.25, 0.02)):
+        ope[name] = {"candidate": estimate(name, cand, half), "production": estimate(name, prod, half, 30000, 1.0),
+                     "difference": estimate(name, cand - prod, half / 2)}
+    edges = [x / 4 for x in range(-8, 5)]
+    counts = [int(1000 * math.exp(-((e + 0.125) ** 2))) for e in edges[:-1]]
+    decision = "promote" if status in ("awaiting_approval", "promoted") else "reject"
+    out = {
+        "decision": decision,
+        "status": status,
+        "estimator": "dr",
+        "baseline": "logging policy",
+        "reason": f"dr lower bound {lift - 0.01:.3f} {'>' if lift > 0.02 else '<='} margin 0.01",
+        "rules": [
+            {"name": "validation_passed", "value": True, "threshold": True, "passed": True},
+            {"name": "min_ess", "value": 5000.0, "threshold": 1000.0, "op": ">=", "passed": True},
+            {"name": "lift_lower_bound", "value": lift - 0.01, "threshold": 0.01, "op": ">", "passed": lift > 0.02},
+            {"name": "max_calibration_error", "value": 0.004, "threshold": 0.02, "op": "<=", "passed": True},
+        ],
+        "ope": ope,
+        "weight_histogram": {"edges": edges, "counts": counts, "log_x": True},
+        "validation": {"batch": "sim-seed3.parquet", "passed": True, "decision": "accepted", "rows": 30000,
+                       "pages": 625, "counts": {"expectations": 2, "failed": 0, "rows": 30000, "pages": 625},
+                       "expectations": [
+                           {"suite": "impressions", "check": "propensity_range", "expectation":
+                            "expect_column_values_to_be_between", "level": "row", "success": True,
+                            "column": "propensity", "element_count": 30000, "unexpected_count": 0},
+                           {"suite": "impressions", "check": "unique_ids", "expectation":
+                            "expect_column_values_to_be_unique", "level": "row", "success": True,
+                            "column": "impression_id", "element_count": 30000, "unexpected_count": 0}]},
+    }
+    if flow_run_id:
+        out["flow_run_id"] = flow_run_id
+    return out

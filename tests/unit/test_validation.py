@@ -1,0 +1,350 @@
+"""Validation of impression batches: a good batch passes, each broken check is caught and quarantined."""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bartops.config import load_params
+from bartops.validation import BatchReadError, ingest, read_batch, validate_batch
+from bartops.validation.checks import explored_share_stats, page_slots_contiguous
+from bartops.validation.suites import load_suite_json, normal_quantile, reference_stream_rate, stream_rate_bounds
+
+ROOT = Path(__file__).resolve().parents[2]
+BATCH = "incoming/sim-seed3.parquet"
+
+
+@pytest.fixture(scope="module")
+def data_dir(small_data_dir, tmp_path_factory) -> Path:
+    """A private copy of the small simulation (the session fixture is read-only)."""
+    out = tmp_path_factory.mktemp("vdata") / "data"
+    shutil.copytree(small_data_dir, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def good(data_dir) -> pd.DataFrame:
+    return pd.read_parquet(data_dir / BATCH)
+
+
+@pytest.fixture(scope="module")
+def params(good) -> dict:
+    p = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    p["validation"]["stream_rate"].update(reference_stream_rate(good))  # the good batch is the reference
+    p["validation"]["row_split"]["enabled"] = False
+    return p
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _write(df: pd.DataFrame, path: Path, fmt: str = "parquet") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "parquet":
+        df.to_parquet(path, index=False)
+    elif fmt == "csv":
+        out = df.copy()
+        out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out.to_csv(path, index=False)
+    else:
+        out = df.copy()
+        out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        out.to_json(path, orient="records", lines=True)
+    return path
+
+
+def _failed(report) -> set[str]:
+    return {f"{e.suite}/{e.check}" for e in report.failed}
+
+
+def test_good_batch_passes_every_suite(data_dir, params):
+    report = validate_batch(data_dir / BATCH, data_dir, params)
+    assert report.passed, report.failure_message()
+    assert set(report.suites) == {"impressions", "catalog", "history"}
+    assert len(report.expectations) == sum(len(load_suite_json(n)["expectations"]) for n in report.suites)
+    assert report.rows == 30_000 or report.rows > 29_000
+    d = report.to_dict()
+    assert d["passed"] is True and d["counts"]["failed"] == 0
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_text_formats_pass(tmp_path, data_dir, params, good, fmt):
+    path = _write(good, tmp_path / f"batch.{fmt}", fmt)
+    report = validate_batch(path, data_dir, params)
+    assert report.passed, report.failure_message()
+    assert report.fmt == fmt
+
+
+def _first_page(df: pd.DataFrame) -> pd.Index:
+    return df.index[df["request_id"] == df["request_id"].iloc[0]]
+
+
+def _mutations():
+    """check name(s) → function breaking exactly that check on a copy of the good batch."""
+    def setv(col, value, row=0):
+        def f(df):
+            df.loc[df.index[row], col] = value
+            return df
+        return f
+
+    def dup_item(df):
+        page = _first_page(df)
+        df.loc[page[1], "item_id"] = df.loc[page[0], "item_id"]
+        return df
+
+    def dup_impression(df):
+        df.loc[df.index[1], "impression_id"] = df.loc[df.index[0], "impression_id"]
+        return df
+
+    def slot_gap(df):
+        page = df.loc[_first_page(df)]
+        drop = page.index[(page["shelf"] == 0) & (page["position"] == 3)]
+        return df.drop(index=drop)
+
+    def slot_repeat(df):
+        page = df.loc[_first_page(df)]
+        row = page.index[(page["shelf"] == 0) & (page["position"] == 1)]
+        df.loc[row, "position"] = 0
+        return df
+
+    def explored(df):
+        rng = np.random.default_rng(0)
+        idx = df.index[~df["explored"]]
+        df.loc[rng.choice(idx, size=len(df) // 20, replace=False), "explored"] = True
+        return df
+
+    def drift(df):
+        df["reward"] = 0
+        df["stream_seconds"] = np.nan
+        return df
+
+    def future(df):
+        df["timestamp"] = df["timestamp"].astype("datetime64[us, UTC]")
+        df.loc[df.index[0], "timestamp"] = pd.Timestamp.now(tz="UTC") + pd.Timedelta(days=1)
+        return df
+
+    def stale(df):
+        df["timestamp"] = df["timestamp"].astype("datetime64[us, UTC]")
+        df.loc[df.index[0], "timestamp"] = df["timestamp"].min() - pd.Timedelta(days=30)
+        return df
+
+    return {
+        "propensity_range": setv("propensity", 0.0),
+        "epsilon_range": setv("epsilon", 1.5),
+        "reward_binary": setv("reward", 2),
+        "platform_enum": setv("platform", "fridge"),
+        "region_enum": setv("region", "XX"),
+        "not_null_platform": setv("platform", None),
+        "item_known": setv("item_id", 10**9),
+        "explanation_known": setv("explanation_id", "artist:999999"),
+        "impression_id_unique": dup_impression,
+        "page_items_distinct": dup_item,
+        "page_slots_contiguous": slot_gap,
+        "page_slots_unique+page_slots_contiguous": slot_repeat,
+        "timestamp_not_future": future,
+        "timestamp_window": stale,
+        "explored_share": explored,
+        "stream_rate_drift": drift,
+    }
+
+
+@pytest.mark.parametrize("checks,mutate", list(_mutations().items()), ids=list(_mutations()))
+def test_broken_batch_is_rejected_for_that_reason_and_quarantined(tmp_path, data_dir, params, good, checks, mutate):
+    path = _write(mutate(good.copy()), tmp_path / "incoming" / "bad.parquet")
+    digest = _sha(path)
+    report = ingest(path, data_dir, tmp_path / "quarantine", params, impressions_dir=tmp_path / "impressions")
+    assert not report.passed and report.decision == "rejected"
+    assert _failed(report) == {f"impressions/{c}" for c in checks.split("+")}, report.failure_message()
+    for c in checks.split("+"):
+        assert c in report.failure_message()
+    moved = Path(report.quarantine_path) / "bad.parquet"
+    assert not path.exists() and _sha(moved) == digest  # whole and byte-identical
+    assert (Path(report.quarantine_path) / "report.json").exists()
+    assert not (tmp_path / "impressions").exists() or not any((tmp_path / "impressions").iterdir())
+    failed = report.failed[0]
+    if failed.unexpected_count is not None:  # row/page checks name counts and example rows
+        assert failed.unexpected_count >= 1 and failed.examples
+
+
+def _unreadable_cases(good: pd.DataFrame, tmp: Path) -> dict[str, tuple[Path, str]]:
+    cases = {}
+    tmp.mkdir(parents=True, exist_ok=True)
+    p = tmp / "empty.parquet"
+    p.write_bytes(b"")
+    cases["empty file"] = (p, "empty")
+    full = _write(good, tmp / "full.parquet")
+    p = tmp / "truncated.parquet"
+    p.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    cases["truncated parquet"] = (p, "corrupt")
+    p = tmp / "garbage.parquet"
+    p.write_bytes(b"PAR1 this is not parquet at all")
+    cases["corrupt parquet"] = (p, "corrupt")
+    csv = _write(good.head(100), tmp / "utf8.csv", "csv")
+    p = tmp / "utf16.csv"
+    p.write_bytes(csv.read_text(encoding="utf-8").encode("utf-16"))
+    cases["wrong encoding"] = (p, "encoding")
+    cases["missing column"] = (_write(good.drop(columns=["propensity"]), tmp / "missing.parquet"), "columns")
+    cases["extra column"] = (_write(good.assign(score=1.0), tmp / "extra.parquet"), "columns")
+    cases["wrong type"] = (_write(good.assign(propensity="high"), tmp / "types.parquet"), "types")
+    folder = tmp / "mixed"
+    _write(good.head(100), folder / "a.parquet")
+    _write(good.tail(100), folder / "b.csv", "csv")
+    cases["mixed folder"] = (folder, "mixed_formats")
+    cases["missing path"] = (tmp / "nowhere.parquet", "missing")
+    return cases
+
+
+def test_unreadable_batches_get_a_clear_error_and_quarantine(tmp_path, data_dir, params, good):
+    cases = _unreadable_cases(good, tmp_path / "in")
+    for name, (path, kind) in cases.items():
+        before = {p.relative_to(path.parent): _sha(p) for p in ([path] if path.is_file() else path.rglob("*"))
+                  if p.is_file()}
+        report = ingest(path, data_dir, tmp_path / "quarantine", params, impressions_dir=tmp_path / "imp")
+        assert report.decision == "unreadable" and not report.passed, name
+        assert report.error_kind == kind, (name, report.error)
+        assert report.error and kind in report.failure_message()
+        q = Path(report.quarantine_path)
+        assert (q / "report.json").exists() and (q / "report.md").exists(), name
+        after = {p.relative_to(q): _sha(p) for p in q.rglob("*") if p.is_file() and not p.name.startswith("report.")}
+        assert after == before, name  # moved whole and unchanged
+        assert not path.exists()
+
+
+def test_read_errors_name_the_problem(tmp_path, good):
+    _write(good.assign(user_id="u1"), tmp_path / "t.parquet")
+    with pytest.raises(BatchReadError, match="user_id"):
+        read_batch(tmp_path / "t.parquet")
+    _write(good.drop(columns=["reward", "epsilon"]), tmp_path / "m.parquet")
+    with pytest.raises(BatchReadError, match=r"missing column\(s\) \['epsilon', 'reward'\]"):
+        read_batch(tmp_path / "m.parquet")
+
+
+def test_accept_is_atomic_and_idempotent(tmp_path, data_dir, params, good):
+    imp, q = tmp_path / "impressions", tmp_path / "quarantine"
+    src = data_dir / BATCH
+    folder = tmp_path / "incoming" / "served"
+    folder.mkdir(parents=True)
+    half = len(good) // 2 // 48 * 48  # split on a page boundary
+    _write(good.iloc[:half], folder / "part-0.parquet")
+    _write(good.iloc[half:], folder / "part-1.parquet")
+    first = ingest(folder, data_dir, q, params, impressions_dir=imp)
+    assert first.decision == "accepted", first.failure_message()
+    assert not folder.exists()  # moved into the training data
+    files = sorted(imp.iterdir())
+    assert len(files) == 1 and not any(f.name.startswith(".") for f in files)
+    stored = pd.read_parquet(files[0])
+    assert len(stored) == len(good) and stored["impression_id"].tolist() == good["impression_id"].tolist()
+    # the same batch arriving again adds nothing
+    folder.mkdir(parents=True)
+    _write(good.iloc[:half], folder / "part-0.parquet")
+    _write(good.iloc[half:], folder / "part-1.parquet")
+    again = ingest(folder, data_dir, q, params, impressions_dir=imp)
+    assert again.passed and again.decision == "already-ingested"
+    assert sorted(imp.iterdir()) == files and _sha(files[0]) == _sha(Path(first.accepted_path))
+    assert not q.exists()
+    assert src.exists()  # the fixture's batch was never touched
+
+
+def test_row_level_failures_under_the_share_are_split_off(tmp_path, data_dir, params, good):
+    p = copy.deepcopy(params)
+    p["validation"]["row_split"] = {"enabled": True, "max_share": 0.01}
+    bad = good.copy()
+    bad.loc[bad.index[100], "item_id"] = 10**9
+    page = bad.loc[bad.index[100], "request_id"]
+    path = _write(bad, tmp_path / "incoming" / "b.parquet")
+    digest = _sha(path)
+    report = ingest(path, data_dir, tmp_path / "q", p, impressions_dir=tmp_path / "imp")
+    assert report.passed and report.decision == "accepted-partly", report.failure_message()
+    page_rows = int((bad["request_id"] == page).sum())
+    assert report.split["applied"] and report.split["rows"] == page_rows and report.split["checks"] == ["item_known"]
+    kept = pd.read_parquet(report.accepted_path)
+    assert len(kept) == len(bad) - page_rows and page not in set(kept["request_id"])
+    q = Path(report.quarantine_path)
+    assert _sha(q / "b.parquet") == digest
+    assert len(pd.read_parquet(q / "split-off-rows.parquet")) == page_rows
+    # above the share the whole batch is quarantined
+    many = good.copy()
+    many.loc[many.index[::50], "item_id"] = 10**9
+    path = _write(many, tmp_path / "incoming" / "c.parquet")
+    report = ingest(path, data_dir, tmp_path / "q", p, impressions_dir=tmp_path / "imp")
+    assert report.decision == "rejected" and not report.split["applied"]
+
+
+def test_missing_reference_data_is_a_setup_error_not_a_quarantine(tmp_path, params, good):
+    path = _write(good, tmp_path / "b.parquet")
+    from bartops.validation import ValidationSetupError
+
+    with pytest.raises(ValidationSetupError, match="items.parquet"):
+        ingest(path, tmp_path / "empty-data", tmp_path / "q", params)
+    assert path.exists() and not (tmp_path / "q").exists()
+
+
+# ---------------------------------------------------------------------------- pure checks
+def _contiguous_bruteforce(df: pd.DataFrame) -> np.ndarray:
+    ok_pages = {}
+    for req, page in df.groupby("request_id"):
+        shelves = sorted(page["shelf"].unique())
+        good = shelves == list(range(len(shelves)))
+        for _, sh in page.groupby("shelf"):
+            good &= sorted(sh["position"]) == list(range(len(sh)))
+        ok_pages[req] = good
+    return df["request_id"].map(ok_pages).to_numpy(bool)
+
+
+def test_page_slot_contiguity_matches_a_brute_force_check():
+    rng = np.random.default_rng(5)
+    rows = []
+    for r in range(300):
+        shelves = rng.integers(1, 4)
+        for s in range(shelves):
+            for k in range(rng.integers(1, 5)):
+                rows.append((f"r{r}", s, k))
+    df = pd.DataFrame(rows, columns=["request_id", "shelf", "position"])
+    # damage a third of the rows: shift slots, duplicate some, drop some
+    hit = rng.random(len(df)) < 0.05
+    df.loc[hit, "position"] += rng.integers(-1, 3, hit.sum())
+    df.loc[rng.random(len(df)) < 0.03, "shelf"] += 1
+    df = df.drop(index=df.index[rng.random(len(df)) < 0.05]).sample(frac=1.0, random_state=1)
+    got = page_slots_contiguous(df["request_id"], df["shelf"], df["position"])
+    want = _contiguous_bruteforce(df)
+    assert want.mean() < 0.9 and want.any()
+    np.testing.assert_array_equal(got, want)
+
+
+def test_explored_share_tolerance_has_its_false_alarm_rate():
+    """Under the logged ε the |deviation| > z·sd rate matches alpha (derived, not guessed)."""
+    rng = np.random.default_rng(9)
+    alpha, reps, n = 0.05, 2000, 3000
+    z = normal_quantile(alpha)
+    eps = pd.Series(np.where(np.arange(n) % 8 == 0, 0.1, 0.2))
+    alarms = 0
+    for _ in range(reps):
+        s = explored_share_stats(pd.Series(rng.random(n) < eps.to_numpy()), eps)
+        alarms += abs(s["observed"] - s["expected"]) > z * np.sqrt(s["variance"])
+    rate = alarms / reps
+    se = np.sqrt(alpha * (1 - alpha) / reps)
+    assert abs(rate - alpha) < 4 * se
+
+
+def test_stream_rate_bounds_widen_with_noise_and_tolerance():
+    lo, hi = stream_rate_bounds(1000, 0.12, 200_000, 0.0, 1e-6)
+    z = normal_quantile(1e-6)
+    half = z * np.sqrt(0.12 * 0.88 * (1 / 1000 + 1 / 200_000))
+    assert lo == pytest.approx(0.12 - half) and hi == pytest.approx(0.12 + half)
+    lo2, hi2 = stream_rate_bounds(1000, 0.12, 200_000, 0.5, 1e-6)
+    assert lo2 == pytest.approx(max(0.0, lo - 0.06)) and hi2 == pytest.approx(hi + 0.06)
+
+
+def test_suite_enums_match_the_shared_vocabularies():
+    from bartops.context import PLATFORMS, REGIONS
+
+    exps = {e["meta"]["check"]: e for e in load_suite_json("impressions")["expectations"]}
+    assert set(exps["platform_enum"]["kwargs"]["value_set"]) == set(PLATFORMS)
+    assert set(exps["region_enum"]["kwargs"]["value_set"]) == set(REGIONS)

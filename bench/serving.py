@@ -1,0 +1,201 @@
+"""Serving latency: a 6×8 page from ~300 candidates, in-process and over HTTP (`bentoml serve`).
+
+Figures: the page built in-process (fast precomputed path vs. ``assemble_rows`` per request); one
+client over HTTP (p50, p99); open-loop load at a fixed offered rate (default 50 req/s for 30 s:
+p50, p99, errors; latency counted from the scheduled send time, so a stalled server is not hidden);
+and the highest offered rate of a ladder at which p99 < 100 ms with no errors, with the load
+generator's own CPU share (it shares the 2 cores with the server).  Run:
+
+    python -m bench.serving [--workers 1 2] [--rate 50 --seconds 30] [--ladder 50,100,150,200,300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pandas as pd
+import yaml
+
+from bench.common import save, table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def make_bundle(work: Path) -> tuple[Path, pd.DataFrame]:
+    """A small simulated world (1,200 items, ~300 candidates per user) and a trained policy bundle."""
+    from bartops.features.store import build_features, save_features
+    from bartops.reward.model import save_model
+    from bartops.reward.policy import write_policy_bundle
+    from bartops.reward.train import train_reward_models
+    from bartops.sim import SimParams, World, sample_contexts, simulate
+    from bartops.sim.store import write_simulation
+
+    sp = SimParams(impressions=30_000, users=600, artists=80, items=1200, genres=8, moods=4)
+    world = World.generate(sp, seed=3)
+    data = simulate(world, sp.impressions, 6, 8, 0.1, 0.1, seed=3)
+    write_simulation(data, work / "data", "sim-seed3")
+    params = {"seed": 3, "features": {"embedding_dim": 16}, "reward": {"num_boost_round": 200, "baselines": []}}
+    feats = build_features(work / "data", params)
+    save_features(feats, work / "features")
+    save_model(train_reward_models(feats, data.impressions, params).model, work / "model")
+    bundle = write_policy_bundle(work / "model", work / "features",
+                                 {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1},
+                                 work / "bundle", "bench")
+    return bundle, sample_contexts(world, 2000, np.random.default_rng(1))
+
+
+def pct(xs, q) -> float:
+    return float(np.percentile(np.asarray(xs) * 1e3, q)) if len(xs) else float("nan")
+
+
+def in_process(bundle: Path, ctx: pd.DataFrame, n: int = 400) -> list[dict]:
+    from bartops.serving.engine import PageEngine
+
+    eng = PageEngine.load(bundle)
+    sizes = [len(eng.inputs(int(u), "ios", "SE", pd.Timestamp.now(tz="UTC"))[1]) for u in ctx["user_id"][:200]]
+    rows = []
+    for label, fast in (("in-process, precomputed blocks + inplace_predict", True),
+                        ("in-process, assemble_rows + scorer per request", False)):
+        eng.fast_path = fast
+        times = []
+        for i, r in enumerate(ctx.head(n).itertuples()):
+            t0 = time.perf_counter()
+            eng.build(int(r.user_id), str(r.platform), str(r.region), f"b{i}", i)
+            times.append(time.perf_counter() - t0)
+        rows.append({"case": label, "p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "errors": 0,
+                     "candidates_median": float(np.median(sizes))})
+    return rows
+
+
+class Server:
+    def __init__(self, env: dict) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(Path(env["BARTOPS_SERVING_LOGS"]).parent / "server.log", "w")
+        self.proc = subprocess.Popen([str(Path(sys.executable).with_name("bentoml")), "serve",
+                                      "bartops.serving.service:HomePage", "--port", str(self.port)],
+                                     cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {Path(self.log.name).read_text()[-2000:]}")
+            time.sleep(0.3)
+        raise TimeoutError("server not ready")
+
+    def stop(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        self.proc.wait(timeout=60)
+        self.log.close()
+
+
+def bodies(ctx: pd.DataFrame) -> list[dict]:
+    return [{"user_id": int(r.user_id), "platform": str(r.platform), "region": str(r.region)} for r in ctx.itertuples()]
+
+
+def one_client(url: str, reqs: list[dict], n: int = 300) -> dict:
+    times, errors = [], 0
+    with httpx.Client(base_url=url, timeout=10) as c:
+        for b in reqs[:20]:
+            c.post("/home", json=b)
+        for i in range(n):
+            t0 = time.perf_counter()
+            r = c.post("/home", json=reqs[i % len(reqs)])
+            times.append(time.perf_counter() - t0)
+            errors += r.status_code != 200
+    return {"p50_ms": pct(times, 50), "p99_ms": pct(times, 99), "errors": errors}
+
+
+async def _open_loop(url: str, reqs: list[dict], rate: float, seconds: float) -> dict:
+    n = int(rate * seconds)
+    lat, errors = [], 0
+    limits = httpx.Limits(max_connections=512, max_keepalive_connections=512)
+    async with httpx.AsyncClient(base_url=url, timeout=10, limits=limits) as c:
+        start = time.perf_counter() + 0.2
+
+        async def one(i: int):
+            nonlocal errors
+            due = start + i / rate
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                r = await c.post("/home", json=reqs[i % len(reqs)])
+                ok = r.status_code == 200
+            except httpx.HTTPError:
+                ok = False
+            lat.append(time.perf_counter() - due)  # from the scheduled time: no coordinated omission
+            errors += not ok
+
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
+    return {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "errors": errors, "requests": n,
+            "achieved_rps": n / wall, "loadgen_cpu_share": cpu / wall}
+
+
+def open_loop(url, reqs, rate, seconds) -> dict:
+    return asyncio.run(_open_loop(url, reqs, rate, seconds))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", type=int, nargs="+", default=[1])
+    ap.add_argument("--rate", type=float, default=50)
+    ap.add_argument("--seconds", type=float, default=30)
+    ap.add_argument("--ladder", default="50,100,150,200,300")
+    ap.add_argument("--ladder-seconds", type=float, default=10)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
+    bundle, ctx = make_bundle(work)
+    rows = in_process(bundle, ctx)
+    reqs = bodies(ctx)
+    ladder = [float(x) for x in args.ladder.split(",") if x]
+    for workers in args.workers:
+        params = yaml.safe_load((ROOT / "params.yaml").read_text())
+        params["serving"] = {**params.get("serving", {}), "workers": workers}
+        pfile = work / f"params-{workers}.yaml"
+        pfile.write_text(yaml.safe_dump(params))
+        env = {**os.environ, "BARTOPS_BUNDLE": str(bundle), "BARTOPS_PARAMS": str(pfile),
+               "BARTOPS_SERVING_LOGS": str(work / f"logs-{workers}"), "BENTOML_HOME": str(work / "bentoml"),
+               "BENTOML_DO_NOT_TRACK": "True"}
+        srv = Server(env)
+        try:
+            rows.append({"case": f"HTTP one client, {workers} worker(s)", **one_client(srv.url, reqs)})
+            r = open_loop(srv.url, reqs, args.rate, args.seconds)
+            rows.append({"case": f"HTTP open loop {args.rate:g} req/s × {args.seconds:g} s, {workers} worker(s)", **r})
+            best = None
+            for rate in ladder:
+                r = open_loop(srv.url, reqs, rate, args.ladder_seconds)
+                rows.append({"case": f"ladder {rate:g} req/s × {args.ladder_seconds:g} s, {workers} worker(s)", **r})
+                if r["p99_ms"] < 100 and r["errors"] == 0:
+                    best = rate
+                else:
+                    break
+            rows.append({"case": f"highest rate with p99 < 100 ms, {workers} worker(s)", "rate": best})
+        finally:
+            srv.stop()
+    cols = ["case", "p50_ms", "p99_ms", "errors", "achieved_rps", "loadgen_cpu_share", "rate"]
+    norm = [{c: r.get(c, "") for c in cols} for r in rows]
+    print(table(norm))
+    print("saved", save("serving", {"rows": rows, "args": vars(args)}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""`bartops join` and `bartops package`: close the feedback loop and package the served policy."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bartops.config import load_params
+
+
+def join(
+    log_dir: Optional[Path] = typer.Option(None, help="served logs (default: params serving/paths.serving_logs)"),
+    out: Optional[Path] = typer.Option(None, help="where the batch goes (default: params paths.incoming)"),
+    window: Optional[float] = typer.Option(None, help="attribution window in seconds (default: params serving)"),
+    now: Optional[datetime] = typer.Option(None, help="treat this UTC time as now (default: the clock)"),
+    params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
+) -> None:
+    """Join served impressions with feedback into a reward-labelled batch (for `validate`)."""
+    from bartops.serving.config import ServingConfig
+    from bartops.serving.join import join_to_batch
+
+    params = load_params(params_file)
+    cfg = ServingConfig.from_params(params).with_env()
+    try:
+        result = join_to_batch(log_dir or Path(cfg.log_dir), out or Path(params["paths"]["incoming"]),
+                               window or cfg.attribution_window_seconds, now)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    typer.echo(json.dumps(result.to_dict(), indent=2))
+
+
+def package(
+    version: Optional[str] = typer.Argument(None, help="registry version (default: production)"),
+    registry: Optional[Path] = typer.Option(None, help="registry root (default: params paths.registry)"),
+    build: bool = typer.Option(True, help="also `bentoml build` the Bento"),
+    params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
+) -> None:
+    """Store a registry version as a BentoML model (BENTOML_HOME, default build/bentoml) and build the Bento."""
+    import os
+
+    from bartops.registry import Registry
+    from bartops.serving.package import build_bento, default_bentoml_home, store_bundle_as_bentoml_model
+
+    params = load_params(params_file)
+    reg = Registry(registry or Path(params["paths"]["registry"]))
+    version = version or reg.production()
+    if version is None:
+        raise typer.BadParameter("no version given and the registry has no production version")
+    home = default_bentoml_home(Path.cwd())
+    os.environ.setdefault("BENTOML_HOME", str(home))
+    tag = store_bundle_as_bentoml_model(reg.path(version), version, bentoml_home=home)
+    typer.echo(f"model: {tag}")
+    if build:
+        typer.echo(f"bento: {build_bento(tag, Path.cwd(), home)}  (BENTOML_HOME={home})")

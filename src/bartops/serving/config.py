@@ -1,0 +1,61 @@
+"""The ``serving:`` section of params.yaml, with environment overrides for the running service."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+MODEL_NAME = "bartops-policy"  # BentoML model name of packaged policy bundles
+ENV_BUNDLE = "BARTOPS_BUNDLE"  # serve this bundle directory
+ENV_REGISTRY = "BARTOPS_REGISTRY"  # else the production version of this registry (default registry/)
+ENV_MODEL_TAG = "BARTOPS_MODEL_TAG"  # else/or a policy bundle stored in the BentoML model store
+ENV_LOG_DIR = "BARTOPS_SERVING_LOGS"  # where served impressions and feedback are written
+
+
+@dataclass(frozen=True)
+class ServingConfig:
+    """Limits, log rotation and attribution settings of the service and the join step."""
+
+    log_dir: str = "serving-logs"
+    log_rotate_rows: int = 20_000  # rows per log file before it is closed (flushed + fsynced)
+    log_rotate_seconds: float = 60.0  # ... or once the file is this old, even when idle
+    max_body_bytes: int = 8192  # larger request bodies get a 413
+    attribution_window_seconds: float = 1800.0  # a stream counts if reported this soon after the page
+    workers: int = 1  # BentoML API worker processes
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if f.name != "log_dir" and not (isinstance(v, (int, float)) and v > 0):
+                raise ValueError(f"serving.{f.name} must be a positive number, got {v!r}")
+        if not str(self.log_dir):
+            raise ValueError("serving.log_dir must not be empty")
+
+    @staticmethod
+    def from_params(params: dict[str, Any] | None) -> "ServingConfig":
+        """Config from a full params dict (``serving:`` plus ``paths.serving_logs``); unknown keys fail."""
+        params = params or {}
+        section = dict(params.get("serving") or {})
+        known = {f.name for f in fields(ServingConfig)}
+        unknown = sorted(set(section) - known)
+        if unknown:
+            raise ValueError(f"unknown serving parameter(s) {unknown}; known: {sorted(known)}")
+        if "log_dir" not in section and params.get("paths", {}).get("serving_logs"):
+            section["log_dir"] = params["paths"]["serving_logs"]
+        return ServingConfig(**section)
+
+    def with_env(self, environ: dict[str, str] | None = None) -> "ServingConfig":
+        """Apply ``BARTOPS_SERVING_LOGS`` if set."""
+        env = os.environ if environ is None else environ
+        return replace(self, log_dir=env[ENV_LOG_DIR]) if env.get(ENV_LOG_DIR) else self
+
+
+def load_serving_config(params_file: str | Path | None = None) -> ServingConfig:
+    """ServingConfig from params.yaml when it exists (else defaults), then environment overrides."""
+    from bartops.config import load_params, params_path
+
+    path = params_path(params_file)
+    params = load_params(path) if path.exists() else {}
+    return ServingConfig.from_params(params).with_env()

@@ -1,0 +1,111 @@
+"""Promotion rules (``params.yaml`` → ``gate:``) and the decision with its evidence.
+
+A candidate is promoted only if every rule passes:
+
+1. ``validation``: the logs it was evaluated on passed validation;
+2. ``ess``: the effective sample size of its importance weights is at least ``min_ess``;
+3. ``lift``: the lower bound of the paired bootstrap interval of candidate − production
+   (estimator ``estimator``, DR by default) exceeds ``margin`` (streams per page);
+4. ``calibration``: the reward model's ECE (from its metrics.json) is at most ``max_ece``;
+5. ``explanations``: for no explanation kind is the candidate's estimated value below
+   production's by more than ``explanation_tolerance`` (relative to production's value of that kind).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ESTIMATORS = ("ips", "snips", "dr")
+PROBABILITIES = ("marginal", "prefix", "page")
+
+
+@dataclass(frozen=True)
+class GateParams:
+    estimator: str = "dr"
+    probability: str = "marginal"  # slate weights the estimator uses (see bartops.ope.slate)
+    margin: float = 0.0
+    min_ess: float = 100.0
+    max_ece: float = 0.05
+    explanation_tolerance: float = 0.10
+    require_validation: bool = True
+    human_approval: bool = False
+    approval_timeout_s: float = 3600.0
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ESTIMATORS:
+            raise ValueError(f"gate.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
+        if self.probability not in PROBABILITIES:
+            raise ValueError(f"gate.probability must be one of {PROBABILITIES}, got {self.probability!r}")
+        for name in ("min_ess", "max_ece", "explanation_tolerance", "approval_timeout_s"):
+            if float(getattr(self, name)) < 0:
+                raise ValueError(f"gate.{name} must be non-negative, got {getattr(self, name)!r}")
+
+    @staticmethod
+    def from_dict(values: dict[str, Any] | None) -> "GateParams":
+        values = dict(values or {})
+        known = {f.name for f in fields(GateParams)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown gate parameter(s) {unknown}; known: {sorted(known)}")
+        return GateParams(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def ece_from_metrics(metrics: dict | None) -> float | None:
+    """The validation ECE from a bundle's metrics.json (``validation.ece`` or top-level ``ece``)."""
+    if not metrics:
+        return None
+    v = metrics.get("validation", {})
+    ece = v.get("ece") if isinstance(v, dict) else None
+    if ece is None:
+        ece = metrics.get("ece")
+    return None if ece is None else float(ece)
+
+
+def _rule(name: str, passed: bool, value: Any, threshold: Any, detail: str) -> dict[str, Any]:
+    return {"rule": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
+
+
+def decide(
+    params: GateParams,
+    validation_passed: bool | None,
+    difference: dict[str, Any],
+    ess: float,
+    ece: float | None,
+    per_kind: dict[str, dict[str, float]],
+) -> dict[str, Any]:
+    """The decision ("promote" / "reject") and every rule's figures.
+
+    ``difference`` is the paired estimate of candidate − production (``Estimate.to_dict()``);
+    ``per_kind`` maps explanation kind → {"candidate": value, "production": value}.
+    """
+    rules = []
+    if params.require_validation:
+        rules.append(_rule("validation", validation_passed is True, validation_passed, True,
+                           "the evaluated logs passed validation" if validation_passed else
+                           "validation failed or was not run on the evaluated logs"))
+    rules.append(_rule("ess", ess >= params.min_ess, round(float(ess), 2), params.min_ess,
+                       f"effective sample size of the candidate's weights ({params.probability})"))
+    lo = float(difference["ci_low"])
+    rules.append(_rule("lift", lo > params.margin, round(lo, 6), params.margin,
+                       f"{difference['level']:.0%} lower bound of candidate − production ({params.estimator}); "
+                       f"point {difference['value']:+.5f}"))
+    rules.append(_rule("calibration", ece is not None and ece <= params.max_ece,
+                       None if ece is None else round(ece, 6), params.max_ece,
+                       "validation ECE of the reward model" if ece is not None else "ECE missing from metrics.json"))
+    worst, worst_kind = 0.0, None
+    for kind, v in sorted(per_kind.items()):
+        base = v["production"]
+        rel = (v["candidate"] - base) / base if base > 0 else 0.0
+        if rel < worst:
+            worst, worst_kind = rel, kind
+    rules.append(_rule("explanations", worst >= -params.explanation_tolerance, round(worst, 6),
+                       -params.explanation_tolerance,
+                       "no explanation kind loses more than the tolerance" if worst_kind is None or
+                       worst >= -params.explanation_tolerance else f"kind {worst_kind!r} loses {-worst:.1%}"))
+    passed = all(r["passed"] for r in rules)
+    return {"decision": "promote" if passed else "reject", "rules": rules,
+            "failed": [r["rule"] for r in rules if not r["passed"]], "params": params.to_dict()}

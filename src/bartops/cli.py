@@ -53,6 +53,15 @@ def simulate(
         summary_json.write_text(json.dumps(summary, indent=2))
 
 
+from bartops.reward.cli import features as _features, train as _train  # noqa: E402
+
+app.command("features")(_features)
+app.command("train")(_train)
+
+from bartops.gate.cli import evaluate as _evaluate  # noqa: E402
+
+app.command("evaluate")(_evaluate)
+
 from bartops.registry.cli import app as _registry_app  # noqa: E402
 
 app.add_typer(_registry_app, name="registry")
@@ -67,6 +76,15 @@ app.command("status")(status)
 from bartops.dashboard.cli import dashboard as _dashboard  # noqa: E402
 
 app.command("dashboard")(_dashboard)
+
+from bartops.serving.cli import join as _join, package as _package  # noqa: E402
+
+app.command("join")(_join)
+app.command("package")(_package)
+
+from bartops.validation.cli import validate as _validate  # noqa: E402
+
+app.command("validate")(_validate)
 
 
 def main() -> None:  # pragma: no cover - console entry

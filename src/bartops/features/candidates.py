@@ -168,8 +168,8 @@ def cold_start_table(
     """
     pseudo = pd.DataFrame({"user_id": -1 - np.arange(len(REGIONS), dtype=np.int64),
                            "region": pd.array(list(REGIONS), dtype="string")})
-    empty = history.iloc[0:0]
     # global top keys come from the whole history; a pseudo user has none of its own
-    table = candidate_table(pseudo, items, pd.concat([empty, history], ignore_index=True), explanations, now, params)
+    table = candidate_table(pseudo, items, history, explanations, now, params)
+    table = table[table["user_id"] < 0]
     table["region"] = pd.array(np.array(REGIONS, dtype=object)[-1 - table["user_id"].to_numpy()], dtype="string")
     return table[["region", "explanation", "item_id"]].reset_index(drop=True)

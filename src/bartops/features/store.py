@@ -1,7 +1,7 @@
 """The shared layer: affinities, co-listening embeddings, clusters, similar items and candidates.
 
 ``build_features`` is pure (data frames in, a ``Features`` snapshot out); ``save_features`` writes
-the snapshot as parquet + npz + ``manifest.json`` (with a content hash as its version) atomically,
+the snapshot as parquet + .npy files + ``manifest.json`` (with a content hash as its version) atomically,
 and ``load_features`` reads it back.  No pickles.
 """
 
@@ -157,6 +157,19 @@ class Features:
             vocab, codes = np.unique(self.items[column].astype(str).to_numpy(), return_inverse=True)
             self._cache[key] = (codes.astype(np.int64), vocab)
         return self._cache[key]
+
+    def release_ns(self) -> np.ndarray:
+        """Release date of each catalog row as UTC nanoseconds."""
+        if "release_ns" not in self._cache:
+            rel = pd.to_datetime(self.items["release_date"], utc=True).dt.tz_convert(None)
+            self._cache["release_ns"] = rel.to_numpy("datetime64[ns]").astype(np.int64)
+        return self._cache["release_ns"]
+
+    def home_region_code(self) -> np.ndarray:
+        """Home region code of each catalog row."""
+        if "home_region" not in self._cache:
+            self._cache["home_region"] = region_code(self.items["home_region"].astype(str).to_numpy())
+        return self._cache["home_region"]
 
     def explanation_codes(self, explanation_id: np.ndarray | pd.Series) -> np.ndarray:
         """Integer codes of explanation ids; ValueError naming unknown ids."""
@@ -441,7 +454,7 @@ def atomic_replace_dir(tmp: Path, out_dir: Path) -> None:
 
 
 def save_features(features: Features, out_dir: Path) -> Path:
-    """Write the snapshot (parquet tables, ``arrays.npz``, ``manifest.json``) atomically; returns out_dir.
+    """Write the snapshot (parquet tables, ``<array>.npy``, ``manifest.json``) atomically; returns out_dir.
 
     The manifest's ``version`` is a hash of every file's content, so equal snapshots share a version.
     """
@@ -454,9 +467,11 @@ def save_features(features: Features, out_dir: Path) -> Path:
             path = tmp / f"{name}.parquet"
             getattr(features, name).to_parquet(path, index=False)
             files[path.name] = _sha256(path)
-        with open(tmp / "arrays.npz", "wb") as fh:
-            np.savez(fh, **{name: getattr(features, name) for name in SNAPSHOT_ARRAYS})
-        files["arrays.npz"] = _sha256(tmp / "arrays.npz")
+        # one .npy per array (not .npz, whose zip entries carry write times): equal data, equal bytes
+        for name in SNAPSHOT_ARRAYS:
+            path = tmp / f"{name}.npy"
+            np.save(path, np.ascontiguousarray(getattr(features, name)), allow_pickle=False)
+            files[path.name] = _sha256(path)
         params_blob = json.dumps(features.params, sort_keys=True, default=str)
         digest = hashlib.sha256((params_blob + json.dumps(files, sort_keys=True)).encode()).hexdigest()
         manifest = {"format": FORMAT_VERSION, "version": digest[:16], "content_sha256": digest,
@@ -486,8 +501,7 @@ def load_features(dir: Path) -> Features:
         if not path.exists() or _sha256(path) != digest:
             raise ValueError(f"feature snapshot {d}: {name} is missing or does not match manifest.json")
     tables = {name: pd.read_parquet(d / f"{name}.parquet") for name in SNAPSHOT_TABLES}
-    with np.load(d / "arrays.npz", allow_pickle=False) as z:
-        arrays = {name: z[name] for name in SNAPSHOT_ARRAYS}
+    arrays = {name: np.load(d / f"{name}.npy", allow_pickle=False) for name in SNAPSHOT_ARRAYS}
     return Features(**tables, **arrays, params=manifest["params"], version=manifest["version"])
 
 

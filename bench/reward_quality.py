@@ -1,0 +1,131 @@
+"""Reward-model quality against the simulator's truth, and the cost of features + training.
+
+    python -m bench.reward_quality [--sizes 100000 1000000] [--contexts 2000] [--repeats 1]
+
+Quality: the true value (expected streams per page view, exact for ε = 0) of the candidate policy
+— the BaRT page policy with each reward model as scorer, ε = 0 — divided by the oracle's (true
+stream probability as scorer), on a fixed set of sampled contexts, for models trained on the first
+100k and on 1M logged impressions of one simulation (params.yaml world; 80 % train by time).
+The logging policy's value (ε as logged) sits beside them.
+
+Speed: wall time of building the features plus training the weighted model (assembling rows,
+weights, QuantileDMatrix, xgboost.train) at the largest size, against a bare ``xgboost.train``
+(QuantileDMatrix + train) with the same parameters on the final feature matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import statistics
+import time
+
+import numpy as np
+import xgboost as xgb
+
+from bartops.config import load_params
+from bartops.features.assemble import FEATURE_NAMES, assemble_impressions
+from bartops.features.store import FeatureParams, build_features_from_frames
+from bartops.reward.policy import candidate_policy
+from bartops.reward.train import RewardParams, ips_weights, time_split, train_reward_models
+from bartops.sim import SimParams, World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
+from bench.common import save, table
+
+
+def first_impressions(impressions, n: int):
+    """The earliest ≈ n impressions, whole page views only."""
+    if n >= len(impressions):
+        return impressions
+    last_request = impressions["request_id"].iloc[n - 1]
+    cut = int(np.nonzero(impressions["request_id"].to_numpy() == last_request)[0].max()) + 1
+    return impressions.iloc[:cut].reset_index(drop=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
+    ap.add_argument("--contexts", type=int, default=2000)
+    ap.add_argument("--repeats", type=int, default=1, help="repeats of the speed measurement (median)")
+    ap.add_argument("--clip", type=float, nargs="*", default=None,
+                    help="also evaluate the weighted model at these clips (weighting evidence)")
+    args = ap.parse_args()
+    params = load_params()
+    seed = int(params["seed"])
+    pol = params["policy"]
+    sim = SimParams.from_dict({**params["sim"], "impressions": max(args.sizes)})
+    world = World.generate(sim, seed)
+    t0 = time.perf_counter()
+    data = simulate(world, max(args.sizes), pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed)
+    print(f"simulated {len(data.impressions):,} impressions in {time.perf_counter() - t0:.0f} s", flush=True)
+
+    def features():
+        return build_features_from_frames(world.items, world.users, data.history,
+                                          FeatureParams.from_dict(params.get("features")), seed=seed,
+                                          explanations=world.explanations)
+
+    t0 = time.perf_counter()
+    feats = features()
+    t_features = time.perf_counter() - t0
+    ctx = sample_contexts(world, args.contexts, np.random.default_rng([seed, 99]))
+    cands = feats.candidates_for(ctx)
+    v_oracle, _ = true_value(world, oracle_policy(world, pol["shelves"], pol["cards"]), ctx, cands)
+    v_log, se_log = true_value(world, logging_policy(world, data.history, pol["shelves"], pol["cards"],
+                                                     pol["epsilon_head"], pol["epsilon_fill"]),
+                               ctx, cands, n_samples=10, seed=1)
+    greedy = dict(pol, epsilon_head=0.0, epsilon_fill=0.0)
+    quality = []
+    for n in args.sizes:
+        imp = first_impressions(data.impressions, n)
+        t0 = time.perf_counter()
+        result = train_reward_models(feats, imp, params)
+        t_train = time.perf_counter() - t0
+        models = result.predictors()
+        for clip in args.clip or []:
+            p2 = {**params, "reward": {**params.get("reward", {}), "clip": clip, "baselines": []}}
+            models[f"xgboost-weighted clip={clip:g}"] = train_reward_models(feats, imp, p2).model
+        row = {"impressions": len(imp), "logging": v_log / v_oracle}
+        for name, m in models.items():
+            v, _ = true_value(world, candidate_policy(m, feats, greedy), ctx, cands)
+            row[name] = v / v_oracle
+        row["train_all_s"] = t_train
+        quality.append(row)
+        print(table([row]), flush=True)
+
+    # speed at the largest size: features + weighted training vs bare xgboost.train
+    rp = RewardParams.from_dict(params.get("reward"))
+    imp = first_impressions(data.impressions, max(args.sizes))
+    only_weighted = {**params, "reward": {**params.get("reward", {}), "baselines": []}}
+    ours, bare = [], []
+    for _ in range(args.repeats):
+        t0 = time.perf_counter()
+        f = features()
+        t_feat = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        train_reward_models(f, imp, only_weighted)
+        ours.append({"features_s": t_feat, "train_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0})
+        rows = assemble_impressions(f, imp)
+        tr = time_split(imp["timestamp"], rp.validation_fraction)
+        w = ips_weights(imp["propensity"].to_numpy()[tr], rp.clip, rp.normalize)
+        x, y = np.ascontiguousarray(rows[tr]), imp["reward"].to_numpy()[tr]
+        t0 = time.perf_counter()
+        d = xgb.QuantileDMatrix(x, label=y, weight=w, feature_names=list(FEATURE_NAMES))
+        xgb.train(rp.booster_params(seed), d, num_boost_round=rp.num_boost_round)
+        bare.append(time.perf_counter() - t0)
+    med = {k: statistics.median(o[k] for o in ours) for k in ours[0]}
+    speed = [{"what": f"features + weighted training, {len(imp):,} impressions", "median_s": med["total_s"]},
+             {"what": "  of which feature building", "median_s": med["features_s"]},
+             {"what": "  of which training (assemble, weights, DMatrix, train, metrics)", "median_s": med["train_s"]},
+             {"what": "bare xgboost.train (QuantileDMatrix + train) on the final matrix",
+              "median_s": statistics.median(bare)},
+             {"what": "ratio", "median_s": med["total_s"] / statistics.median(bare)}]
+    print("\nquality: true value / oracle (ε = 0 candidate policies)")
+    print(table(quality))
+    print(f"\noracle value {v_oracle:.3f} streams per page; logging {v_log:.3f} ± {se_log:.3f}; "
+          f"features built in {t_features:.1f} s")
+    print("\nspeed")
+    print(table(speed))
+    print(f"saved {save('reward_quality', {'quality': quality, 'speed': speed, 'oracle_value': v_oracle, 'logging_value': v_log, 'contexts': args.contexts, 'params': {'features': params.get('features'), 'reward': dataclasses.asdict(rp)}})}")
+
+
+if __name__ == "__main__":
+    main()

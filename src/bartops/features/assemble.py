@@ -1,0 +1,153 @@
+"""The one feature-assembly function: model input rows for training, off-policy evaluation and serving.
+
+A row describes (context, item, explanation, slot).  Users the snapshot does not know (cold start)
+get zero affinities and a zero embedding with ``user_known = 0``; items outside the snapshot's
+catalog are an error (they cannot be candidates).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pandas as pd
+
+from bartops.context import PLATFORMS, REGIONS, local_hour, platform_code, region_code
+from bartops.features.candidates import EXPLANATION_KINDS
+from bartops.features.store import Features
+from bartops.policy.page import CandidateSet
+
+AUDIO = ("danceability", "energy", "valence", "acousticness", "tempo")
+FEATURE_NAMES: tuple[str, ...] = (
+    *(f"platform_{p}" for p in PLATFORMS),
+    *(f"region_{r}" for r in REGIONS),
+    "local_hour", "hour_sin", "hour_cos",
+    "shelf", "position",
+    *(f"kind_{k}" for k in EXPLANATION_KINDS),
+    "user_known", "user_log_plays",
+    "artist_affinity", "genre_affinity", "mood_affinity", "cluster_affinity", "user_item_plays",
+    "emb_dot", "emb_cos",
+    "log_popularity", "home_region", "item_log_plays", "item_age_days",
+    *AUDIO,
+)
+CONTEXT_COLUMNS = ("user_id", "platform", "region", "timestamp")
+
+
+def feature_schema_hash(names: tuple[str, ...] = FEATURE_NAMES) -> str:
+    """Short hash identifying the feature layout (a model trained on another layout is rejected)."""
+    return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def _slot(value, n: int, name: str) -> np.ndarray:
+    arr = np.asarray(value)
+    if arr.ndim == 0:
+        arr = np.full(n, int(arr))
+    if arr.shape != (n,):
+        raise ValueError(f"{name} must be a scalar or have one value per candidate ({n}), got shape {arr.shape}")
+    if n and (arr < 0).any():
+        raise ValueError(f"{name} must be non-negative")
+    return arr.astype(np.float32)
+
+
+def assemble_rows(
+    features: Features,
+    contexts: pd.DataFrame,
+    candidates: CandidateSet,
+    shelf: int | np.ndarray = 0,
+    position: int | np.ndarray = 0,
+) -> np.ndarray:
+    """Model input rows, float32 of shape (len(candidates), len(FEATURE_NAMES)).
+
+    ``contexts`` has columns user_id, platform, region, timestamp (one row per page);
+    ``shelf``/``position`` are one slot for all rows or one per candidate.
+    """
+    missing = [c for c in CONTEXT_COLUMNS if c not in contexts.columns]
+    if missing:
+        raise ValueError(f"contexts lack column(s) {missing}")
+    if candidates.n_pages != len(contexts):
+        raise ValueError(f"candidates describe {candidates.n_pages} pages but contexts has {len(contexts)} rows")
+    n = len(candidates)
+    page = candidates.page
+    out = np.zeros((n, len(FEATURE_NAMES)), np.float32, order="F")  # column writes are contiguous
+    col = {name: i for i, name in enumerate(FEATURE_NAMES)}
+    if n == 0:
+        return out
+
+    # context (computed per page, then spread to candidates)
+    plat = platform_code(contexts["platform"])[page]
+    reg_ctx = region_code(contexts["region"])
+    reg = reg_ctx[page]
+    out[np.arange(n), col["platform_ios"] + plat] = 1.0
+    out[np.arange(n), col["region_SE"] + reg] = 1.0
+    ts = pd.to_datetime(pd.Series(contexts["timestamp"]).reset_index(drop=True), utc=True)
+    hour = local_hour(ts, contexts["region"].to_numpy())[page]
+    out[:, col["local_hour"]] = hour
+    out[:, col["hour_sin"]] = np.sin(2 * np.pi * hour / 24)
+    out[:, col["hour_cos"]] = np.cos(2 * np.pi * hour / 24)
+    out[:, col["shelf"]] = _slot(shelf, n, "shelf")
+    out[:, col["position"]] = _slot(position, n, "position")
+
+    # explanation kind
+    kinds = {k: i for i, k in enumerate(EXPLANATION_KINDS)}
+    expl = candidates.explanation
+    if expl.min() < 0 or expl.max() >= len(features.explanations):
+        raise ValueError(f"explanation codes outside [0, {len(features.explanations)}) of the feature snapshot")
+    kind_of = features.explanations["kind"].map(kinds)
+    if kind_of.isna().any():
+        raise ValueError(f"unknown explanation kind(s) {sorted(set(features.explanations['kind'][kind_of.isna()]))}")
+    out[np.arange(n), col["kind_artist"] + kind_of.to_numpy(np.int64)[expl]] = 1.0
+
+    # user and user–item
+    user = contexts["user_id"].to_numpy(np.int64)[page]
+    upos, known = features.user_index(user)
+    ipos = features.item_index(candidates.item_id)
+    items = features.items
+    out[:, col["user_known"]] = known
+    out[:, col["user_log_plays"]] = np.where(known, np.log1p(features.user_plays[upos]), 0.0)
+    artist = items["artist_id"].to_numpy(np.int64)[ipos]
+    genre_code, _ = features.code_of("genre")
+    mood_code, _ = features.code_of("mood")
+    out[:, col["artist_affinity"]] = features.pair_value("user_artist", user, artist)
+    out[:, col["genre_affinity"]] = features.pair_value("user_genre", user, genre_code[ipos])
+    out[:, col["mood_affinity"]] = features.pair_value("user_mood", user, mood_code[ipos])
+    out[:, col["cluster_affinity"]] = features.pair_value("user_cluster", user, features.cluster[ipos])
+    out[:, col["user_item_plays"]] = features.pair_value("user_item", user, candidates.item_id)
+    ue = np.where(known[:, None], features.user_emb[upos], 0.0).astype(np.float32)
+    ie = features.item_emb[ipos]
+    dot = np.einsum("ij,ij->i", ue, ie)
+    norm = np.linalg.norm(ue, axis=1) * np.linalg.norm(ie, axis=1)
+    out[:, col["emb_dot"]] = dot
+    out[:, col["emb_cos"]] = np.where(norm > 0, dot / np.where(norm > 0, norm, 1), 0.0)
+
+    # item
+    stats = features.item_stats
+    out[:, col["log_popularity"]] = stats["log_popularity"].to_numpy()[ipos]
+    out[:, col["home_region"]] = features.home_region_code()[ipos] == reg
+    out[:, col["item_log_plays"]] = np.log1p(stats["plays"].to_numpy()[ipos])
+    ts_ns = ts.dt.tz_convert(None).to_numpy("datetime64[ns]").astype(np.int64)
+    release_ns = features.release_ns()
+    out[:, col["item_age_days"]] = (ts_ns[page] - release_ns[ipos]) / 86_400e9
+    for a in AUDIO:
+        if a in items.columns:
+            out[:, col[a]] = items[a].to_numpy(np.float64)[ipos]
+    return np.ascontiguousarray(out)
+
+
+def impression_inputs(features: Features, impressions: pd.DataFrame) -> tuple[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray]:
+    """(contexts, candidates, shelf, position) of logged impressions: one page per logged row."""
+    n = len(impressions)
+    contexts = impressions[list(CONTEXT_COLUMNS)].reset_index(drop=True)
+    cands = CandidateSet(
+        page=np.arange(n, dtype=np.int64),
+        item_id=impressions["item_id"].to_numpy(np.int64),
+        explanation=features.explanation_codes(impressions["explanation_id"].to_numpy()),
+        n_pages=n,
+        choosable=np.ones(n, bool),
+    )
+    return contexts, cands, impressions["shelf"].to_numpy(np.int64), impressions["position"].to_numpy(np.int64)
+
+
+def assemble_impressions(features: Features, impressions: pd.DataFrame) -> np.ndarray:
+    """Model input rows of logged impressions (at their logged slots), through ``assemble_rows``."""
+    contexts, cands, shelf, position = impression_inputs(features, impressions)
+    return assemble_rows(features, contexts, cands, shelf, position)

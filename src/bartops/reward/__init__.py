@@ -1,0 +1,1 @@
+"""Reward models (``model``), counterfactual training (``train``) and the candidate policy (``policy``)."""

@@ -1,0 +1,214 @@
+"""Reward models: P(stream | context, item, explanation, slot), saved as XGBoost UBJ + schema.json.
+
+``RewardModel`` (the counterfactually weighted XGBoost candidate, and its unweighted twin) and the
+baselines ``LogisticModel`` (scikit-learn) and ``PopularityModel`` share one ``predict`` signature,
+so any of them can be a page-policy scorer (``bartops.reward.policy.model_scorer``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import xgboost as xgb
+
+from bartops.features.assemble import FEATURE_NAMES, assemble_rows, feature_schema_hash
+from bartops.features.store import Features, atomic_replace_dir
+from bartops.policy.page import CandidateSet
+
+MODEL_FILE = "model.ubj"
+SCHEMA_FILE = "schema.json"
+SCHEMA_FORMAT = 1
+
+
+class SchemaMismatchError(ValueError):
+    """A saved model was trained on a different feature layout than this code assembles."""
+
+
+class Predictor(Protocol):
+    """Anything that predicts P(stream) for candidates of contexts at a slot."""
+
+    name: str
+
+    def predict(self, features: Features, contexts: pd.DataFrame, candidates: CandidateSet,
+                shelf: int | np.ndarray = 0, position: int | np.ndarray = 0) -> np.ndarray: ...
+
+
+@dataclass
+class RewardModel:
+    """An XGBoost booster over ``FEATURE_NAMES`` rows, with its params and training metrics."""
+
+    booster: xgb.Booster
+    feature_names: tuple[str, ...] = FEATURE_NAMES
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    name: str = "xgboost-weighted"
+
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        """P(stream) of assembled rows (float32, columns ``feature_names``)."""
+        rows = np.asarray(rows, np.float32)
+        if rows.ndim != 2 or rows.shape[1] != len(self.feature_names):
+            raise ValueError(f"rows must have shape (n, {len(self.feature_names)}), got {rows.shape}")
+        if len(rows) == 0:
+            return np.zeros(0)
+        return self.booster.inplace_predict(rows, validate_features=False).astype(np.float64)
+
+    def predict(self, features: Features, contexts: pd.DataFrame, candidates: CandidateSet,
+                shelf: int | np.ndarray = 0, position: int | np.ndarray = 0) -> np.ndarray:
+        """P(stream) of each candidate at the given slot (default the top-left reference slot)."""
+        return self.predict_rows(assemble_rows(features, contexts, candidates, shelf, position))
+
+
+@dataclass
+class LogisticModel:
+    """Baseline: scikit-learn logistic regression on standardised ``FEATURE_NAMES`` rows."""
+
+    coef: np.ndarray
+    intercept: float
+    mean: np.ndarray
+    scale: np.ndarray
+    name: str = "logistic"
+
+    @staticmethod
+    def fit(rows: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, C: float = 1.0,
+            seed: int = 0) -> "LogisticModel":
+        from sklearn.linear_model import LogisticRegression
+
+        x = np.asarray(rows, np.float64)
+        mean = x.mean(axis=0)
+        scale = x.std(axis=0)
+        scale[scale == 0] = 1.0
+        lr = LogisticRegression(C=C, max_iter=500, random_state=seed)
+        lr.fit((x - mean) / scale, y, sample_weight=sample_weight)
+        return LogisticModel(lr.coef_.ravel().copy(), float(lr.intercept_[0]), mean, scale)
+
+    def predict_rows(self, rows: np.ndarray) -> np.ndarray:
+        z = ((np.asarray(rows, np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+        return 1.0 / (1.0 + np.exp(-z))
+
+    def predict(self, features: Features, contexts: pd.DataFrame, candidates: CandidateSet,
+                shelf: int | np.ndarray = 0, position: int | np.ndarray = 0) -> np.ndarray:
+        return self.predict_rows(assemble_rows(features, contexts, candidates, shelf, position))
+
+
+@dataclass
+class PopularityModel:
+    """Baseline: each item's smoothed stream rate in the training logs (context- and slot-blind).
+
+    Items never logged get the global rate; ties between them are broken by catalog popularity.
+    """
+
+    item_ids: np.ndarray
+    rate: np.ndarray
+    global_rate: float
+    name: str = "popularity"
+
+    @staticmethod
+    def fit(item_id: np.ndarray, reward: np.ndarray, prior_strength: float = 20.0) -> "PopularityModel":
+        item_id = np.asarray(item_id, np.int64)
+        reward = np.asarray(reward, np.float64)
+        g = float(reward.mean()) if len(reward) else 0.0
+        ids, inv = np.unique(item_id, return_inverse=True)
+        hits = np.bincount(inv, weights=reward, minlength=len(ids))
+        n = np.bincount(inv, minlength=len(ids))
+        return PopularityModel(ids, (hits + prior_strength * g) / (n + prior_strength), g)
+
+    def predict_items(self, item_id: np.ndarray) -> np.ndarray:
+        item_id = np.asarray(item_id, np.int64)
+        if len(self.item_ids) == 0:
+            return np.full(len(item_id), self.global_rate)
+        pos = np.minimum(np.searchsorted(self.item_ids, item_id), len(self.item_ids) - 1)
+        return np.where(self.item_ids[pos] == item_id, self.rate[pos], self.global_rate)
+
+    def predict(self, features: Features, contexts: pd.DataFrame, candidates: CandidateSet,
+                shelf: int | np.ndarray = 0, position: int | np.ndarray = 0) -> np.ndarray:
+        ipos = features.item_index(candidates.item_id)
+        tiebreak = 1e-9 * features.item_stats["log_popularity"].to_numpy()[ipos]
+        return self.predict_items(candidates.item_id) + tiebreak
+
+
+# ---------------------------------------------------------------------- persistence
+def save_model(model: RewardModel, dir: Path) -> Path:
+    """Write ``model.ubj`` and ``schema.json`` (feature names + hash, params, metrics) atomically."""
+    out = Path(dir)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        model.booster.save_model(str(tmp / MODEL_FILE))
+        schema = {
+            "format": SCHEMA_FORMAT,
+            "name": model.name,
+            "feature_names": list(model.feature_names),
+            "feature_schema_hash": feature_schema_hash(tuple(model.feature_names)),
+            "params": model.params,
+            "metrics": model.metrics,
+            "xgboost_version": xgb.__version__,
+        }
+        (tmp / SCHEMA_FILE).write_text(json.dumps(schema, indent=2, default=_json_default))
+        atomic_replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def load_model(dir: Path) -> RewardModel:
+    """Read a model written by ``save_model``.
+
+    Raises FileNotFoundError if a file is missing and SchemaMismatchError if the model was trained
+    on another feature layout than ``FEATURE_NAMES`` (retrain it with this code).
+    """
+    d = Path(dir)
+    for f in (MODEL_FILE, SCHEMA_FILE):
+        if not (d / f).exists():
+            raise FileNotFoundError(f"no reward model in {d} ({f} missing): run `bartops train`")
+    schema = json.loads((d / SCHEMA_FILE).read_text())
+    names = tuple(schema.get("feature_names", ()))
+    if names != FEATURE_NAMES or schema.get("feature_schema_hash") != feature_schema_hash():
+        extra = sorted(set(names) - set(FEATURE_NAMES))[:5]
+        lacking = sorted(set(FEATURE_NAMES) - set(names))[:5]
+        raise SchemaMismatchError(
+            f"model in {d} was trained on feature schema {schema.get('feature_schema_hash')!r} "
+            f"({len(names)} features), this code assembles {feature_schema_hash()!r} ({len(FEATURE_NAMES)}); "
+            f"unknown to this code: {extra}, missing from the model: {lacking}; retrain with `bartops train`"
+        )
+    booster = xgb.Booster()
+    booster.load_model(str(d / MODEL_FILE))
+    if booster.num_features() != len(FEATURE_NAMES):
+        raise SchemaMismatchError(f"model in {d} expects {booster.num_features()} features, schema.json says {len(names)}")
+    return RewardModel(booster, names, schema.get("params", {}), schema.get("metrics", {}), schema.get("name", "xgboost"))
+
+
+def _json_default(o):
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    """Write JSON to a temp file beside ``path`` and rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=2, default=_json_default)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path

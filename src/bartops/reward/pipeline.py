@@ -1,0 +1,78 @@
+"""The two steps as plain functions (called by the Prefect flows and by the CLI).
+
+- ``run_build_features``: raw data folder → ``build/features/`` snapshot;
+- ``run_training``: snapshot + validated impression batches → ``build/model/`` (the weighted
+  candidate), ``build/baselines/xgboost-unweighted/``, ``build/reports/reward_metrics.json`` and a
+  policy bundle ``build/bundle/`` ready for the registry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bartops.features.store import Features, build_features, load_features, save_features
+from bartops.reward.model import RewardModel, save_model, write_json_atomic
+from bartops.reward.policy import write_policy_bundle
+from bartops.reward.train import TrainingResult, load_impressions, train_reward_models
+
+
+def default_paths(params: dict[str, Any]) -> dict[str, Path]:
+    """Where the steps read and write, from ``paths:`` in params.yaml."""
+    p = params.get("paths", {})
+    build = Path(p.get("build", "build"))
+    return {
+        "data": Path(p.get("data", "data")),
+        "impressions": Path(p.get("impressions", "build/impressions")),
+        "features": build / "features",
+        "model": build / "model",
+        "baselines": build / "baselines",
+        "metrics": build / "reports" / "reward_metrics.json",
+        "bundle": build / "bundle",
+    }
+
+
+def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any]) -> Features:
+    """Build the shared-layer snapshot from ``data_dir`` and save it to ``out_dir``."""
+    features = build_features(Path(data_dir), params)
+    save_features(features, Path(out_dir))
+    return features
+
+
+def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: dict[str, Any],
+                 metrics_path: Path | None = None, baselines_dir: Path | None = None,
+                 bundle_dir: Path | None = None) -> tuple[TrainingResult, dict[str, Any]]:
+    """Train the candidate and baselines; write the model, metrics JSON and (optionally) a bundle.
+
+    Returns the result and a summary dict (paths, metrics, version).
+    """
+    features = load_features(Path(features_dir))
+    impressions, data_version = load_impressions(Path(impressions_dir))
+    result = train_reward_models(features, impressions, params, data_version=data_version)
+    save_model(result.model, Path(model_dir))
+    written = {"model": str(model_dir)}
+    if baselines_dir is not None:
+        for name, b in result.baselines.items():
+            if isinstance(b, RewardModel):
+                save_model(b, Path(baselines_dir) / name)
+                written[name] = str(Path(baselines_dir) / name)
+    version = f"cand-{features.version[:8]}-{data_version[:8]}"
+    report = {"version": version, "candidate": result.model.name, "data_version": data_version,
+              "features_version": features.version, **result.metrics}
+    if metrics_path is not None:
+        write_json_atomic(Path(metrics_path), report)
+        written["metrics"] = str(metrics_path)
+    if bundle_dir is not None:
+        write_policy_bundle(Path(model_dir), Path(features_dir), params["policy"], Path(bundle_dir), version,
+                            lineage={"impressions_dir": str(impressions_dir)})
+        written["bundle"] = str(bundle_dir)
+    return result, {**report, "written": written}
+
+
+def metrics_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per model: log loss, AUC, ECE on the validation part."""
+    rows = []
+    for name, m in report["models"].items():
+        rows.append({"model": name, "log_loss": m["log_loss"], "auc": m["auc"], "ece": m["ece"],
+                     "rows": m["rows"]})
+    return rows

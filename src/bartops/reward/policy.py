@@ -1,0 +1,132 @@
+"""The candidate policy (the BaRT page policy with a reward model as scorer) and policy bundles.
+
+A bundle directory holds ``model/`` (model.ubj + schema.json), ``features/`` (the shared-layer
+snapshot), ``policy.json`` ({"version", "shelves", "cards", "epsilon_head", "epsilon_fill"}),
+``metrics.json``, ``gate.json`` and ``lineage.json``.  ``write_policy_bundle`` creates one
+atomically; ``load_policy_bundle`` turns one back into (PagePolicy, Features).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from bartops.features.store import Features, atomic_replace_dir, load_features
+from bartops.policy.page import CandidateSet, PagePolicy, check_shape_and_epsilon
+from bartops.reward.model import Predictor, load_model
+
+REFERENCE_SHELF = 0
+REFERENCE_POSITION = 0
+POLICY_KEYS = ("shelves", "cards", "epsilon_head", "epsilon_fill")
+
+
+class ModelScorer:
+    """Scores candidates with a reward model at the reference slot (shelf 0, position 0)."""
+
+    def __init__(self, model: Predictor, features: Features) -> None:
+        self.model = model
+        self.features = features
+
+    def __call__(self, contexts: pd.DataFrame, candidates: CandidateSet) -> np.ndarray:
+        return self.model.predict(self.features, contexts, candidates, REFERENCE_SHELF, REFERENCE_POSITION)
+
+
+def model_scorer(model: Predictor, features: Features) -> Callable[[pd.DataFrame, CandidateSet], np.ndarray]:
+    """A page-policy ``Scorer`` from a reward model and the snapshot it was trained with."""
+    return ModelScorer(model, features)
+
+
+def candidate_policy(model: Predictor, features: Features, policy_params: dict[str, Any],
+                     version: str = "candidate") -> PagePolicy:
+    """``PagePolicy(model_scorer(model, features), …)`` with shape and ε from ``policy:`` params."""
+    p = _policy_values(policy_params)
+    return PagePolicy(model_scorer(model, features), p["shelves"], p["cards"],
+                      p["epsilon_head"], p["epsilon_fill"], version=version)
+
+
+def _policy_values(policy_params: dict[str, Any]) -> dict[str, Any]:
+    missing = [k for k in POLICY_KEYS if k not in policy_params]
+    if missing:
+        raise ValueError(f"policy parameters lack {missing}")
+    out = {"shelves": int(policy_params["shelves"]), "cards": int(policy_params["cards"]),
+           "epsilon_head": float(policy_params["epsilon_head"]),
+           "epsilon_fill": float(policy_params["epsilon_fill"])}
+    check_shape_and_epsilon(**out)
+    return out
+
+
+def code_version(root: Path | None = None) -> str:
+    """The git commit of the code (read-only), or "unknown" outside a git checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root or Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def write_policy_bundle(model_dir: Path, features_dir: Path, policy_params: dict, out_dir: Path,
+                        version: str, lineage: dict | None = None) -> Path:
+    """Assemble a policy bundle in ``out_dir`` atomically (temp dir + rename); returns ``out_dir``.
+
+    Checks that the model loads against this code's feature schema and that the snapshot is
+    intact.  ``metrics.json`` is the model's training metrics; ``gate.json`` starts as
+    ``{"decision": "pending"}`` until the gate records a decision.
+    """
+    model_dir, features_dir, out_dir = Path(model_dir), Path(features_dir), Path(out_dir)
+    if not version or not str(version).strip():
+        raise ValueError("bundle version must be a non-empty string")
+    model = load_model(model_dir)  # raises on a missing model or another feature schema
+    manifest_path = features_dir / "manifest.json"
+    if not manifest_path.exists():
+        raise FileNotFoundError(f"no feature snapshot in {features_dir} (manifest.json missing)")
+    load_features(features_dir)  # verifies every file against its manifest
+    manifest = json.loads(manifest_path.read_text())
+    pol = {"version": str(version), **_policy_values(policy_params)}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        shutil.copytree(model_dir, tmp / "model")
+        shutil.copytree(features_dir, tmp / "features")
+        (tmp / "policy.json").write_text(json.dumps(pol, indent=2))
+        (tmp / "metrics.json").write_text(json.dumps(model.metrics, indent=2))
+        (tmp / "gate.json").write_text(json.dumps({"decision": "pending", "evidence": None}, indent=2))
+        lin = {
+            "version": str(version),
+            "created": datetime.now(timezone.utc).isoformat(),
+            "features_version": manifest.get("version"),
+            "feature_schema_hash": model.params.get("feature_schema_hash"),
+            "data_version": model.params.get("data_version"),
+            "params": {"policy": pol, "reward": model.params, "features": manifest.get("params")},
+            "code_version": code_version(),
+            **(lineage or {}),
+        }
+        (tmp / "lineage.json").write_text(json.dumps(lin, indent=2, default=str))
+        atomic_replace_dir(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def load_policy_bundle(bundle_dir: Path) -> tuple[PagePolicy, Features]:
+    """(candidate PagePolicy, Features) from a bundle directory; clear errors for missing parts."""
+    d = Path(bundle_dir)
+    if not d.is_dir():
+        raise FileNotFoundError(f"policy bundle {d} does not exist")
+    for part in ("model", "features", "policy.json"):
+        if not (d / part).exists():
+            raise FileNotFoundError(f"policy bundle {d} lacks {part}")
+    pol = json.loads((d / "policy.json").read_text())
+    features = load_features(d / "features")
+    model = load_model(d / "model")
+    policy = candidate_policy(model, features, pol, version=str(pol.get("version", d.name)))
+    return policy, features

@@ -1,0 +1,142 @@
+"""The shared layer: determinism, candidates, cold start, similar items, one assembly path."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bartops.features.assemble import FEATURE_NAMES, assemble_impressions, assemble_rows
+from bartops.features.store import (
+    FeatureParams,
+    build_features_from_frames,
+    decay_weights,
+    load_features,
+    save_features,
+)
+from bartops.policy.page import CandidateSet
+from bartops.sim import sample_contexts
+
+PARAMS = FeatureParams(embedding_dim=12, clusters=12)
+
+
+def _build(sim, seed=3):
+    w = sim.world
+    return build_features_from_frames(w.items, w.users, sim.history, PARAMS, seed=seed, explanations=w.explanations)
+
+
+@pytest.fixture(scope="module")
+def feats(small_sim):
+    return _build(small_sim)
+
+
+def test_deterministic_for_a_seed(small_sim, feats, tmp_path):
+    again = _build(small_sim)
+    a, b = save_features(feats, tmp_path / "a"), save_features(again, tmp_path / "b")
+    ma, mb = (json.loads((d / "manifest.json").read_text()) for d in (a, b))
+    assert ma["version"] == mb["version"] and ma["files"] == mb["files"]
+    assert np.array_equal(feats.item_emb, again.item_emb) and np.array_equal(feats.cluster, again.cluster)
+    other = _build(small_sim, seed=4)  # another seed changes the stochastic parts (k-means, SVD init)
+    assert save_features(other, tmp_path / "c") and \
+        json.loads((tmp_path / "c" / "manifest.json").read_text())["version"] != ma["version"]
+
+
+def test_candidate_table_is_the_logging_policys(small_sim, feats):
+    # the snapshot's reference time is the window start, so the pairs equal those the simulator logged from
+    pd.testing.assert_frame_equal(feats.candidates.reset_index(drop=True),
+                                  small_sim.candidates.reset_index(drop=True), check_dtype=False)
+    logged = small_sim.impressions
+    codes = feats.explanation_codes(logged["explanation_id"])
+    pairs = pd.MultiIndex.from_arrays([feats.candidates.user_id, feats.candidates.explanation, feats.candidates.item_id])
+    assert pairs.get_indexer(pd.MultiIndex.from_arrays([logged.user_id, codes, logged.item_id])).min() >= 0
+
+
+def test_similar_items_share_genre_far_more_than_chance(feats):
+    s = feats.similar_items
+    assert (s.groupby("item_id").size() == PARAMS.similar_items).all()
+    assert not (s["item_id"] == s["similar_item_id"]).any()
+    genre = feats.items.set_index("item_id")["genre"]
+    share = float((genre.loc[s.item_id].to_numpy() == genre.loc[s.similar_item_id].to_numpy()).mean())
+    chance = float((genre.value_counts(normalize=True) ** 2).sum())  # P(two random items share a genre)
+    # under chance the share of n items' neighbour lists has sd <= sqrt(chance(1-chance)/n) even when an
+    # item's 10 neighbours are perfectly correlated; demand 10 such sd and twice the chance rate
+    se = np.sqrt(chance * (1 - chance) / feats.items.shape[0])
+    assert share > chance + 10 * se and share > 2 * chance, (share, chance)
+    top = feats.similar_to(int(s.item_id.iloc[0]), n=3)
+    assert len(top) == 3 and np.array_equal(top, s.similar_item_id.to_numpy()[:3])
+
+
+def test_affinities_are_shares_and_decay_favours_recent_plays(feats):
+    for table in (feats.user_artist, feats.user_genre, feats.user_mood, feats.user_cluster):
+        sums = table.groupby("user_id")["affinity"].sum()
+        assert np.allclose(sums, 1.0)
+    now = pd.Timestamp("2026-10-01", tz="UTC")
+    w = decay_weights(pd.Series(pd.to_datetime(["2026-10-01", "2026-09-01", "2026-08-02"], utc=True)), now, 30.0)
+    assert w[0] == 1.0 and w[1] == pytest.approx(0.5, rel=1e-2) and w[2] == pytest.approx(0.25, rel=1e-2)
+
+
+def test_cold_start_users_get_regional_candidates(feats):
+    ctx = pd.DataFrame({"user_id": np.array([10**9, 10**9 + 1, 5]), "platform": ["ios", "web", "ios"],
+                        "region": ["SE", "JP", str(feats.users.region.iloc[5])],
+                        "timestamp": pd.to_datetime(["2026-10-26T10:00:00Z"] * 3)})
+    c = feats.candidates_for(ctx)
+    per_page = np.bincount(c.page, minlength=3)
+    assert (per_page > 0).all()
+    expl = feats.explanations["explanation_id"].to_numpy()
+    se = set(expl[c.explanation[c.page == 0]])
+    assert "region:SE" in se and "new" in se and any(e.startswith("genre:") for e in se)
+    assert "region:JP" in set(expl[c.explanation[c.page == 1]])
+    known = feats.candidates[feats.candidates.user_id == 5]
+    assert np.array_equal(c.item_id[c.page == 2], known.item_id.to_numpy())
+    rows = assemble_rows(feats, ctx, c)
+    col = FEATURE_NAMES.index("user_known")
+    assert np.isfinite(rows).all() and (rows[c.page == 0, col] == 0).all() and (rows[c.page == 2, col] == 1).all()
+
+
+def test_one_assembly_path_batch_request_and_logs(small_sim, feats):
+    """Offline batch, one request at a time (serving) and logged rows give identical features."""
+    ctx = sample_contexts(small_sim.world, 25, np.random.default_rng(5))
+    batch = assemble_rows(feats, ctx, feats.candidates_for(ctx))
+    single = np.vstack([assemble_rows(feats, ctx.iloc[[i]].reset_index(drop=True),
+                                      feats.candidates_for(ctx.iloc[[i]].reset_index(drop=True)))
+                        for i in range(len(ctx))])
+    assert batch.dtype == np.float32 and batch.shape[1] == len(FEATURE_NAMES)
+    assert np.array_equal(batch, single)
+
+    logged = small_sim.impressions.iloc[:300].reset_index(drop=True)
+    offline = assemble_impressions(feats, logged)
+    for i in range(0, 300, 37):  # the serving path: candidates of the request, row at the logged slot
+        r = logged.iloc[[i]].reset_index(drop=True)
+        c = feats.candidates_for(r)
+        j = np.nonzero((c.item_id == r.item_id[0]) &
+                       (c.explanation == feats.explanation_codes(r.explanation_id)[0]))[0][0]
+        one = assemble_rows(feats, r, c, shelf=int(r.shelf[0]), position=int(r.position[0]))[j]
+        assert np.array_equal(offline[i], one)
+
+
+def test_snapshot_roundtrip_and_tamper_detection(small_sim, feats, tmp_path):
+    out = save_features(feats, tmp_path / "f")
+    back = load_features(out)
+    ctx = sample_contexts(small_sim.world, 10, np.random.default_rng(1))
+    assert np.array_equal(assemble_rows(feats, ctx, feats.candidates_for(ctx)),
+                          assemble_rows(back, ctx, back.candidates_for(ctx)))
+    assert not list(tmp_path.glob(".f.tmp-*"))
+    np.save(out / "cluster.npy", np.zeros_like(feats.cluster))
+    with pytest.raises(ValueError, match="does not match manifest"):
+        load_features(out)
+    with pytest.raises(FileNotFoundError, match="manifest.json missing"):
+        load_features(tmp_path / "nothing")
+
+
+def test_unknown_items_and_explanations_are_errors(feats):
+    ctx = pd.DataFrame({"user_id": [1], "platform": ["ios"], "region": ["SE"],
+                        "timestamp": pd.to_datetime(["2026-10-26T10:00:00Z"])})
+    bad = CandidateSet(np.array([0]), np.array([10**7]), np.array([0]), 1, np.array([True]))
+    with pytest.raises(ValueError, match="not in the feature snapshot's catalog"):
+        assemble_rows(feats, ctx, bad)
+    with pytest.raises(ValueError, match="explanation id"):
+        feats.explanation_codes(np.array(["artist:999999"]))
+    with pytest.raises(ValueError, match="unknown features parameter"):
+        FeatureParams.from_dict({"embedding_size": 3})

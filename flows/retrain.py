@@ -30,7 +30,7 @@ def retrain(params_file: str | None = None, auto_approve: bool | None = None, pa
         return Failed(message=f"validation rejected a batch; nothing downstream ran.\n{validation.message}")
     features = build_features_flow(params_file=params_file)
     training = train_reward_model_flow(params_file=params_file)
-    decision = evaluate_and_gate(params_path=params_file, auto_approve=auto_approve)
+    decision = evaluate_and_gate(params_file=params_file, auto_approve=auto_approve)
     promoted = bool(decision.get("promoted"))
     packaged = None
     if promoted and package:

@@ -4,7 +4,6 @@ only what a changed parameter touches; `dvc exp run -S` works.  Real DVC, real s
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[2]
+from project_copy import copy_project
+
 BIN = Path(sys.executable).parent
 
 
@@ -28,20 +28,7 @@ def run(cmd: list[str], cwd: Path) -> str:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     """A fresh copy of the tracked project with small parameters, its data simulated and added."""
-    dest = tmp_path_factory.mktemp("project")
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if f == "data.dvc":
-            continue  # the committed data.dvc versions the default-size data; this copy is small
-        src = ROOT / f
-        if src.is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["sim"].update(impressions=20_000, users=500, artists=80, items=1000, genres=8, moods=4)
-    params["reward"]["num_boost_round"] = 40
-    params["ope"]["n_boot"] = 100
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    dest = copy_project(tmp_path_factory.mktemp("project"))
     run(["git", "init", "-q"], dest)
     run(["bartops", "simulate"], dest)
     run(["dvc", "add", "data", "-q"], dest)

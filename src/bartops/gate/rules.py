@@ -3,7 +3,8 @@
 A candidate is promoted only if every rule passes:
 
 1. ``validation``: the logs it was evaluated on passed validation;
-2. ``ess``: the effective sample size of its importance weights is at least ``min_ess``;
+2. ``ess``: the effective sample size (Σw)²/Σw² of the gate estimator's importance weights (for DR
+   the capped correction weights) is at least ``min_ess``;
 3. ``lift``: the lower bound of the paired bootstrap interval of candidate − production
    (estimator ``estimator``, DR by default) exceeds ``margin`` (streams per page);
 4. ``calibration``: the reward model's ECE (from its metrics.json) is at most ``max_ece``;
@@ -17,13 +18,11 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ESTIMATORS = ("ips", "snips", "dr")
-PROBABILITIES = ("marginal", "prefix", "page")
 
 
 @dataclass(frozen=True)
 class GateParams:
     estimator: str = "dr"
-    probability: str = "marginal"  # slate weights the estimator uses (see bartops.ope.slate)
     margin: float = 0.0
     min_ess: float = 100.0
     max_ece: float = 0.05
@@ -35,8 +34,6 @@ class GateParams:
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"gate.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        if self.probability not in PROBABILITIES:
-            raise ValueError(f"gate.probability must be one of {PROBABILITIES}, got {self.probability!r}")
         for name in ("min_ess", "max_ece", "explanation_tolerance", "approval_timeout_s"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"gate.{name} must be non-negative, got {getattr(self, name)!r}")
@@ -88,7 +85,7 @@ def decide(
                            "the evaluated logs passed validation" if validation_passed else
                            "validation failed or was not run on the evaluated logs"))
     rules.append(_rule("ess", ess >= params.min_ess, round(float(ess), 2), params.min_ess,
-                       f"effective sample size of the candidate's weights ({params.probability})"))
+                       f"effective sample size of the candidate's {params.estimator} weights"))
     lo = float(difference["ci_low"])
     rules.append(_rule("lift", lo > params.margin, round(lo, 6), params.margin,
                        f"{difference['level']:.0%} lower bound of candidate − production ({params.estimator}); "

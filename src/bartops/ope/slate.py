@@ -151,8 +151,9 @@ def _page_keys(candidates: CandidateSet, scores: np.ndarray) -> tuple[np.ndarray
 
 
 def _rb_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float, eps_fill: float,
-                  n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """(pages, S, K, width) float32: mean over sampled prefixes of each candidate's exact step probability."""
+                  n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(pages, S, K, width) float32 mean over sampled prefixes of each candidate's exact step probability,
+    and (pages, S, K, width) uint16 count of the sampled prefixes in which that probability was positive."""
     U = cands.n_pages
     width = int(max(np.diff(cands.offsets).max(initial=0), 1))
     r = int(max(1, min(n_samples, _CELLS // max(U * width, 1))))
@@ -162,6 +163,7 @@ def _rb_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_h
     B = U * r
     rows = np.arange(B)
     acc = np.zeros((U, S, K, width), np.float32)
+    hits = np.zeros((U, S, K, width), np.uint16)
     masked_score = np.where(d["choosable"], d["score"], -np.inf)
     done = 0
     steps = [(s, 0) for s in range(S)] + [(s, k) for s in range(S) for k in range(1, K)]
@@ -183,6 +185,7 @@ def _rb_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_h
             contrib = free * np.float32(eps) / np.maximum(count, 1)[:, None].astype(np.float32)
             contrib[rows[has], greedy_col[has]] += np.float32(1 - eps)
             acc[:, s, k, :] += contrib.reshape(r, U, width)[:reps_now].sum(axis=0)
+            hits[:, s, k, :] += free.reshape(r, U, width)[:reps_now].sum(axis=0, dtype=np.uint16)
             explore = rng.random(B) < eps
             draw = np.minimum((rng.random(B) * count).astype(np.int64), np.maximum(count - 1, 0))
             random_col = (free.cumsum(axis=1) > draw[:, None]).argmax(axis=1)
@@ -194,7 +197,59 @@ def _rb_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_h
                 expl_used[g] = True
                 title[rows[placed], s] = g
         done += reps_now
-    return acc / np.float32(n_samples)
+    return acc / np.float32(n_samples), hits
+
+
+def slot_marginals_with_support(
+    policy: PagePolicy,
+    contexts: pd.DataFrame,
+    candidates: CandidateSet,
+    page: np.ndarray,
+    shelf: np.ndarray,
+    position: np.ndarray,
+    item_id: np.ndarray,
+    explanation: np.ndarray,
+    n_samples: int = 200,
+    seed: int = 0,
+    scores: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Marginal P(policy puts (item, explanation) at (shelf, position) | context) per query row, and
+    the number of sampled prefixes in which the card was available at that slot (its MC support).
+
+    Exact for ε = 0 (support = ``n_samples`` where the card is placed); otherwise Rao-Blackwellised
+    Monte Carlo (see module docs).  A marginal resting on few supporting prefixes is unreliable
+    (1/p̂ is then biased upward and heavy-tailed): callers should treat it as unresolved.
+    """
+    page = np.asarray(page, np.int64)
+    shelf, position = np.asarray(shelf, np.int64), np.asarray(position, np.int64)
+    if scores is None:
+        scores = policy.scorer(contexts, candidates)
+    scores = np.asarray(scores, np.float64)
+    S, K = policy.shelves, policy.cards
+    inside = (shelf >= 0) & (shelf < S) & (position >= 0) & (position < K)
+    idx = _locate(candidates, page, np.asarray(explanation, np.int64), np.asarray(item_id, np.int64))
+    ok = inside & (idx >= 0)
+    ok[ok] &= candidates.choosable[idx[ok]]
+    out = np.zeros(len(page))
+    support = np.zeros(len(page), np.int64)
+    if int(n_samples) < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    if policy.epsilon_head == 0 and policy.epsilon_fill == 0:
+        built = build_pages(policy, contexts, candidates, np.random.default_rng(seed), scores=scores)
+        out[ok] = built.candidate[page[ok], shelf[ok], position[ok]] == idx[ok]
+        support[ok] = np.where(out[ok] > 0, int(n_samples), 0)
+        return out, support
+    reps, rep_of = _page_keys(candidates, scores)
+    rep_cands = candidates.subset(reps)
+    rep_scores = np.concatenate([scores[candidates.offsets[b]: candidates.offsets[b + 1]] for b in reps]) \
+        if len(reps) else np.zeros(0)
+    acc, hits = _rb_marginals(rep_cands, rep_scores, S, K, policy.epsilon_head, policy.epsilon_fill,
+                              int(n_samples), np.random.default_rng(seed))
+    col = idx - candidates.offsets[page]  # position within its page (same within the representative)
+    u = rep_of[page]
+    out[ok] = acc[u[ok], shelf[ok], position[ok], col[ok]]
+    support[ok] = hits[u[ok], shelf[ok], position[ok], col[ok]]
+    return np.clip(out, 0.0, 1.0), support
 
 
 def slot_marginal_probabilities(
@@ -215,33 +270,10 @@ def slot_marginal_probabilities(
     Exact for ε = 0; otherwise Rao-Blackwellised Monte Carlo (see module docs).  Returns the
     probabilities and a bound on their MC standard error (0 when exact).
     """
-    page = np.asarray(page, np.int64)
-    shelf, position = np.asarray(shelf, np.int64), np.asarray(position, np.int64)
-    if scores is None:
-        scores = policy.scorer(contexts, candidates)
-    scores = np.asarray(scores, np.float64)
-    S, K = policy.shelves, policy.cards
-    inside = (shelf >= 0) & (shelf < S) & (position >= 0) & (position < K)
-    idx = _locate(candidates, page, np.asarray(explanation, np.int64), np.asarray(item_id, np.int64))
-    ok = inside & (idx >= 0)
-    ok[ok] &= candidates.choosable[idx[ok]]
-    out = np.zeros(len(page))
+    out, _ = slot_marginals_with_support(policy, contexts, candidates, page, shelf, position, item_id,
+                                         explanation, n_samples, seed, scores)
     if policy.epsilon_head == 0 and policy.epsilon_fill == 0:
-        built = build_pages(policy, contexts, candidates, np.random.default_rng(seed), scores=scores)
-        out[ok] = built.candidate[page[ok], shelf[ok], position[ok]] == idx[ok]
-        return out, np.zeros(len(page))
-    if int(n_samples) < 1:
-        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
-    reps, rep_of = _page_keys(candidates, scores)
-    rep_cands = candidates.subset(reps)
-    rep_scores = np.concatenate([scores[candidates.offsets[b]: candidates.offsets[b + 1]] for b in reps]) \
-        if len(reps) else np.zeros(0)
-    acc = _rb_marginals(rep_cands, rep_scores, S, K, policy.epsilon_head, policy.epsilon_fill, int(n_samples),
-                        np.random.default_rng(seed))
-    col = idx - candidates.offsets[page]  # position within its page (same within the representative)
-    u = rep_of[page]
-    out[ok] = acc[u[ok], shelf[ok], position[ok], col[ok]]
-    out = np.clip(out, 0.0, 1.0)
+        return out, np.zeros(len(out))
     return out, np.sqrt(out * (1 - out) / int(n_samples))
 
 

@@ -1,0 +1,189 @@
+"""Evaluate a candidate bundle on the validated impression logs and decide: shared by the
+``evaluate-and-gate`` flow and ``bartops evaluate`` (no registry side effects here).
+
+Production is the registry's production version, or — when nothing is in production, or the logs
+were served by production itself — the logging policy recorded in the logs (on-policy value).
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import io
+import json
+from dataclasses import asdict
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bartops.gate.rules import GateParams, decide, ece_from_metrics
+from bartops.ope.pipeline import OPEConfig, estimate_table, evaluate_policies, logging_marginals, subsample_pages
+from bartops.ope.slate import logged_pages
+from bartops.policy.page import PagePolicy
+from bartops.registry import Registry
+
+SIM_LOGGING_VERSION = "logging-popularity"
+
+
+def load_impressions(impressions_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
+    """All validated batches (``*.parquet``) of ``impressions_dir``, concatenated."""
+    files = sorted(Path(p) for p in glob.glob(str(Path(impressions_dir) / "*.parquet")))
+    if not files:
+        raise FileNotFoundError(f"no validated impression batches (*.parquet) in {impressions_dir}: "
+                                "run `bartops validate` on a batch first")
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), files
+
+
+def validation_reports(files: list[Path], build_dir: Path | None = None) -> list[dict]:
+    """Stored validation reports of the batches (``<batch>.report.json`` beside it or under
+    ``<build>/reports/validation/``); batches without one are listed as accepted (they are in the
+    validated folder only because validation passed)."""
+    out = []
+    for f in files:
+        cands = [f.with_suffix(".report.json"), f.parent / f"{f.stem}.json"]
+        if build_dir is not None:
+            cands.append(Path(build_dir) / "reports" / "validation" / f"{f.stem}.json")
+        rep = next((json.loads(c.read_text()) for c in cands if c.is_file()), None)
+        out.append(rep if isinstance(rep, dict) else
+                   {"batch": f.name, "passed": True, "decision": "accepted",
+                    "detail": "accepted into the validated impressions folder (no stored report)"})
+    return out
+
+
+def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, policy_params: dict
+                       ) -> tuple[PagePolicy, Any]:
+    """The policy that served the logs: the simulator's logging policy or a registered bundle."""
+    from bartops.reward.policy import load_policy_bundle
+
+    if version == SIM_LOGGING_VERSION:
+        from bartops.sim.simulate import PopularityAffinityScorer
+
+        items = pd.read_parquet(Path(data_dir) / "items.parquet")
+        history = pd.read_parquet(Path(data_dir) / "history.parquet")
+        p = policy_params
+        return PagePolicy(PopularityAffinityScorer(items, history), p["shelves"], p["cards"], p["epsilon_head"],
+                          p["epsilon_fill"], version=version), None
+    if registry is not None and (registry.versions_dir / version).is_dir():
+        return load_policy_bundle(registry.path(version))
+    raise ValueError(f"the logs were served by policy {version!r}, which is neither the simulator's logging "
+                     "policy nor a registered version: its probabilities cannot be recomputed")
+
+
+def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, logs: pd.DataFrame,
+                    data_dir: Path) -> dict:
+    """OPE of the bundle (and production) on ``logs``: {"result", "production", "logging_version", ...}."""
+    from bartops.features.assemble import assemble_rows
+    from bartops.reward.policy import load_policy_bundle
+
+    cfg = OPEConfig.from_dict(params.get("ope"))
+    versions = logs["policy_version"].astype(str).unique().tolist()
+    if len(versions) != 1:
+        raise ValueError(f"the logs mix policies {versions}; evaluate on logs of one logging policy")
+    logs = subsample_pages(logs, cfg.max_pages, cfg.seed)
+    candidate, features = load_policy_bundle(Path(bundle_dir))
+    lp = logged_pages(logs, features.explanations)
+    logging, log_feats = logging_policy_for(versions[0], data_dir, registry, params["policy"])
+    marg = logging_marginals(logging, lp, (log_feats or features).candidates_for(lp.contexts), cfg)
+    targets: dict[str, Any] = {"candidate": (candidate, features.candidates_for(lp.contexts))}
+    production = registry.production() if registry is not None else None
+    if production is None or production == versions[0]:
+        targets["production"] = None
+    else:
+        prod, prod_feats = load_policy_bundle(registry.path(production))
+        targets["production"] = (prod, prod_feats.candidates_for(lp.contexts))
+
+    def featurize(ctx, cards, shelf, position):
+        return assemble_rows(features, ctx, cards, shelf, position)
+
+    kinds = features.explanations["kind"].astype(str).to_numpy()
+    result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds)
+    return {"result": result, "production": production, "logging_version": versions[0], "config": asdict(cfg),
+            "n_pages": lp.n_pages, "n_rows": len(lp)}
+
+
+def _weight_histogram(w: np.ndarray) -> dict | None:
+    from bartops.dashboard.views import histogram_of
+
+    return histogram_of(np.asarray(w, float).tolist())
+
+
+def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list[dict] | None,
+                  lineage: dict | None = None, version: str | None = None) -> dict:
+    """The gate decision with its evidence (the content of gate.json)."""
+    gp = GateParams.from_dict(params.get("gate"))
+    result = ev["result"]
+    validation_passed = None if validation is None else all(bool(r.get("passed")) for r in validation)
+    diff = result["differences"]["production"][gp.estimator]
+    cand = result["estimates"]["candidate"][gp.estimator]
+    per_kind = {k: {"candidate": v["candidate"], "production": v["production"]} for k, v in result["per_kind"].items()}
+    decision = decide(gp, validation_passed, diff.to_dict(), cand.ess, ece_from_metrics(metrics), per_kind)
+    diag = {}
+    for name, d in result["diagnostics"].items():
+        d = dict(d)
+        w = d.pop("weights")
+        d.update({"ess": float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0,
+                  "max_weight": float(w.max()), "nonzero_weights": int((w > 0).sum())})
+        if name == "candidate":
+            d["weight_histogram"] = _weight_histogram(w)
+        diag[name] = d
+    diag["logging_marginals"] = result["logging"]
+    lin = lineage or {}
+    summary = (f"{decision['decision']}: {gp.estimator} candidate − production {diff.value:+.3f} "
+               f"[{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] streams/page"
+               + (f"; failed {', '.join(decision['failed'])}" if decision["failed"] else ""))
+    decision.update({
+        "version": version,
+        "estimator": gp.estimator,
+        "summary": summary,
+        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "production": ev["production"] or f"logging policy ({ev['logging_version']})",
+        "logs": {"rows": ev["n_rows"], "pages": ev["n_pages"], "policy_version": ev["logging_version"]},
+        "ope": {"config": ev["config"], "table": estimate_table(result), "diagnostics": diag,
+                "per_kind": result["per_kind"]},
+        "validation": validation,
+        "data_version": lin.get("data_version"), "code_version": lin.get("code_version"),
+    })
+    return decision
+
+
+def markdown(version: str, decision: dict) -> str:
+    """The OPE table and rule results as Markdown (Prefect artifact, approval description)."""
+    lines = [f"# Gate decision for `{version}`: **{decision['decision'].upper()}**", "", decision.get("summary", ""),
+             "", "| policy | estimator | value | 95% CI | ESS | max weight | support |", "|---|---|---|---|---|---|---|"]
+    for r in decision["ope"]["table"]:
+        lines.append(f"| {r['policy']} | {r['estimator']} | {r['value']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
+                     f"| {r['ess']:.0f} | {r['max_weight']:.1f} | {r['support']:.3f} |")
+    lines += ["", "| rule | value | threshold | passed | detail |", "|---|---|---|---|---|"]
+    for r in decision["rules"]:
+        lines.append(f"| {r['rule']} | {r['value']} | {r['threshold']} | {'yes' if r['passed'] else 'NO'} "
+                     f"| {r['detail']} |")
+    return "\n".join(lines)
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def write_reports(decision: dict, out_dir: Path) -> tuple[Path, Path]:
+    """``ope.json`` (DVC metrics: the OPE table and the decision) and ``policy_value.csv`` (DVC plot
+    data: estimator, policy, value, lower, upper), each written atomically."""
+    out_dir = Path(out_dir)
+    metrics = {k: decision[k] for k in ("decision", "summary", "failed", "rules", "estimator", "production", "logs")}
+    metrics["table"] = decision["ope"]["table"]
+    metrics["diagnostics"] = decision["ope"]["diagnostics"]
+    ope_json = out_dir / "ope.json"
+    _atomic_write(ope_json, json.dumps(metrics, indent=2, default=float))
+    buf = io.StringIO()
+    wr = csv.writer(buf, lineterminator="\n")
+    wr.writerow(["estimator", "policy", "value", "lower", "upper"])
+    for r in decision["ope"]["table"]:
+        wr.writerow([r["estimator"], r["policy"], r["value"], r["ci_low"], r["ci_high"]])
+    csv_path = out_dir / "policy_value.csv"
+    _atomic_write(csv_path, buf.getvalue())
+    return ope_json, csv_path

@@ -67,7 +67,9 @@ if __name__ == "__main__":  # pragma: no cover
     ap = argparse.ArgumentParser(description="Run one retraining round now.")
     ap.add_argument("--params", default=None)
     ap.add_argument("--auto-approve", action="store_true", help="skip the human approval step")
+    ap.add_argument("--no-package", action="store_true", help="stop after the gate (no Bento build)")
     args = ap.parse_args()
-    state = retrain(params_file=args.params, auto_approve=True if args.auto_approve else None, return_state=True)
+    state = retrain(params_file=args.params, auto_approve=True if args.auto_approve else None,
+                    package=not args.no_package, return_state=True)
     print(state.message)
     raise SystemExit(0 if state.is_completed() else 1)

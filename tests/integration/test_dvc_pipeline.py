@@ -39,7 +39,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_repro_builds_everything_then_does_nothing_then_reruns_only_what_changed(project):
     out = run(["dvc", "repro"], project)
-    for stage in ("validate", "features", "train"):
+    for stage in ("validate", "features", "train", "evaluate"):
         assert f"Running stage '{stage}'" in out
     assert (project / "build" / "bundle" / "policy.json").exists()
     assert (project / "build" / "reports" / "reward_metrics.json").exists()
@@ -55,8 +55,13 @@ def test_repro_builds_everything_then_does_nothing_then_reruns_only_what_changed
     changed = run(["dvc", "repro"], project)
     assert "Running stage 'train'" in changed
     assert "Running stage 'validate'" not in changed and "Running stage 'features'" not in changed
+    params["gate"]["min_ess"] = params["gate"]["min_ess"] + 1
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    gate_only = run(["dvc", "repro"], project)
+    assert "Running stage 'evaluate'" in gate_only
+    assert "Running stage 'train'" not in gate_only
     metrics = run(["dvc", "metrics", "show"], project)
-    assert "reward_metrics.json" in metrics
+    assert "reward_metrics.json" in metrics and "ope.json" in metrics
 
 
 def test_experiment_with_a_set_parameter(project):

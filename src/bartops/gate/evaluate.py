@@ -82,6 +82,13 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     versions = logs["policy_version"].astype(str).unique().tolist()
     if len(versions) != 1:
         raise ValueError(f"the logs mix policies {versions}; evaluate on logs of one logging policy")
+    holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
+    if holdout_from is not None:
+        ts = pd.to_datetime(logs["timestamp"], utc=True)
+        logs = logs[(ts >= holdout_from).to_numpy()].reset_index(drop=True)
+        if len(logs) == 0:
+            raise ValueError(f"no logged impressions after the candidate's training cut {holdout_from}: "
+                             "nothing it has not been trained on to evaluate it with")
     logs = subsample_pages(logs, cfg.max_pages, cfg.seed)
     candidate, features = load_policy_bundle(Path(bundle_dir))
     lp = logged_pages(logs, features.explanations)
@@ -101,7 +108,20 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     kinds = features.explanations["kind"].astype(str).to_numpy()
     result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds)
     return {"result": result, "production": production, "logging_version": versions[0], "config": asdict(cfg),
-            "n_pages": lp.n_pages, "n_rows": len(lp)}
+            "n_pages": lp.n_pages, "n_rows": len(lp),
+            "holdout_from": None if holdout_from is None else holdout_from.isoformat()}
+
+
+def training_cut(bundle_dir: Path) -> pd.Timestamp | None:
+    """The first timestamp the bundle's model was NOT trained on (metrics.json split.validation_from)."""
+    path = Path(bundle_dir) / "metrics.json"
+    if not path.is_file():
+        return None
+    m = json.loads(path.read_text())
+    cut = (m.get("split") or {}).get("validation_from") or ((m.get("validation") or {}).get("split") or {}).get(
+        "validation_from")
+    return None if cut is None else pd.Timestamp(cut).tz_convert("UTC") if pd.Timestamp(cut).tzinfo else \
+        pd.Timestamp(cut, tz="UTC")
 
 
 def _weight_histogram(w: np.ndarray) -> dict | None:
@@ -119,7 +139,8 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
     diff = result["differences"]["production"][gp.estimator]
     cand = result["estimates"]["candidate"][gp.estimator]
     per_kind = {k: {"candidate": v["candidate"], "production": v["production"]} for k, v in result["per_kind"].items()}
-    decision = decide(gp, validation_passed, diff.to_dict(), cand.ess, ece_from_metrics(metrics), per_kind)
+    decision = decide(gp, validation_passed, diff.to_dict(), cand.ess, ece_from_metrics(metrics), per_kind,
+                      result["diagnostics"]["candidate"]["support_share"])
     diag = {}
     for name, d in result["diagnostics"].items():
         d = dict(d)
@@ -140,7 +161,8 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
         "summary": summary,
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "production": ev["production"] or f"logging policy ({ev['logging_version']})",
-        "logs": {"rows": ev["n_rows"], "pages": ev["n_pages"], "policy_version": ev["logging_version"]},
+        "logs": {"rows": ev["n_rows"], "pages": ev["n_pages"], "policy_version": ev["logging_version"],
+                 "holdout_from": ev.get("holdout_from")},
         "ope": {"config": ev["config"], "table": estimate_table(result), "diagnostics": diag,
                 "per_kind": result["per_kind"]},
         "validation": validation,

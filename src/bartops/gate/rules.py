@@ -8,8 +8,11 @@ A candidate is promoted only if every rule passes:
 3. ``lift``: the lower bound of the paired bootstrap interval of candidate − production
    (estimator ``estimator``, DR by default) exceeds ``margin`` (streams per page);
 4. ``calibration``: the reward model's ECE (from its metrics.json) is at most ``max_ece``;
-5. ``explanations``: for no explanation kind is the candidate's estimated value below
-   production's by more than ``explanation_tolerance`` (relative to production's value of that kind).
+5. ``explanations``: for no explanation kind are the candidate's estimated streams per card below
+   production's by more than ``explanation_tolerance`` (relative; per-card quality falls somewhat
+   when a policy shows more cards of a kind in lower slots, hence a loose default);
+6. ``support``: at least ``min_support_share`` of the candidate's cards fall where the logs can
+   check them (``bartops.ope.pipeline``): beyond that DR is the reward model's extrapolation.
 """
 
 from __future__ import annotations
@@ -26,7 +29,8 @@ class GateParams:
     margin: float = 0.0
     min_ess: float = 100.0
     max_ece: float = 0.05
-    explanation_tolerance: float = 0.10
+    explanation_tolerance: float = 0.25
+    min_support_share: float = 0.5
     require_validation: bool = True
     human_approval: bool = False
     approval_timeout_s: float = 3600.0
@@ -34,7 +38,7 @@ class GateParams:
     def __post_init__(self) -> None:
         if self.estimator not in ESTIMATORS:
             raise ValueError(f"gate.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        for name in ("min_ess", "max_ece", "explanation_tolerance", "approval_timeout_s"):
+        for name in ("min_ess", "max_ece", "explanation_tolerance", "approval_timeout_s", "min_support_share"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"gate.{name} must be non-negative, got {getattr(self, name)!r}")
 
@@ -73,6 +77,7 @@ def decide(
     ess: float,
     ece: float | None,
     per_kind: dict[str, dict[str, float]],
+    support_share: float | None = None,
 ) -> dict[str, Any]:
     """The decision ("promote" / "reject") and every rule's figures.
 
@@ -102,7 +107,10 @@ def decide(
     rules.append(_rule("explanations", worst >= -params.explanation_tolerance, round(worst, 6),
                        -params.explanation_tolerance,
                        "no explanation kind loses more than the tolerance" if worst_kind is None or
-                       worst >= -params.explanation_tolerance else f"kind {worst_kind!r} loses {-worst:.1%}"))
+                       worst >= -params.explanation_tolerance else f"kind {str(worst_kind)!r} loses {-worst:.1%}"))
+    rules.append(_rule("support", support_share is not None and support_share >= params.min_support_share,
+                       None if support_share is None else round(float(support_share), 4), params.min_support_share,
+                       "share of the candidate's cards the logs can check (the rest is model extrapolation)"))
     passed = all(r["passed"] for r in rules)
     return {"decision": "promote" if passed else "reject", "rules": rules,
             "failed": [r["rule"] for r in rules if not r["passed"]], "params": params.to_dict()}

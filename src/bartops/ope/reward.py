@@ -40,7 +40,7 @@ def cross_fit(
     fold = fold_of_group[g]
     fold_t = fold[target_row]
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": depth, "eta": 0.15,
-              "min_child_weight": 5.0, "subsample": 0.8, "nthread": 2, "seed": seed, "verbosity": 0}
+              "min_child_weight": 5.0, "subsample": 0.8, "nthread": 1, "seed": seed, "verbosity": 0}
     pred_l = np.zeros(len(reward))
     pred_t = np.zeros(len(x_target))
     for f in range(n_folds):

@@ -43,6 +43,9 @@ demo: install
 	$(BIN)/bartops simulate
 	$(BIN)/bartops up prefect
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/python -m flows.retrain --auto-approve
+	@# first round only: nothing in production yet, so an operator starts the loop (recorded as forced)
+	$(BIN)/bartops registry bootstrap
+	$(BIN)/bartops package
 	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/bartops up deployments service dashboard
 	@echo
 	@echo "Prefect UI:   $(PREFECT_URL)  (runs, sub-flows, artifacts)"

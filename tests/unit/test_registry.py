@@ -161,3 +161,20 @@ def test_cli(tmp_path):
     assert r.exit_code == 1 and "no earlier production" in r.output
     r = runner.invoke(app, ["registry", "show", "nope", "--root", str(root)])
     assert r.exit_code == 1 and "not registered" in r.output
+
+
+def test_bootstrap_promotes_newest_only_when_nothing_is_in_production(tmp_path):
+    root = tmp_path / "reg"
+    runner = CliRunner()
+    res = runner.invoke(app, ["registry", "bootstrap", "--root", str(root)])
+    assert res.exit_code != 0 and "no versions" in res.output
+    reg = Registry(root)
+    reg.register(make_bundle(tmp_path, "a"), "v1")
+    reg.register(make_bundle(tmp_path, "b"), "v2")
+    res = runner.invoke(app, ["registry", "bootstrap", "--root", str(root)])
+    assert res.exit_code == 0, res.output
+    assert reg.production() == "v2"
+    assert reg.history()[-1]["reason"].startswith("[forced]")
+    reg.register(make_bundle(tmp_path, "c"), "v3")
+    res = runner.invoke(app, ["registry", "bootstrap", "--root", str(root)])
+    assert res.exit_code == 0 and reg.production() == "v2"

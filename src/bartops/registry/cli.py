@@ -89,6 +89,30 @@ def promote(version: str, reason: str = typer.Option(..., help="why (stored in t
 
 
 @app.command()
+def bootstrap(reason: str = typer.Option("bootstrap: no production policy yet", help="why (stored in the history)"),
+              root: Optional[Path] = RootOption) -> None:
+    """Put the newest version into production when nothing is: an operator's forced, recorded decision.
+
+    Off-policy evaluation can only vouch for candidates close to what produced the logs; the very
+    first model has nothing in production to be compared with, so a person starts the loop.  Does
+    nothing when a production version exists.
+    """
+    reg = _registry(root)
+    if reg.production() is not None:
+        typer.echo(f"production is {reg.production()}; nothing to bootstrap")
+        return
+    versions = reg.list()
+    if not versions:
+        _fail(RegistryError(f"registry {reg.root} has no versions to bootstrap from"))
+    newest = versions[-1]["version"]
+    try:
+        reg.promote(newest, f"[forced] {reason}")
+    except RegistryError as exc:
+        _fail(exc)
+    typer.echo(f"bootstrapped production with {newest} (forced; recorded in the history)")
+
+
+@app.command()
 def rollback(reason: str = typer.Option(..., help="why (stored in the history)"), root: Optional[Path] = RootOption) -> None:
     """Switch production back to the version it replaced."""
     try:

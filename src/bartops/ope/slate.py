@@ -34,8 +34,8 @@ from bartops.policy.page import (
     EMPTY,
     CandidateSet,
     PagePolicy,
+    _construct,
     _locate,
-    _padded,
     build_pages,
     logged_choice_probabilities,
 )
@@ -159,43 +159,23 @@ def _rb_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_h
     r = int(max(1, min(n_samples, _CELLS // max(U * width, 1))))
     rep = CandidateSet((np.arange(r)[:, None] * U + cands.page[None, :]).ravel(), np.tile(cands.item_id, r),
                        np.tile(cands.explanation, r), U * r, np.tile(cands.choosable, r))
-    d = _padded(rep, np.tile(scores, r), max_width=width)
-    B = U * r
-    rows = np.arange(B)
+    rep_scores = np.tile(scores, r)
+    rows = np.arange(U * r)
     acc = np.zeros((U, S, K, width), np.float32)
     hits = np.zeros((U, S, K, width), np.uint16)
-    masked_score = np.where(d["choosable"], d["score"], -np.inf)
+    reps_now = r
+
+    def accumulate(s: int, k: int, free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray, eps: float) -> None:
+        has = count > 0
+        contrib = free * np.float32(eps) / np.maximum(count, 1)[:, None].astype(np.float32)
+        contrib[rows[has], greedy_col[has]] += np.float32(1 - eps)
+        acc[:, s, k, :] += contrib.reshape(r, U, width)[:reps_now].sum(axis=0)
+        hits[:, s, k, :] += free.reshape(r, U, width)[:reps_now].sum(axis=0, dtype=np.uint16)
+
     done = 0
-    steps = [(s, 0) for s in range(S)] + [(s, k) for s in range(S) for k in range(1, K)]
     while done < n_samples:
         reps_now = min(r, n_samples - done)
-        item_used = np.zeros(d["n_item_groups"], bool)
-        expl_used = np.zeros(d["n_expl_groups"], bool)
-        title = np.full((B, S), d["n_expl_groups"] - 1, np.int64)
-        for s, k in steps:
-            eps = eps_head if k == 0 else eps_fill
-            free = d["choosable"] & ~item_used[d["item_group"]]
-            if k == 0:
-                free &= ~expl_used[d["expl_group"]]
-            else:
-                free &= d["expl_group"] == title[:, s: s + 1]
-            count = free.sum(axis=1)
-            has = count > 0
-            greedy_col = np.where(free, masked_score, -np.inf).argmax(axis=1)
-            contrib = free * np.float32(eps) / np.maximum(count, 1)[:, None].astype(np.float32)
-            contrib[rows[has], greedy_col[has]] += np.float32(1 - eps)
-            acc[:, s, k, :] += contrib.reshape(r, U, width)[:reps_now].sum(axis=0)
-            hits[:, s, k, :] += free.reshape(r, U, width)[:reps_now].sum(axis=0, dtype=np.uint16)
-            explore = rng.random(B) < eps
-            draw = np.minimum((rng.random(B) * count).astype(np.int64), np.maximum(count - 1, 0))
-            random_col = (free.cumsum(axis=1) > draw[:, None]).argmax(axis=1)
-            col = np.where(explore, random_col, greedy_col)
-            placed = has
-            item_used[d["item_group"][rows[placed], col[placed]]] = True
-            if k == 0:
-                g = d["expl_group"][rows[placed], col[placed]]
-                expl_used[g] = True
-                title[rows[placed], s] = g
+        _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate)
         done += reps_now
     return acc / np.float32(n_samples), hits
 

@@ -178,8 +178,13 @@ def _construct(
     epsilon_fill: float,
     rng: np.random.Generator | None,
     forced: np.ndarray | None = None,
+    observe: Callable[[int, int, np.ndarray, np.ndarray, np.ndarray, float], None] | None = None,
 ) -> Pages:
-    """The one page-construction loop.  ``forced`` (B, S, K) of candidate indices replays logs."""
+    """The one page-construction loop.  ``forced`` (B, S, K) of candidate indices replays logs.
+
+    ``observe(s, k, free, count, greedy_col, eps)``, if given, sees each step's dense (B, N) mask of
+    remaining pairs, their count and the greedy column before the choice (used for marginals).
+    """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(candidates),):
         raise ValueError(f"scores has shape {scores.shape}, expected ({len(candidates)},)")
@@ -213,6 +218,8 @@ def _construct(
         count = free.sum(axis=1)
         greedy_col = np.where(free, d["score"], -np.inf).argmax(axis=1)
         has = count > 0
+        if observe is not None:
+            observe(s, k, free, count, greedy_col, eps)
         if forced is None:
             explore = rng.random(B) < eps
             draw = np.minimum((rng.random(B) * count).astype(np.int64), np.maximum(count - 1, 0))

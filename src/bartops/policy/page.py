@@ -222,10 +222,13 @@ def _construct(
             observe(s, k, free, count, greedy_col, eps)
         if forced is None:
             explore = rng.random(B) < eps
-            draw = np.minimum((rng.random(B) * count).astype(np.int64), np.maximum(count - 1, 0))
-            random_col = (free.cumsum(axis=1) > draw[:, None]).argmax(axis=1)
-            col = np.where(explore, random_col, greedy_col)
-            col = np.where(has, col, EMPTY)
+            uniform = rng.random(B)
+            col = greedy_col.copy()
+            if explore.any():  # the k-th remaining pair, k uniform over the count, for exploring pages
+                e = np.nonzero(explore)[0]
+                draw = np.minimum((uniform[e] * count[e]).astype(np.int64), np.maximum(count[e] - 1, 0))
+                col[e] = (free[e].cumsum(axis=1) > draw[:, None]).argmax(axis=1)
+            col[~has] = EMPTY
             explored = explore & has
         else:
             col = forced_col[:, s, k]

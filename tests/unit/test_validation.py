@@ -227,6 +227,8 @@ def test_read_errors_name_the_problem(tmp_path, good):
 
 
 def test_accept_is_atomic_and_idempotent(tmp_path, data_dir, params, good):
+    """With ``remove_accepted_source`` the accepted batch leaves incoming; a rerun adds nothing."""
+    params = {**params, "validation": {**params["validation"], "remove_accepted_source": True}}
     imp, q = tmp_path / "impressions", tmp_path / "quarantine"
     src = data_dir / BATCH
     folder = tmp_path / "incoming" / "served"

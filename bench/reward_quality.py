@@ -8,9 +8,14 @@ stream probability as scorer), on a fixed set of sampled contexts, for models tr
 100k and on 1M logged impressions of one simulation (params.yaml world; 80 % train by time).
 The logging policy's value (ε as logged) sits beside them.
 
-Speed: wall time of building the features plus training the weighted model (assembling rows,
-weights, QuantileDMatrix, xgboost.train) at the largest size, against a bare ``xgboost.train``
-(QuantileDMatrix + train) with the same parameters on the final feature matrix.
+Each size's feature snapshot carries the logged response to explanation kinds computed from that
+size's impressions (``with_response_stats``), as ``build_features`` does from the validated logs;
+training rows get the same statistic out of fold.
+
+Speed: wall time of building the features (shared layer + logged-response table) plus training the
+weighted model (out-of-fold rows through ``assemble_rows``, weights, QuantileDMatrix,
+xgboost.train, metrics) at the largest size, against a bare ``xgboost.train`` (QuantileDMatrix +
+train) with the same parameters on the final training matrix.
 """
 
 from __future__ import annotations
@@ -24,10 +29,10 @@ import numpy as np
 import xgboost as xgb
 
 from bartops.config import load_params
-from bartops.features.assemble import FEATURE_NAMES, assemble_impressions
-from bartops.features.store import FeatureParams, build_features_from_frames
+from bartops.features.assemble import FEATURE_NAMES
+from bartops.features.store import FeatureParams, build_features_from_frames, with_response_stats
 from bartops.reward.policy import candidate_policy
-from bartops.reward.train import RewardParams, ips_weights, time_split, train_reward_models
+from bartops.reward.train import RewardParams, ips_weights, time_split, train_reward_models, training_rows
 from bartops.sim import SimParams, World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
 from bench.common import save, table
 
@@ -52,16 +57,18 @@ def main() -> None:
     params = load_params()
     seed = int(params["seed"])
     pol = params["policy"]
+    vf = RewardParams.from_dict(params.get("reward")).validation_fraction  # snapshot logs: before the training cut
     sim = SimParams.from_dict({**params["sim"], "impressions": max(args.sizes)})
     world = World.generate(sim, seed)
     t0 = time.perf_counter()
     data = simulate(world, max(args.sizes), pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed)
     print(f"simulated {len(data.impressions):,} impressions in {time.perf_counter() - t0:.0f} s", flush=True)
 
-    def features():
-        return build_features_from_frames(world.items, world.users, data.history,
-                                          FeatureParams.from_dict(params.get("features")), seed=seed,
-                                          explanations=world.explanations)
+    def features(impressions=None):
+        f = build_features_from_frames(world.items, world.users, data.history,
+                                       FeatureParams.from_dict(params.get("features")), seed=seed,
+                                       explanations=world.explanations)
+        return f if impressions is None else with_response_stats(f, impressions, None, vf)
 
     t0 = time.perf_counter()
     feats = features()
@@ -77,15 +84,16 @@ def main() -> None:
     for n in args.sizes:
         imp = first_impressions(data.impressions, n)
         t0 = time.perf_counter()
-        result = train_reward_models(feats, imp, params)
+        f_n = with_response_stats(feats, imp, None, vf)
+        result = train_reward_models(f_n, imp, params)
         t_train = time.perf_counter() - t0
         models = result.predictors()
         for clip in args.clip or []:
             p2 = {**params, "reward": {**params.get("reward", {}), "clip": clip, "baselines": []}}
-            models[f"xgboost-weighted clip={clip:g}"] = train_reward_models(feats, imp, p2).model
+            models[f"xgboost-weighted clip={clip:g}"] = train_reward_models(f_n, imp, p2).model
         row = {"impressions": len(imp), "logging": v_log / v_oracle}
         for name, m in models.items():
-            v, _ = true_value(world, candidate_policy(m, feats, greedy), ctx, cands)
+            v, _ = true_value(world, candidate_policy(m, f_n, greedy), ctx, cands)
             row[name] = v / v_oracle
         row["train_all_s"] = t_train
         quality.append(row)
@@ -98,13 +106,13 @@ def main() -> None:
     ours, bare = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
-        f = features()
+        f = features(imp)
         t_feat = time.perf_counter() - t0
         t1 = time.perf_counter()
         train_reward_models(f, imp, only_weighted)
         ours.append({"features_s": t_feat, "train_s": time.perf_counter() - t1, "total_s": time.perf_counter() - t0})
-        rows = assemble_impressions(f, imp)
         tr = time_split(imp["timestamp"], rp.validation_fraction)
+        rows = training_rows(f, imp, tr, rp.response_folds)
         w = ips_weights(imp["propensity"].to_numpy()[tr], rp.clip, rp.normalize)
         x, y = np.ascontiguousarray(rows[tr]), imp["reward"].to_numpy()[tr]
         t0 = time.perf_counter()

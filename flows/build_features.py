@@ -12,27 +12,29 @@ from bartops.reward.pipeline import default_paths, run_build_features
 
 
 @task(cache_policy=None)
-def build_and_save(data_dir: str, out_dir: str, params: dict) -> dict:
+def build_and_save(data_dir: str, out_dir: str, params: dict, impressions_dir: str) -> dict:
     """Build the snapshot and write it atomically; returns its manifest summary."""
-    f = run_build_features(Path(data_dir), Path(out_dir), params)
+    f = run_build_features(Path(data_dir), Path(out_dir), params, Path(impressions_dir))
     return {"out": out_dir, "version": f.version, "items": len(f.item_ids), "users": len(f.user_ids),
             "candidates": len(f.candidates), "clusters": int(f.cluster.max()) + 1,
-            "now": f.params.get("now")}
+            "now": f.params.get("now"), "logged_rows": f.params["response_source"]["rows"]}
 
 
 @flow(name="build-features")
 def build_features_flow(data_dir: str | None = None, out_dir: str | None = None,
-                        params_file: str | None = None) -> dict:
-    """Build `build/features/` (defaults from params.yaml `paths:`)."""
+                        params_file: str | None = None, impressions_dir: str | None = None) -> dict:
+    """Build `build/features/` from the raw data and the validated impression batches (for the
+    logged response to explanation kinds); defaults from params.yaml `paths:`."""
     params = load_params(params_file)
     paths = default_paths(params)
-    summary = build_and_save(str(data_dir or paths["data"]), str(out_dir or paths["features"]), params)
+    summary = build_and_save(str(data_dir or paths["data"]), str(out_dir or paths["features"]), params,
+                             str(impressions_dir or paths["impressions"]))
     create_markdown_artifact(
         key="build-features",
-        markdown=("### Feature snapshot\n\n| version | items | users | candidate pairs | clusters | reference time |\n"
-                  "|---|---|---|---|---|---|\n"
+        markdown=("### Feature snapshot\n\n| version | items | users | candidate pairs | clusters | reference time "
+                  "| logged impressions |\n|---|---|---|---|---|---|---|\n"
                   f"| `{summary['version']}` | {summary['items']} | {summary['users']} | {summary['candidates']} | "
-                  f"{summary['clusters']} | {summary['now']} |"),
+                  f"{summary['clusters']} | {summary['now']} | {summary['logged_rows']} |"),
         description="shared-layer feature snapshot",
     )
     return summary

@@ -140,3 +140,106 @@ def test_unknown_items_and_explanations_are_errors(feats):
         feats.explanation_codes(np.array(["artist:999999"]))
     with pytest.raises(ValueError, match="unknown features parameter"):
         FeatureParams.from_dict({"embedding_size": 3})
+
+
+# ---------------------------------------------------------------------- logged response to explanation kinds
+def _response_columns():
+    names = ("user_kind_lift", "user_kind_log_shows", "user_lift", "user_log_shows")
+    return [FEATURE_NAMES.index(n) for n in names]
+
+
+def test_logged_response_training_rows_do_not_leak_labels(small_sim, feats):
+    """A row's own reward never enters its own statistic; the statistic does react to other rows."""
+    from bartops.features.logstats import page_folds
+    from bartops.reward.train import time_split, training_rows
+
+    imp = small_sim.impressions.reset_index(drop=True)
+    train = time_split(imp["timestamp"], 0.2)
+    base = training_rows(feats, imp, train, folds=5)
+    fold0 = train & (page_folds(imp["request_id"], 5) == 0)
+    # flip every label of one fold: that fold's rows (their own labels included) are bit-identical
+    changed = imp.assign(reward=np.where(fold0, 1 - imp["reward"], imp["reward"]))
+    again = training_rows(feats, changed, train, folds=5)
+    assert np.array_equal(base[fold0], again[fold0])
+    # ... while the other training rows of users with rows in that fold move (their user-level lift
+    # counts the flipped streams), and only the logged-response columns do
+    other = train & ~fold0 & imp["user_id"].isin(imp["user_id"][fold0]).to_numpy()
+    assert other.sum() > 1000 and (base[other] != again[other]).any(axis=1).all()
+    lift_columns = {FEATURE_NAMES.index("user_kind_lift"), FEATURE_NAMES.index("user_lift")}
+    assert set(np.nonzero((base != again).any(axis=0))[0]) == lift_columns  # counts of shows do not move
+    # validation rows see only training rows: flipping every validation label changes no row at all
+    valid_flipped = imp.assign(reward=np.where(~train, 1 - imp["reward"], imp["reward"]))
+    assert np.array_equal(training_rows(feats, valid_flipped, train, folds=5), base)
+
+
+def test_logged_response_is_deterministic_and_order_free(small_sim, feats):
+    from bartops.reward.train import time_split, training_rows
+
+    imp = small_sim.impressions.reset_index(drop=True)
+    train = time_split(imp["timestamp"], 0.2)
+    a = training_rows(feats, imp, train, folds=5)
+    assert np.array_equal(a, training_rows(feats, imp, train, folds=5))
+    perm = np.random.default_rng(1).permutation(len(imp))  # folds follow page views, not row order
+    b = training_rows(feats, imp.iloc[perm].reset_index(drop=True), train[perm], folds=5)
+    assert np.array_equal(a[perm], b)
+    with pytest.raises(ValueError, match="folds"):
+        training_rows(feats, imp, train, folds=1)
+
+
+def test_snapshot_response_matches_counts_and_cold_users_get_the_prior(small_sim, feats, tmp_path):
+    from bartops.features.logstats import explanation_kind_codes
+    from bartops.features.store import with_response_stats
+
+    from bartops.features.logstats import time_split
+
+    imp = small_sim.impressions
+    # by default only the logs before the training cut (the latest share stays unseen)
+    train = time_split(imp["timestamp"], 0.2)
+    default = with_response_stats(feats, imp, "test")
+    assert default.params["response_source"]["rows"] == train.sum() == default.user_kind["shows"].sum()
+    assert pd.Timestamp(default.params["response_source"]["before"]) > imp["timestamp"][train].max()
+    f = with_response_stats(feats, imp, "test", validation_fraction=None)
+    prior = PARAMS.response_prior
+    # hand count for the busiest (user, kind): streams over the slot-and-kind expected streams
+    kind = explanation_kind_codes(f.explanations)[f.explanation_codes(imp["explanation_id"])]
+    cell_rate = imp.assign(kind=kind).groupby(["shelf", "position", "kind"])["reward"].transform("mean")
+    d = imp.assign(kind=kind, expected=cell_rate)
+    u, k = d.groupby(["user_id", "kind"]).size().idxmax()
+    sel = d[(d.user_id == u) & (d.kind == k)]
+    want = (sel.reward.sum() + prior) / (sel.expected.sum() + prior)
+    got = f.response_stats(np.array([u]), np.array([k]))
+    assert got["user_kind_lift"][0] == pytest.approx(want, rel=1e-12) and got["user_kind_shows"][0] == len(sel)
+
+    # a user unknown to the logs (and to the snapshot) and a known user: rows through assemble_rows
+    unknown = int(max(f.user_ids.max(), imp.user_id.max())) + 1
+    ctx = pd.DataFrame({"user_id": [unknown, int(u)], "platform": ["ios", "web"], "region": ["SE", "US"],
+                        "timestamp": pd.to_datetime(["2026-10-26T10:00:00Z"] * 2)})
+    c = f.candidates_for(ctx)
+    rows = assemble_rows(f, ctx, c)
+    lift, shows, ulift, ushows = _response_columns()
+    cold = c.page == 0
+    assert (rows[cold, lift] == 1).all() and (rows[cold, shows] == 0).all()
+    assert (rows[cold, ulift] == 1).all() and (rows[cold, ushows] == 0).all()
+    assert (rows[~cold, ushows] == np.float32(np.log1p((imp.user_id == u).sum()))).all()
+    # no logs at all: every user gets the prior
+    assert (assemble_rows(feats, ctx, c)[:, [lift, ulift]] == 1).all()
+    # the table travels with the snapshot
+    back = load_features(save_features(f, tmp_path / "f"))
+    assert np.array_equal(assemble_rows(back, ctx, c), rows)
+    assert back.params["response_source"] == {"rows": len(imp), "data_version": "test", "before": None}
+
+
+def test_logged_response_tracks_the_true_response(small_sim, feats):
+    """The lift ranks users' true response to each kind: rank correlation above 4 null standard errors."""
+    from scipy.stats import spearmanr
+
+    from bartops.features.store import with_response_stats
+
+    f = with_response_stats(feats, small_sim.impressions)
+    t = f.user_kind[f.user_kind["shows"] >= 20]
+    lift = f.response_stats(t.user_id.to_numpy(), t.kind.to_numpy())["user_kind_lift"]
+    truth = small_sim.world.response[t.user_id.to_numpy(), t.kind.to_numpy()]
+    # within each kind (the kind mean is divided out of the lift), pooled
+    rho = np.mean([spearmanr(lift[t.kind == k], truth[t.kind == k])[0] for k in np.unique(t.kind)])
+    # under no relation each kind's rho ≈ N(0, 1/n_k), so their mean ≈ N(0, 1/(K·mean n_k)) = N(0, 1/len(t))
+    assert rho > 4 / np.sqrt(len(t)), (rho, len(t))

@@ -110,6 +110,12 @@ def test_policy_bundle_roundtrip(small_sim, feats, trained, tmp_path):
     (out / "policy.json").unlink()
     with pytest.raises(FileNotFoundError, match="lacks policy.json"):
         load_policy_bundle(out)
+    # a snapshot whose logged-response prior differs from the model's training: no silent skew
+    other = feats.with_user_kind(feats.user_kind)
+    other.params = {**other.params, "response_prior": 7.0}
+    save_features(other, tmp_path / "features7")
+    with pytest.raises(ValueError, match="response_prior"):
+        write_policy_bundle(tmp_path / "model", tmp_path / "features7", POLICY, tmp_path / "b7", "v7")
 
 
 def test_bad_training_sets_get_clear_errors(small_sim, feats):

@@ -1,8 +1,10 @@
 """The one feature-assembly function: model input rows for training, off-policy evaluation and serving.
 
 A row describes (context, item, explanation, slot).  Users the snapshot does not know (cold start)
-get zero affinities and a zero embedding with ``user_known = 0``; items outside the snapshot's
-catalog are an error (they cannot be candidates).
+get zero affinities and a zero embedding with ``user_known = 0``, and the prior (lift 1, 0 shows)
+for their logged response to explanation kinds; items outside the snapshot's catalog are an error
+(they cannot be candidates).  Context columns (platform, region, local hour, the hour × audio
+interactions, home region, item age, slot) are the only ones that vary per request for a user.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ from bartops.features.store import Features
 from bartops.policy.page import CandidateSet
 
 AUDIO = ("danceability", "energy", "valence", "acousticness", "tempo")
+HOUR_AUDIO = ("energy", "valence", "danceability")  # audio × time-of-day interactions
+HOUR_AUDIO_NAMES: tuple[str, ...] = tuple(f"{a}_x_hour_{f}" for a in HOUR_AUDIO for f in ("sin", "cos"))
+EMB_PRODUCTS = 8  # user_emb[k] · item_emb[k] of the leading components (0 beyond features.embedding_dim)
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"platform_{p}" for p in PLATFORMS),
     *(f"region_{r}" for r in REGIONS),
@@ -26,9 +31,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     *(f"kind_{k}" for k in EXPLANATION_KINDS),
     "user_known", "user_log_plays",
     "artist_affinity", "genre_affinity", "mood_affinity", "cluster_affinity", "user_item_plays",
-    "emb_dot", "emb_cos",
+    "emb_dot", "emb_cos", *(f"emb_prod_{k}" for k in range(EMB_PRODUCTS)),
     "log_popularity", "home_region", "item_log_plays", "item_age_days",
     *AUDIO,
+    "user_kind_lift", "user_kind_log_shows", "user_lift", "user_log_shows",
+    *HOUR_AUDIO_NAMES,
 )
 CONTEXT_COLUMNS = ("user_id", "platform", "region", "timestamp")
 
@@ -36,6 +43,20 @@ CONTEXT_COLUMNS = ("user_id", "platform", "region", "timestamp")
 def feature_schema_hash(names: tuple[str, ...] = FEATURE_NAMES) -> str:
     """Short hash identifying the feature layout (a model trained on another layout is rejected)."""
     return hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+
+def hour_audio_columns(audio: np.ndarray, hour: np.ndarray) -> np.ndarray:
+    """(n, 2·len(HOUR_AUDIO)) float64: each audio value × sin and × cos of the local hour's angle.
+
+    ``audio`` is (n, len(HOUR_AUDIO)) float64, ``hour`` (n,) integer local hours (the serving
+    engine calls this too, so both paths compute the same bits).
+    """
+    angle = 2 * np.pi * np.asarray(hour, np.int64) / 24
+    sin, cos = np.sin(angle), np.cos(angle)
+    out = np.empty((len(audio), 2 * len(HOUR_AUDIO)))
+    out[:, 0::2] = audio * sin[:, None]
+    out[:, 1::2] = audio * cos[:, None]
+    return out
 
 
 def _slot(value, n: int, name: str) -> np.ndarray:
@@ -95,7 +116,8 @@ def assemble_rows(
     kind_of = features.explanations["kind"].map(kinds)
     if kind_of.isna().any():
         raise ValueError(f"unknown explanation kind(s) {sorted(set(features.explanations['kind'][kind_of.isna()]))}")
-    out[np.arange(n), col["kind_artist"] + kind_of.to_numpy(np.int64)[expl]] = 1.0
+    kind_code = kind_of.to_numpy(np.int64)[expl]
+    out[np.arange(n), col["kind_artist"] + kind_code] = 1.0
 
     # user and user–item
     user = contexts["user_id"].to_numpy(np.int64)[page]
@@ -118,6 +140,8 @@ def assemble_rows(
     norm = np.linalg.norm(ue, axis=1) * np.linalg.norm(ie, axis=1)
     out[:, col["emb_dot"]] = dot
     out[:, col["emb_cos"]] = np.where(norm > 0, dot / np.where(norm > 0, norm, 1), 0.0)
+    k = min(EMB_PRODUCTS, ue.shape[1])
+    out[:, col["emb_prod_0"]:col["emb_prod_0"] + k] = ue[:, :k] * ie[:, :k]
 
     # item
     stats = features.item_stats
@@ -130,7 +154,28 @@ def assemble_rows(
     for a in AUDIO:
         if a in items.columns:
             out[:, col[a]] = items[a].to_numpy(np.float64)[ipos]
+
+    # logged response of the user to the explanation kind (bartops.features.logstats)
+    resp = features.response_stats(user, kind_code)
+    out[:, col["user_kind_lift"]] = resp["user_kind_lift"]
+    out[:, col["user_kind_log_shows"]] = np.log1p(resp["user_kind_shows"])
+    out[:, col["user_lift"]] = resp["user_lift"]
+    out[:, col["user_log_shows"]] = np.log1p(resp["user_shows"])
+
+    # time of day × audio
+    first = col[HOUR_AUDIO_NAMES[0]]
+    out[:, first:first + len(HOUR_AUDIO_NAMES)] = hour_audio_columns(hour_audio_values(features)[ipos], hour)
     return np.ascontiguousarray(out)
+
+
+def hour_audio_values(features: Features) -> np.ndarray:
+    """(catalog rows, len(HOUR_AUDIO)) float64 audio values (0 where the catalog lacks a column)."""
+    key = "hour_audio"
+    if key not in features._cache:
+        items = features.items
+        features._cache[key] = np.column_stack([
+            items[a].to_numpy(np.float64) if a in items.columns else np.zeros(len(items)) for a in HOUR_AUDIO])
+    return features._cache[key]
 
 
 def impression_inputs(features: Features, impressions: pd.DataFrame) -> tuple[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray]:

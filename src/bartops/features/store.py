@@ -12,7 +12,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +29,20 @@ from bartops.features.candidates import (
     explanation_table,
     regional_popularity,
 )
+from bartops.features.logstats import (
+    USER_KIND_COLUMNS,
+    empty_user_kind,
+    impressions_response_table,
+    lift,
+    load_impressions,
+    time_split,
+)
 from bartops.policy.page import CandidateSet
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: adds user_kind (response to explanation kinds from the impression logs)
 SNAPSHOT_TABLES = ("items", "explanations", "users", "candidates", "cold_candidates",
                    "user_artist", "user_genre", "user_mood", "user_item", "user_cluster",
-                   "similar_items", "item_stats")
+                   "similar_items", "item_stats", "user_kind")
 SNAPSHOT_ARRAYS = ("item_ids", "item_emb", "user_ids", "user_emb", "user_plays", "cluster")
 
 
@@ -46,12 +54,15 @@ class FeatureParams:
     embedding_dim: int = 16
     clusters: int = 24
     similar_items: int = 10
+    response_prior: float = 2.0  # prior strength (expected streams) of the user × kind lift
     now: str | None = None  # cut-off for "new releases"; None = the day after the last play
     candidates: CandidateParams = field(default_factory=CandidateParams)
 
     def __post_init__(self) -> None:
         if not self.half_life_days > 0:
             raise ValueError(f"features.half_life_days must be positive, got {self.half_life_days!r}")
+        if not self.response_prior > 0:
+            raise ValueError(f"features.response_prior must be positive, got {self.response_prior!r}")
         for name in ("embedding_dim", "clusters", "similar_items"):
             v = getattr(self, name)
             if int(v) != v or v < 1:
@@ -97,7 +108,9 @@ class Features:
       ``user_item`` (time-decayed plays), ``user_cluster`` (share of decayed plays per cluster);
     - ``item_emb`` (items × d, rows in ``item_ids`` order), ``user_emb`` (rows in ``user_ids``
       order), ``cluster`` per item, ``similar_items`` (item_id, rank, similar_item_id, score),
-      ``item_stats`` (item_id, plays, log_popularity, ...).
+      ``item_stats`` (item_id, plays, log_popularity, ...);
+    - ``user_kind`` (user_id, kind, shows, streams, expected): each user's logged response to each
+      explanation kind (``bartops.features.logstats``); empty when no validated logs were given.
     """
 
     items: pd.DataFrame
@@ -118,6 +131,7 @@ class Features:
     user_emb: np.ndarray
     user_plays: np.ndarray
     cluster: np.ndarray
+    user_kind: pd.DataFrame = field(default_factory=empty_user_kind)
     params: dict[str, Any] = field(default_factory=dict)
     version: str = "unsaved"
     _cache: dict = field(default_factory=dict, repr=False, compare=False)
@@ -149,6 +163,47 @@ class Features:
         q = np.asarray(user_id, np.int64) * (1 << 32) + np.asarray(key, np.int64)
         pos, found = _sorted_lookup(keys, q)
         return np.where(found, values[pos] if len(values) else 0.0, 0.0)
+
+    def response_stats(self, user_id: np.ndarray, kind: np.ndarray) -> dict[str, np.ndarray]:
+        """Logged response of each (user, kind code): ``user_kind_lift``, ``user_kind_shows``,
+        ``user_lift`` and ``user_shows`` (all kinds); users without logs get lift 1 and 0 shows."""
+        if "user_kind" not in self._cache:
+            t = self.user_kind
+            u = t["user_id"].to_numpy(np.int64)
+            keys = u * 16 + t["kind"].to_numpy(np.int64)
+            order = np.argsort(keys, kind="stable")
+            uu, uinv = np.unique(u, return_inverse=True)
+            per_user = {c: np.bincount(uinv, weights=t[c].to_numpy(np.float64), minlength=len(uu))
+                        for c in ("shows", "streams", "expected")}
+            self._cache["user_kind"] = (keys[order], {c: t[c].to_numpy(np.float64)[order] for c in ("shows", "streams", "expected")},
+                                        uu, per_user)
+        keys, vals, uu, per_user = self._cache["user_kind"]
+        prior = float(self.params.get("response_prior", FeatureParams.response_prior))
+        user_id = np.asarray(user_id, np.int64)
+        pos, found = _sorted_lookup(keys, user_id * 16 + np.asarray(kind, np.int64))
+        get = lambda d, c, p, f: np.where(f, d[c][p] if len(d[c]) else 0.0, 0.0)  # noqa: E731
+        upos, ufound = _sorted_lookup(uu, user_id)
+        return {
+            "user_kind_lift": lift(get(vals, "streams", pos, found), get(vals, "expected", pos, found), prior),
+            "user_kind_shows": get(vals, "shows", pos, found),
+            "user_lift": lift(get(per_user, "streams", upos, ufound), get(per_user, "expected", upos, ufound), prior),
+            "user_shows": get(per_user, "shows", upos, ufound),
+        }
+
+    def with_user_kind(self, table: pd.DataFrame, source: dict[str, Any] | None = None) -> "Features":
+        """A copy of the snapshot whose logged-response table is ``table`` (other tables shared).
+
+        ``source`` (e.g. rows and data version) is recorded in ``params["response_source"]``.
+        """
+        missing = [c for c in USER_KIND_COLUMNS if c not in table.columns]
+        if missing:
+            raise ValueError(f"user_kind table lacks column(s) {missing}")
+        params = dict(self.params)
+        if source is not None:
+            params["response_source"] = source
+        cache = {k: v for k, v in self._cache.items() if k != "user_kind"}
+        return replace(self, user_kind=table[list(USER_KIND_COLUMNS)].reset_index(drop=True),
+                       params=params, version="unsaved", _cache=cache)
 
     def code_of(self, column: str) -> tuple[np.ndarray, np.ndarray]:
         """(codes per catalog row, vocabulary) for a categorical item column (genre, mood)."""
@@ -406,16 +461,36 @@ def build_features_from_frames(
         user_artist=user_artist, user_genre=user_genre, user_mood=user_mood, user_item=user_item,
         user_cluster=user_cluster, similar_items=similar, item_stats=item_stats,
         item_ids=item_ids, item_emb=item_emb, user_ids=user_ids, user_emb=user_emb,
-        user_plays=user_plays, cluster=cluster,
-        params={**params.to_dict(), "seed": int(seed), "now": now.isoformat(),
+        user_plays=user_plays, cluster=cluster, user_kind=empty_user_kind(),
+        params={**params.to_dict(), "response_source": {"rows": 0, "data_version": None}, "seed": int(seed), "now": now.isoformat(),
                 "genres": list(genre_codes), "moods": list(mood_codes)},
     )
 
 
-def build_features(data_dir: Path, params: dict) -> Features:
-    """Features from the raw data folder (items, users, explanations, history parquet).
+def with_response_stats(features: Features, impressions: pd.DataFrame, data_version: str | None = None,
+                        validation_fraction: float | None = 0.2) -> Features:
+    """The snapshot with ``user_kind`` from the logged impressions before the training cut.
 
-    ``params`` is the whole params.yaml mapping (reads ``features:`` and ``seed``).
+    The cut is ``time_split(timestamps, validation_fraction)`` — the split training uses — so
+    the latest share of the logs never informs the snapshot (``None`` = use every row).
+    """
+    before = None
+    if validation_fraction is not None and len(impressions):
+        train = time_split(impressions["timestamp"], validation_fraction)
+        before = pd.to_datetime(impressions["timestamp"], utc=True)[~train].min().isoformat()
+        impressions = impressions[train]
+    table = impressions_response_table(features.explanations, impressions)
+    return features.with_user_kind(table, {"rows": int(len(impressions)), "data_version": data_version,
+                                           "before": before})
+
+
+def build_features(data_dir: Path, params: dict, impressions_dir: Path | None = None) -> Features:
+    """Features from the raw data folder (items, users, explanations, history parquet) and the
+    validated impression batches (``impressions_dir``, default params ``paths.impressions``).
+
+    ``params`` is the whole params.yaml mapping (reads ``features:``, ``seed`` and ``paths:``).
+    Without validated batches (first run, or no ``paths.impressions`` and no ``impressions_dir``)
+    ``user_kind`` is empty: every user gets the prior.
     """
     data_dir = Path(data_dir)
     frames = {}
@@ -428,8 +503,18 @@ def build_features(data_dir: Path, params: dict) -> Features:
             raise FileNotFoundError(f"{path} not found: run `bartops simulate` (or provide the catalog) first")
         frames[name] = pd.read_parquet(path)
     fp = FeatureParams.from_dict(params.get("features"))
-    return build_features_from_frames(frames["items"], frames["users"], frames["history"], fp,
-                                      seed=int(params.get("seed", 0)), explanations=frames["explanations"])
+    features = build_features_from_frames(frames["items"], frames["users"], frames["history"], fp,
+                                          seed=int(params.get("seed", 0)), explanations=frames["explanations"])
+    if impressions_dir is None and (params.get("paths") or {}).get("impressions"):
+        impressions_dir = Path(params["paths"]["impressions"])
+    if impressions_dir is None:
+        return features.with_user_kind(empty_user_kind(), {"rows": 0, "data_version": None})
+    try:
+        impressions, data_version = load_impressions(Path(impressions_dir))
+    except FileNotFoundError:
+        return features.with_user_kind(empty_user_kind(), {"rows": 0, "data_version": None})
+    vf = float((params.get("reward") or {}).get("validation_fraction", 0.2))
+    return with_response_stats(features, impressions, data_version, vf)
 
 
 # ---------------------------------------------------------------------- persistence
@@ -506,5 +591,5 @@ def load_features(dir: Path) -> Features:
 
 
 __all__ = ["Features", "FeatureParams", "build_features", "build_features_from_frames", "save_features",
-           "load_features", "most_similar", "item_clusters", "co_listening_embeddings", "REGIONS",
+           "load_features", "with_response_stats", "most_similar", "item_clusters", "co_listening_embeddings", "REGIONS",
            "regional_popularity"]

@@ -19,6 +19,8 @@ def _fail(exc: Exception) -> None:
 def features(
     data: Optional[Path] = typer.Option(None, help="raw data folder (default: params paths.data)"),
     out: Optional[Path] = typer.Option(None, help="snapshot folder (default: <paths.build>/features)"),
+    impressions: Optional[Path] = typer.Option(None, help="validated batches for the logged response to "
+                                                          "explanation kinds (default: params paths.impressions)"),
     params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
 ) -> None:
     """Build the shared-layer feature snapshot (affinities, embeddings, clusters, similar items, candidates)."""
@@ -27,11 +29,12 @@ def features(
     params = load_params(params_file)
     paths = default_paths(params)
     try:
-        f = run_build_features(data or paths["data"], out or paths["features"], params)
+        f = run_build_features(data or paths["data"], out or paths["features"], params, impressions)
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     typer.echo(f"feature snapshot {f.version}: {len(f.item_ids)} items, {len(f.user_ids)} users, "
-               f"{len(f.candidates)} candidate pairs -> {out or paths['features']}")
+               f"{len(f.candidates)} candidate pairs, {f.params['response_source']['rows']} logged impressions "
+               f"-> {out or paths['features']}")
 
 
 def train(

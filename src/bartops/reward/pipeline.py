@@ -32,9 +32,11 @@ def default_paths(params: dict[str, Any]) -> dict[str, Path]:
     }
 
 
-def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any]) -> Features:
-    """Build the shared-layer snapshot from ``data_dir`` and save it to ``out_dir``."""
-    features = build_features(Path(data_dir), params)
+def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any],
+                       impressions_dir: Path | None = None) -> Features:
+    """Build the shared-layer snapshot from ``data_dir`` and the validated impression batches
+    (``impressions_dir``, default params ``paths.impressions``) and save it to ``out_dir``."""
+    features = build_features(Path(data_dir), params, impressions_dir)
     save_features(features, Path(out_dir))
     return features
 
@@ -57,8 +59,13 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
                 save_model(b, Path(baselines_dir) / name)
                 written[name] = str(Path(baselines_dir) / name)
     version = f"cand-{features.version[:8]}-{data_version[:8]}"
+    source = features.params.get("response_source") or {}
     report = {"version": version, "candidate": result.model.name, "data_version": data_version,
-              "features_version": features.version, **result.metrics}
+              "features_version": features.version,
+              # the snapshot's logged-response table should come from the same validated logs
+              "features_response_source": source,
+              "features_response_current": source.get("data_version") == data_version,
+              **result.metrics}
     if metrics_path is not None:
         write_json_atomic(Path(metrics_path), report)
         written["metrics"] = str(metrics_path)

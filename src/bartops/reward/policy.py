@@ -88,7 +88,7 @@ def write_policy_bundle(model_dir: Path, features_dir: Path, policy_params: dict
     manifest_path = features_dir / "manifest.json"
     if not manifest_path.exists():
         raise FileNotFoundError(f"no feature snapshot in {features_dir} (manifest.json missing)")
-    load_features(features_dir)  # verifies every file against its manifest
+    check_model_matches_features(model, load_features(features_dir))  # verifies every file, too
     manifest = json.loads(manifest_path.read_text())
     pol = {"version": str(version), **_policy_values(policy_params)}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +117,15 @@ def write_policy_bundle(model_dir: Path, features_dir: Path, policy_params: dict
     return out_dir
 
 
+def check_model_matches_features(model: Any, features: Features) -> None:
+    """ValueError if the model's logged-response definition (prior) differs from the snapshot's."""
+    trained = (getattr(model, "params", None) or {}).get("response_prior")
+    snap = features.params.get("response_prior")
+    if trained is not None and snap is not None and float(trained) != float(snap):
+        raise ValueError(f"model was trained with features.response_prior={trained} but the feature snapshot "
+                         f"uses {snap}: rebuild the features or retrain")
+
+
 def load_policy_bundle(bundle_dir: Path) -> tuple[PagePolicy, Features]:
     """(candidate PagePolicy, Features) from a bundle directory; clear errors for missing parts."""
     d = Path(bundle_dir)
@@ -128,5 +137,6 @@ def load_policy_bundle(bundle_dir: Path) -> tuple[PagePolicy, Features]:
     pol = json.loads((d / "policy.json").read_text())
     features = load_features(d / "features")
     model = load_model(d / "model")
+    check_model_matches_features(model, features)
     policy = candidate_policy(model, features, pol, version=str(pol.get("version", d.name)))
     return policy, features

@@ -4,11 +4,12 @@ BaRT-style weighting: each logged card gets the sample weight 1/propensity (clip
 ``reward.clip``, optionally normalised to mean 1), so the model is fitted to the whole candidate
 space rather than to the logging policy's favourites.  Baselines are trained in the same run on
 the same time-based split: the same XGBoost unweighted, a logistic regression, and popularity.
+Rows come from ``assemble_rows`` with the logged-response features computed out of fold
+(``training_rows``), so no row sees its own reward.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -20,8 +21,8 @@ import xgboost as xgb
 
 from bartops.features.assemble import FEATURE_NAMES, assemble_impressions, feature_schema_hash
 from bartops.features.candidates import EXPLANATION_KINDS
+from bartops.features.logstats import impression_kinds, load_impressions, page_folds, response_table, time_split
 from bartops.features.store import Features
-from bartops.logs.schema import SchemaError, conform_impressions
 from bartops.reward.model import LogisticModel, PopularityModel, RewardModel
 
 BASELINES = ("xgboost-unweighted", "logistic", "popularity")
@@ -43,6 +44,8 @@ class RewardParams:
     logistic_C: float = 1.0
     popularity_prior: float = 20.0
     ece_bins: int = 10
+    response_folds: int = 5  # out-of-fold folds (by page view) of the logged-response features
+
 
     def __post_init__(self) -> None:
         if self.weighting not in ("ips", "none"):
@@ -53,6 +56,8 @@ class RewardParams:
             raise ValueError(f"reward.validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
         if int(self.num_boost_round) != self.num_boost_round or self.num_boost_round < 1:
             raise ValueError(f"reward.num_boost_round must be a positive integer, got {self.num_boost_round!r}")
+        if int(self.response_folds) != self.response_folds or self.response_folds < 2:
+            raise ValueError(f"reward.response_folds must be an integer of at least 2, got {self.response_folds!r}")
         bad = sorted(set(self.baselines) - set(BASELINES))
         if bad:
             raise ValueError(f"unknown reward.baselines {bad}; choose from {list(BASELINES)}")
@@ -76,26 +81,6 @@ class RewardParams:
 
 
 # ---------------------------------------------------------------------- input
-def load_impressions(directory: Path) -> tuple[pd.DataFrame, str]:
-    """All parquet batches under ``directory`` (validated batches), conformed; and a data version hash."""
-    directory = Path(directory)
-    files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"no impression batches (*.parquet) in {directory}: validate a batch first")
-    h = hashlib.sha256()
-    frames = []
-    for f in files:
-        try:
-            frames.append(conform_impressions(pd.read_parquet(f)))
-        except SchemaError as exc:
-            raise SchemaError(f"{f}: {exc}") from None
-        h.update(f.name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return pd.concat(frames, ignore_index=True), h.hexdigest()[:16]
-
-
 def check_training_set(impressions: pd.DataFrame, name: str = "training set") -> None:
     """Raise ValueError naming the problem: empty, one class, bad propensities or rewards."""
     if len(impressions) == 0:
@@ -125,21 +110,6 @@ def ips_weights(propensity: np.ndarray, clip: float | None, normalize: bool) -> 
     if normalize and len(w):
         w = w / w.mean()
     return w
-
-
-def time_split(timestamp: pd.Series, validation_fraction: float) -> np.ndarray:
-    """Boolean mask of training rows: all rows strictly before the cut; the latest share validates.
-
-    The cut is a timestamp, so every page view lies wholly on one side.
-    """
-    ts = pd.to_datetime(pd.Series(timestamp), utc=True).to_numpy()
-    order = np.sort(ts)
-    cut = order[min(int(len(order) * (1 - validation_fraction)), len(order) - 1)]
-    train = ts < cut
-    if train.all() or not train.any():
-        raise ValueError("time-based split left the training or validation part empty: "
-                         "the logs span too few distinct timestamps")
-    return train
 
 
 # ---------------------------------------------------------------------- metrics
@@ -178,6 +148,39 @@ def model_metrics(y: np.ndarray, p: np.ndarray, kind: np.ndarray, bins: int = 10
     return out
 
 
+# ---------------------------------------------------------------------- training rows
+def training_rows(features: Features, impressions: pd.DataFrame, train: np.ndarray, folds: int) -> np.ndarray:
+    """Model input rows of logged impressions, with leak-free logged-response features.
+
+    Rows go through ``assemble_rows`` (via ``assemble_impressions``) with the snapshot's
+    ``user_kind`` table replaced by one computed only from other impressions: a training row in
+    fold k (folds are page views, ``page_folds``) sees the training rows of the other folds; a
+    validation row sees all training rows (as serving sees all logs before it).  A row's own
+    reward therefore never enters its own statistic.
+    """
+    impressions = impressions.reset_index(drop=True)
+    train = np.asarray(train, bool)
+    user = impressions["user_id"].to_numpy(np.int64)
+    kind = impression_kinds(features.explanations, impressions["explanation_id"])
+    shelf = impressions["shelf"].to_numpy(np.int64)
+    position = impressions["position"].to_numpy(np.int64)
+    reward = impressions["reward"].to_numpy(np.float64)
+    fold = page_folds(impressions["request_id"], folds)
+    rows = np.empty((len(impressions), len(FEATURE_NAMES)), np.float32)
+
+    def fill(target: np.ndarray, source: np.ndarray) -> None:
+        if not target.any():
+            return
+        table = response_table(user[source], kind[source], shelf[source], position[source], reward[source])
+        f = features.with_user_kind(table)
+        rows[target] = assemble_impressions(f, impressions.loc[target])
+
+    for k in range(folds):
+        fill(train & (fold == k), train & (fold != k))
+    fill(~train, train)
+    return rows
+
+
 # ---------------------------------------------------------------------- training
 def fit_xgboost(rows: np.ndarray, y: np.ndarray, weight: np.ndarray | None, params: RewardParams,
                 seed: int) -> xgb.Booster:
@@ -209,12 +212,12 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
     seed = int(params.get("seed", 0))
     check_training_set(impressions)
     impressions = impressions.reset_index(drop=True)
-    rows = assemble_impressions(features, impressions)
     y = impressions["reward"].to_numpy(np.int64)
     kind = features.explanations["kind"].to_numpy(dtype=object)[features.explanation_codes(impressions["explanation_id"])]
     train = time_split(impressions["timestamp"], rp.validation_fraction)
     valid = ~train
     check_training_set(impressions[train], "training part of the time-based split")
+    rows = training_rows(features, impressions, train, rp.response_folds)
     tr_rows, tr_y = rows[train], y[train]
     w = ips_weights(impressions["propensity"].to_numpy()[train], rp.clip, rp.normalize) \
         if rp.weighting == "ips" else None
@@ -222,6 +225,7 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
     cutoff = pd.to_datetime(impressions["timestamp"], utc=True)[valid].min()
     model_params = {**asdict(rp), "seed": seed, "booster": rp.booster_params(seed),
                     "feature_schema_hash": feature_schema_hash(), "features_version": features.version,
+                    "response_prior": float(features.params.get("response_prior", 2.0)),
                     "data_version": data_version}
     model = RewardModel(booster, FEATURE_NAMES, model_params, {},
                         name="xgboost-weighted" if rp.weighting == "ips" else "xgboost-unweighted")

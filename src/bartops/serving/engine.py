@@ -138,12 +138,16 @@ class PageEngine:
 
     def precompute(self) -> None:
         """Per-user candidate arrays and context-free feature blocks; then verify the fast path."""
-        from bartops.features.assemble import FEATURE_NAMES, assemble_rows
+        from bartops.features.assemble import (FEATURE_NAMES, HOUR_AUDIO_NAMES, assemble_rows, hour_audio_columns,
+                                               hour_audio_values)
 
         t0 = time.perf_counter()
         f = self.features
         col = {n: i for i, n in enumerate(FEATURE_NAMES)}
         self._col = col
+        self._hour_audio = hour_audio_values(f)  # catalog rows × audio columns of the hour interactions
+        self._hour_audio_fn = hour_audio_columns
+        self._hour_audio_cols = slice(col[HOUR_AUDIO_NAMES[0]], col[HOUR_AUDIO_NAMES[0]] + len(HOUR_AUDIO_NAMES))
         self._ctx_cols = {
             "platform": [col[f"platform_{p}"] for p in PLATFORMS],
             "region": [col[f"region_{r}"] for r in REGIONS],
@@ -228,10 +232,11 @@ class PageEngine:
             lo, hi = span
             rows = self._rows[lo:hi].copy()
             item, expl = self._cand_item[lo:hi], self._cand_expl[lo:hi]
-            home, release = self._cand_home[lo:hi], self._cand_release[lo:hi]
+            home, release, item_pos = self._cand_home[lo:hi], self._cand_release[lo:hi], self._cand_pos[lo:hi]
         else:
             b = self._cold[r_code]
             rows, item, expl, home, release = b.rows.copy(), b.item_id, b.explanation, b.home_region, b.release_ns
+            item_pos = b.item_pos
         c = self._col
         p_code = _PLATFORM_CODE[platform]
         rows[:, self._ctx_cols["platform"]] = 0.0
@@ -242,6 +247,7 @@ class PageEngine:
         rows[:, c["local_hour"]] = hour[0]
         rows[:, c["hour_sin"]] = np.sin(2 * np.pi * hour / 24)[0]
         rows[:, c["hour_cos"]] = np.cos(2 * np.pi * hour / 24)[0]
+        rows[:, self._hour_audio_cols] = self._hour_audio_fn(self._hour_audio[item_pos], np.repeat(hour, len(item)))
         rows[:, c["shelf"]] = 0.0
         rows[:, c["position"]] = 0.0
         rows[:, c["home_region"]] = home == r_code

@@ -113,13 +113,18 @@ def ips_weights(propensity: np.ndarray, clip: float | None, normalize: bool) -> 
 
 
 # ---------------------------------------------------------------------- metrics
+def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float | int]]:
+    """Equal-frequency bins of the predictions: mean prediction, observed rate and rows of each."""
+    order = np.argsort(p, kind="stable")
+    return [{"predicted": float(p[b].mean()), "observed": float(y[b].mean()), "count": int(len(b))}
+            for b in np.array_split(order, min(bins, len(y))) if len(b)]
+
+
 def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
     """ECE over equal-frequency bins: Σ_b (n_b/n)·|mean(y_b) − mean(p_b)|."""
     if len(y) == 0:
         return float("nan")
-    order = np.argsort(p, kind="stable")
-    parts = np.array_split(order, min(bins, len(y)))
-    return float(sum(len(b) * abs(y[b].mean() - p[b].mean()) for b in parts if len(b)) / len(y))
+    return float(sum(b["count"] * abs(b["observed"] - b["predicted"]) for b in calibration_bins(y, p, bins)) / len(y))
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float | int | None]:
@@ -135,6 +140,7 @@ def classification_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict
         "log_loss": float(log_loss(y, p, labels=[0, 1])),
         "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
         "ece": expected_calibration_error(y, p, bins),
+        "calibration": calibration_bins(y, p, bins),
         "mean_reward": float(y.mean()),
         "mean_prediction": float(p.mean()),
     }

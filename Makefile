@@ -62,7 +62,13 @@ stop:
 test: install-test browser
 	$(BIN)/python -m pytest -q tests
 
-bench: install-test
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[bench]'
+	touch $(VENV)/.installed $@
+
+# Peer benchmarks (Vowpal Wabbit, a reference OPE), pipeline scaling and the quick figures:
+# JSON per benchmark and a Markdown summary in bench/results/ (`python -m bench.run --suite all` for every one)
+bench: $(VENV)/.installed-bench
 	$(BIN)/python -m bench.run
 
 clean:

@@ -62,6 +62,8 @@ def test_repro_builds_everything_then_does_nothing_then_reruns_only_what_changed
     assert "Running stage 'train'" not in gate_only
     metrics = run(["dvc", "metrics", "show"], project)
     assert "reward_metrics.json" in metrics and "ope.json" in metrics
+    plots = run(["dvc", "plots", "show", "--json"], project)
+    assert "calibration.csv" in plots and "policy_value.csv" in plots
 
 
 def test_experiment_with_a_set_parameter(project):

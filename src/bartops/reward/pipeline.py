@@ -69,11 +69,24 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
     if metrics_path is not None:
         write_json_atomic(Path(metrics_path), report)
         written["metrics"] = str(metrics_path)
+        written["calibration"] = str(write_calibration_csv(report, Path(metrics_path).with_name("calibration.csv")))
     if bundle_dir is not None:
         write_policy_bundle(Path(model_dir), Path(features_dir), params["policy"], Path(bundle_dir), version,
                             lineage={"impressions_dir": str(impressions_dir)})
         written["bundle"] = str(bundle_dir)
     return result, {**report, "written": written}
+
+
+def write_calibration_csv(report: dict[str, Any], path: Path) -> Path:
+    """Reliability-diagram data for ``dvc plots`` (model, predicted, observed, count), written atomically."""
+    lines = ["model,predicted,observed,count"]
+    for name, m in report["models"].items():
+        lines += [f"{name},{b['predicted']!r},{b['observed']!r},{b['count']}" for b in m.get("calibration") or []]
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    tmp.replace(path)
+    return path
 
 
 def metrics_table(report: dict[str, Any]) -> list[dict[str, Any]]:

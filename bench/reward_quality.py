@@ -13,9 +13,11 @@ size's impressions (``with_response_stats``), as ``build_features`` does from th
 training rows get the same statistic out of fold.
 
 Speed: wall time of building the features (shared layer + logged-response table) plus training the
-weighted model (out-of-fold rows through ``assemble_rows``, weights, QuantileDMatrix,
-xgboost.train, metrics) at the largest size, against a bare ``xgboost.train`` (QuantileDMatrix +
-train) with the same parameters on the final training matrix.
+weighted model (rows assembled once with per-fold response columns, weights, the stacked logistic
+regression if ``reward.stack``, QuantileDMatrix, xgboost.train, validation metrics) at the largest
+size, against a bare ``xgboost.train`` (QuantileDMatrix + train) with the same parameters on the
+final training matrix (with its base margin when stacked).  The machine is shared: XGBoost's two
+threads slow down most under load, so compare ratios, not seconds.
 """
 
 from __future__ import annotations
@@ -24,16 +26,21 @@ import argparse
 import dataclasses
 import statistics
 import time
+from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 import xgboost as xgb
 
 from bartops.config import load_params
 from bartops.features.assemble import FEATURE_NAMES
-from bartops.features.store import FeatureParams, build_features_from_frames, with_response_stats
+from bartops.features.store import FeatureParams, Features, build_features_from_frames, with_response_stats
+from bartops.policy.page import CandidateSet
 from bartops.reward.policy import candidate_policy
-from bartops.reward.train import RewardParams, ips_weights, time_split, train_reward_models, training_rows
+from bartops.reward.train import (RewardParams, fit_stack_margin, ips_weights, time_split, train_reward_models,
+                                  training_rows)
 from bartops.sim import SimParams, World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
+from bartops.sim.simulate import SimulatedData
 from bench.common import save, table
 
 
@@ -46,6 +53,65 @@ def first_impressions(impressions, n: int):
     return impressions.iloc[:cut].reset_index(drop=True)
 
 
+@dataclass
+class Setup:
+    """One simulation (params.yaml world), its shared-layer snapshot and the fixed scoring contexts."""
+
+    params: dict
+    world: World
+    data: SimulatedData
+    features: Features  # shared layer without logged-response statistics
+    features_s: float  # wall time of building ``features``
+    contexts: pd.DataFrame
+    candidates: CandidateSet
+    oracle_value: float
+    logging_value: float
+    logging_se: float
+
+    def snapshot(self, impressions: pd.DataFrame | None = None) -> Features:
+        """A freshly built shared layer; with the logged-response table of ``impressions`` if given."""
+        return build_snapshot(self.params, self.world, self.data.history, impressions)
+
+    def with_stats(self, impressions: pd.DataFrame) -> Features:
+        """``features`` with the logged-response table of ``impressions`` (pre-cut rows)."""
+        return with_response_stats(self.features, impressions, None, validation_fraction(self.params))
+
+
+def validation_fraction(params: dict) -> float:
+    """``reward.validation_fraction`` (snapshot logs: before the training cut)."""
+    return RewardParams.from_dict(params.get("reward")).validation_fraction
+
+
+def build_snapshot(params: dict, world: World, history: pd.DataFrame,
+                   impressions: pd.DataFrame | None = None) -> Features:
+    """The shared layer of the simulated world; with the logged-response table of ``impressions`` if given."""
+    f = build_features_from_frames(world.items, world.users, history, FeatureParams.from_dict(params.get("features")),
+                                   seed=int(params["seed"]), explanations=world.explanations)
+    return f if impressions is None else with_response_stats(f, impressions, None, validation_fraction(params))
+
+
+def setup(n_impressions: int, n_contexts: int) -> Setup:
+    """Simulate ``n_impressions`` with params.yaml's world, build features, score oracle and logging."""
+    params = load_params()
+    seed = int(params["seed"])
+    pol = params["policy"]
+    sim = SimParams.from_dict({**params["sim"], "impressions": n_impressions})
+    world = World.generate(sim, seed)
+    t0 = time.perf_counter()
+    data = simulate(world, n_impressions, pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed)
+    print(f"simulated {len(data.impressions):,} impressions in {time.perf_counter() - t0:.0f} s", flush=True)
+    t0 = time.perf_counter()
+    feats = build_snapshot(params, world, data.history)
+    t_features = time.perf_counter() - t0
+    ctx = sample_contexts(world, n_contexts, np.random.default_rng([seed, 99]))
+    cands = feats.candidates_for(ctx)
+    v_oracle, _ = true_value(world, oracle_policy(world, pol["shelves"], pol["cards"]), ctx, cands)
+    v_log, se_log = true_value(world, logging_policy(world, data.history, pol["shelves"], pol["cards"],
+                                                     pol["epsilon_head"], pol["epsilon_fill"]),
+                               ctx, cands, n_samples=10, seed=1)
+    return Setup(params, world, data, feats, t_features, ctx, cands, v_oracle, v_log, se_log)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
@@ -54,37 +120,18 @@ def main() -> None:
     ap.add_argument("--clip", type=float, nargs="*", default=None,
                     help="also evaluate the weighted model at these clips (weighting evidence)")
     args = ap.parse_args()
-    params = load_params()
-    seed = int(params["seed"])
-    pol = params["policy"]
-    vf = RewardParams.from_dict(params.get("reward")).validation_fraction  # snapshot logs: before the training cut
-    sim = SimParams.from_dict({**params["sim"], "impressions": max(args.sizes)})
-    world = World.generate(sim, seed)
-    t0 = time.perf_counter()
-    data = simulate(world, max(args.sizes), pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed)
-    print(f"simulated {len(data.impressions):,} impressions in {time.perf_counter() - t0:.0f} s", flush=True)
-
-    def features(impressions=None):
-        f = build_features_from_frames(world.items, world.users, data.history,
-                                       FeatureParams.from_dict(params.get("features")), seed=seed,
-                                       explanations=world.explanations)
-        return f if impressions is None else with_response_stats(f, impressions, None, vf)
-
-    t0 = time.perf_counter()
-    feats = features()
-    t_features = time.perf_counter() - t0
-    ctx = sample_contexts(world, args.contexts, np.random.default_rng([seed, 99]))
-    cands = feats.candidates_for(ctx)
-    v_oracle, _ = true_value(world, oracle_policy(world, pol["shelves"], pol["cards"]), ctx, cands)
-    v_log, se_log = true_value(world, logging_policy(world, data.history, pol["shelves"], pol["cards"],
-                                                     pol["epsilon_head"], pol["epsilon_fill"]),
-                               ctx, cands, n_samples=10, seed=1)
+    s = setup(max(args.sizes), args.contexts)
+    params, world, data = s.params, s.world, s.data
+    ctx, cands, v_oracle, v_log, se_log, t_features = (s.contexts, s.candidates, s.oracle_value, s.logging_value,
+                                                       s.logging_se, s.features_s)
+    pol, seed = params["policy"], int(params["seed"])
+    features = s.snapshot
     greedy = dict(pol, epsilon_head=0.0, epsilon_fill=0.0)
     quality = []
     for n in args.sizes:
         imp = first_impressions(data.impressions, n)
         t0 = time.perf_counter()
-        f_n = with_response_stats(feats, imp, None, vf)
+        f_n = s.with_stats(imp)
         result = train_reward_models(f_n, imp, params)
         t_train = time.perf_counter() - t0
         models = result.predictors()
@@ -115,14 +162,17 @@ def main() -> None:
         rows = training_rows(f, imp, tr, rp.response_folds)
         w = ips_weights(imp["propensity"].to_numpy()[tr], rp.clip, rp.normalize)
         x, y = np.ascontiguousarray(rows[tr]), imp["reward"].to_numpy()[tr]
+        margin = fit_stack_margin(x, y, rp, seed)  # stacked: the final matrix includes the base margin
+        base_margin = None if margin is None else margin.decision(x)
         t0 = time.perf_counter()
-        d = xgb.QuantileDMatrix(x, label=y, weight=w, feature_names=list(FEATURE_NAMES))
+        d = xgb.QuantileDMatrix(x, label=y, weight=w, base_margin=base_margin, feature_names=list(FEATURE_NAMES))
         xgb.train(rp.booster_params(seed), d, num_boost_round=rp.num_boost_round)
         bare.append(time.perf_counter() - t0)
     med = {k: statistics.median(o[k] for o in ours) for k in ours[0]}
     speed = [{"what": f"features + weighted training, {len(imp):,} impressions", "median_s": med["total_s"]},
              {"what": "  of which feature building", "median_s": med["features_s"]},
-             {"what": "  of which training (assemble, weights, DMatrix, train, metrics)", "median_s": med["train_s"]},
+             {"what": "  of which training (assemble, weights, stacked logistic, DMatrix, train, metrics)",
+              "median_s": med["train_s"]},
              {"what": "bare xgboost.train (QuantileDMatrix + train) on the final matrix",
               "median_s": statistics.median(bare)},
              {"what": "ratio", "median_s": med["total_s"] / statistics.median(bare)}]

@@ -8,7 +8,9 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from bartops.config import load_params
-from bartops.reward.pipeline import default_paths, metrics_table, run_training
+from bartops.reward.pipeline import default_paths, metrics_table
+from bartops.scale.cluster import flow_task_runner
+from bartops.scale.pipeline import run_training  # local or Dask, by params.yaml `scale:`
 
 
 @task(cache_policy=None)
@@ -21,7 +23,7 @@ def train_and_save(features_dir: str, impressions_dir: str, model_dir: str, metr
     return report
 
 
-@flow(name="train-reward-model")
+@flow(name="train-reward-model", task_runner=flow_task_runner())
 def train_reward_model_flow(features_dir: str | None = None, impressions_dir: str | None = None,
                             out_dir: str | None = None, params_file: str | None = None) -> dict:
     """Train the counterfactually weighted XGBoost candidate (defaults from params.yaml `paths:`).

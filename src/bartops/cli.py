@@ -86,6 +86,10 @@ from bartops.validation.cli import validate as _validate  # noqa: E402
 
 app.command("validate")(_validate)
 
+from bartops.scale.cli import app as _scale_app  # noqa: E402
+
+app.add_typer(_scale_app, name="scale")
+
 
 def main() -> None:  # pragma: no cover - console entry
     app()

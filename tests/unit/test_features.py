@@ -186,6 +186,31 @@ def test_logged_response_is_deterministic_and_order_free(small_sim, feats):
         training_rows(feats, imp, train, folds=1)
 
 
+def test_training_rows_equal_per_fold_assembly_and_work_on_partitions(small_sim, feats):
+    """Rows assembled once with per-fold response columns equal ``assemble_impressions`` of each fold
+    with that fold's table; ``rows_from_tables`` of any partition equals the whole set's rows."""
+    from bartops.features.logstats import impressions_response_table, page_folds
+    from bartops.reward.train import fold_response_tables, rows_from_tables, time_split, training_rows
+
+    imp = small_sim.impressions.reset_index(drop=True)
+    train = time_split(imp["timestamp"], 0.2)
+    fold = page_folds(imp["request_id"], 4)
+    rows = training_rows(feats, imp, train, folds=4)
+    tables = fold_response_tables(feats, imp, train, folds=4)
+    assert len(tables) == 5
+    for k, (source, target) in enumerate([(train & (fold != j), train & (fold == j)) for j in range(4)]
+                                         + [(train, ~train)]):
+        table = impressions_response_table(feats.explanations, imp[source])
+        pd.testing.assert_frame_equal(tables[k], table)
+        assert np.array_equal(rows[target], assemble_impressions(feats.with_user_kind(table), imp[target]))
+    part = np.random.default_rng(5).random(len(imp)) < 0.3  # any subset, e.g. a Dask partition
+    assert np.array_equal(rows_from_tables(feats, imp[part], train[part], tables, 4), rows[part])
+    with pytest.raises(ValueError, match="response tables"):
+        rows_from_tables(feats, imp, train, tables[:-1], 4)
+    with pytest.raises(ValueError, match="train mask"):
+        training_rows(feats, imp, train[:-1], folds=4)
+
+
 def test_snapshot_response_matches_counts_and_cold_users_get_the_prior(small_sim, feats, tmp_path):
     from bartops.features.logstats import explanation_kind_codes
     from bartops.features.store import with_response_stats

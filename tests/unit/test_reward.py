@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bartops.features.assemble import assemble_rows
 from bartops.features.store import FeatureParams, build_features_from_frames, save_features
 from bartops.policy.page import PagePolicy, build_pages
 from bartops.reward.model import SchemaMismatchError, load_model, save_model
@@ -90,6 +91,28 @@ def test_saved_model_reproduces_predictions_exactly(small_sim, feats, trained, t
         load_model(tmp_path / "empty")
 
 
+def test_stacked_model_carries_its_logistic_margin_and_reloads_exactly(small_sim, feats, tmp_path):
+    """Trees on the logistic log-odds: the margin is saved beside model.ubj and applied on predict."""
+    params = {**PARAMS, "reward": {**PARAMS["reward"], "stack": "logistic", "stack_rows": 5000,
+                                   "baselines": ["xgboost-unweighted"]}}
+    result = train_reward_models(feats, small_sim.impressions, params)
+    model = result.model
+    assert model.margin is not None and result.baselines["xgboost-unweighted"].margin is model.margin
+    ctx = sample_contexts(small_sim.world, 50, np.random.default_rng(2))
+    cands = feats.candidates_for(ctx)
+    before = model.predict(feats, ctx, cands, shelf=1, position=2)
+    rows = assemble_rows(feats, ctx, cands, 1, 2)
+    # the trees alone (no base margin) predict something else: the margin is part of the model
+    assert not np.allclose(before, model.booster.inplace_predict(rows, validate_features=False))
+    save_model(model, tmp_path / "m")
+    assert np.array_equal(before, load_model(tmp_path / "m").predict(feats, ctx, cands, shelf=1, position=2))
+    (tmp_path / "m" / "margin.json").unlink()
+    with pytest.raises(FileNotFoundError, match="margin.json"):
+        load_model(tmp_path / "m")
+    with pytest.raises(ValueError, match="reward.stack"):
+        RewardParams.from_dict({"stack": "linear"})
+
+
 def test_policy_bundle_roundtrip(small_sim, feats, trained, tmp_path):
     save_model(trained.model, tmp_path / "model")
     save_features(feats, tmp_path / "features")
@@ -151,3 +174,20 @@ def test_weights_split_and_calibration_error():
     # calibrated predictions: ECE is binomial noise, about sqrt(q(1-q)/n_bin) per bin (≈ 0.003 here)
     assert expected_calibration_error(y, q) < 0.01
     assert expected_calibration_error(y, np.clip(q + 0.1, 0, 1)) == pytest.approx(0.1, abs=0.01)
+
+
+def test_baselines_fit_on_a_capped_sample_while_the_candidate_sees_every_row(feats, small_sim):
+    cap = 2_000
+    params = {**PARAMS, "reward": {**PARAMS["reward"], "num_boost_round": 20, "baseline_rows": cap,
+                                   "baselines": ["xgboost-unweighted", "logistic"]}}
+    result = train_reward_models(feats, small_sim.impressions, params, data_version="test")
+    assert result.split["baseline_rows"] == cap < result.split["train_rows"]
+    assert set(result.metrics["models"]) == {"xgboost-weighted", "xgboost-unweighted", "logistic"}
+    uncapped = train_reward_models(feats, small_sim.impressions,
+                                   {**params, "reward": {**params["reward"], "baseline_rows": None}}, data_version="test")
+    assert uncapped.split["baseline_rows"] == uncapped.split["train_rows"]
+    # the candidate does not depend on the cap; the sampled baselines do
+    assert result.metrics["models"]["xgboost-weighted"] == uncapped.metrics["models"]["xgboost-weighted"]
+    assert result.metrics["models"]["logistic"] != uncapped.metrics["models"]["logistic"]
+    with pytest.raises(ValueError, match="baseline_rows"):
+        RewardParams.from_dict({"baseline_rows": 10})

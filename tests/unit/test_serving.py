@@ -26,7 +26,7 @@ from bartops.serving.logwriter import RotatingLogWriter, closed_files, read_rows
 from bartops.serving.schemas import FeedbackRequest, HomeRequest
 
 POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
-TRAIN = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": []}}
+TRAIN = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": [], "stack": "logistic"}}  # as params.yaml: stacked
 
 
 def make_bundle(data_dir: Path, impressions: pd.DataFrame, out: Path, version: str = "v-test-1") -> Path:

@@ -38,6 +38,10 @@ FEATURE_NAMES: tuple[str, ...] = (
     *HOUR_AUDIO_NAMES,
 )
 CONTEXT_COLUMNS = ("user_id", "platform", "region", "timestamp")
+RESPONSE_NAMES = ("user_kind_lift", "user_kind_log_shows", "user_lift", "user_log_shows")
+# the only columns that depend on the snapshot's logged-response table (``Features.user_kind``)
+RESPONSE_COLUMNS = slice(FEATURE_NAMES.index(RESPONSE_NAMES[0]), FEATURE_NAMES.index(RESPONSE_NAMES[-1]) + 1)
+assert FEATURE_NAMES[RESPONSE_COLUMNS] == RESPONSE_NAMES
 
 
 def feature_schema_hash(names: tuple[str, ...] = FEATURE_NAMES) -> str:
@@ -156,16 +160,24 @@ def assemble_rows(
             out[:, col[a]] = items[a].to_numpy(np.float64)[ipos]
 
     # logged response of the user to the explanation kind (bartops.features.logstats)
-    resp = features.response_stats(user, kind_code)
-    out[:, col["user_kind_lift"]] = resp["user_kind_lift"]
-    out[:, col["user_kind_log_shows"]] = np.log1p(resp["user_kind_shows"])
-    out[:, col["user_lift"]] = resp["user_lift"]
-    out[:, col["user_log_shows"]] = np.log1p(resp["user_shows"])
+    out[:, RESPONSE_COLUMNS] = response_columns(features, user, kind_code)
 
     # time of day × audio
     first = col[HOUR_AUDIO_NAMES[0]]
     out[:, first:first + len(HOUR_AUDIO_NAMES)] = hour_audio_columns(hour_audio_values(features)[ipos], hour)
     return np.ascontiguousarray(out)
+
+
+def response_columns(features: Features, user_id: np.ndarray, kind_code: np.ndarray) -> np.ndarray:
+    """(n, 4) float32 columns ``RESPONSE_NAMES`` (``FEATURE_NAMES[RESPONSE_COLUMNS]``) of (user, kind code) pairs:
+    the lift and log1p(shows) of the user's logged response to the kind and to all kinds."""
+    resp = features.response_stats(user_id, kind_code)
+    out = np.empty((len(resp["user_kind_lift"]), len(RESPONSE_NAMES)), np.float32)
+    out[:, 0] = resp["user_kind_lift"]
+    out[:, 1] = np.log1p(resp["user_kind_shows"])
+    out[:, 2] = resp["user_lift"]
+    out[:, 3] = np.log1p(resp["user_shows"])
+    return out
 
 
 def hour_audio_values(features: Features) -> np.ndarray:
@@ -178,14 +190,19 @@ def hour_audio_values(features: Features) -> np.ndarray:
     return features._cache[key]
 
 
-def impression_inputs(features: Features, impressions: pd.DataFrame) -> tuple[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray]:
-    """(contexts, candidates, shelf, position) of logged impressions: one page per logged row."""
+def impression_inputs(features: Features, impressions: pd.DataFrame, explanation: np.ndarray | None = None,
+                      ) -> tuple[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray]:
+    """(contexts, candidates, shelf, position) of logged impressions: one page per logged row.
+
+    ``explanation``: the rows' explanation codes if already encoded (``features.explanation_codes``).
+    """
     n = len(impressions)
     contexts = impressions[list(CONTEXT_COLUMNS)].reset_index(drop=True)
     cands = CandidateSet(
         page=np.arange(n, dtype=np.int64),
         item_id=impressions["item_id"].to_numpy(np.int64),
-        explanation=features.explanation_codes(impressions["explanation_id"].to_numpy()),
+        explanation=features.explanation_codes(impressions["explanation_id"]) if explanation is None
+        else np.asarray(explanation, np.int64),
         n_pages=n,
         choosable=np.ones(n, bool),
     )

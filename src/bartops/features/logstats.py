@@ -42,12 +42,33 @@ def explanation_kind_codes(explanations: pd.DataFrame) -> np.ndarray:
     return codes.to_numpy(np.int64)
 
 
+def cell_sums(kind: np.ndarray, shelf: np.ndarray, position: np.ndarray, reward: np.ndarray) -> pd.DataFrame:
+    """(shelf, position, kind, shows, streams) per slot cell: sums that add up across partitions.
+
+    ``streams / shows`` of the summed table are the cell rates ``response_table`` uses as ``rates``.
+    """
+    frame = pd.DataFrame({"shelf": np.asarray(shelf, np.int64), "position": np.asarray(position, np.int64),
+                          "kind": np.asarray(kind, np.int64), "shows": 1.0,
+                          "streams": np.asarray(reward, np.float64)})
+    return frame.groupby(["shelf", "position", "kind"], as_index=False, sort=True)[["shows", "streams"]].sum()
+
+
+def _cell_rates(rates: pd.DataFrame, kind: np.ndarray, shelf: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """Each row's rate from a (shelf, position, kind, rate) table; ValueError on cells it lacks."""
+    index = pd.MultiIndex.from_frame(rates[["shelf", "position", "kind"]].astype(np.int64))
+    pos = index.get_indexer(pd.MultiIndex.from_arrays([shelf, position, kind]))
+    if (pos < 0).any():
+        raise ValueError(f"rates lack {int((pos < 0).sum())} row(s)' (shelf, position, kind) cells")
+    return rates["rate"].to_numpy(np.float64)[pos]
+
+
 def response_table(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, position: np.ndarray,
-                   reward: np.ndarray) -> pd.DataFrame:
+                   reward: np.ndarray, rates: pd.DataFrame | None = None) -> pd.DataFrame:
     """(user_id, kind, shows, streams, expected) from logged impressions given as arrays.
 
     ``expected`` sums each impression's mean reward over these same impressions at its (shelf,
-    position, kind) cell.  Sorted by (user_id, kind).
+    position, kind) cell, or, given ``rates`` (shelf, position, kind, rate: e.g. from summed
+    ``cell_sums`` of a larger set), that cell's rate.  Sorted by (user_id, kind).
     """
     user_id = np.asarray(user_id, np.int64)
     kind = np.asarray(kind, np.int64)
@@ -61,10 +82,13 @@ def response_table(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, pos
     K = len(EXPLANATION_KINDS)
     shelf = np.asarray(shelf, np.int64)
     position = np.asarray(position, np.int64)
-    cell = (shelf * (int(position.max()) + 1) + position) * K + kind
-    _, cinv = np.unique(cell, return_inverse=True)
-    rate = np.bincount(cinv, weights=reward) / np.bincount(cinv)
-    expected = rate[cinv]
+    if rates is not None:
+        expected = _cell_rates(rates, kind, shelf, position)
+    else:
+        cell = (shelf * (int(position.max()) + 1) + position) * K + kind
+        _, cinv = np.unique(cell, return_inverse=True)
+        rate = np.bincount(cinv, weights=reward) / np.bincount(cinv)
+        expected = rate[cinv]
     key = user_id * K + kind
     ukeys, inv = np.unique(key, return_inverse=True)
     return pd.DataFrame({
@@ -79,11 +103,13 @@ def response_table(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, pos
 def impression_kinds(explanations: pd.DataFrame, explanation_id: np.ndarray | pd.Series) -> np.ndarray:
     """Kind code of each logged explanation id (ids the catalog lacks are a ValueError)."""
     idx = pd.Index(explanations["explanation_id"].astype(str))
-    ids = np.asarray(explanation_id, dtype=object).astype(str)
+    values = explanation_id if isinstance(explanation_id, pd.Series) else np.asarray(explanation_id, dtype=object)
+    inverse, distinct = pd.factorize(values, use_na_sentinel=False)  # look each distinct id up once
+    ids = np.asarray(distinct, dtype=object).astype(str)
     pos = idx.get_indexer(ids)
     if (pos < 0).any():
         raise ValueError(f"explanation id(s) {sorted(set(ids[pos < 0]))[:5]} are not in the catalog")
-    return explanation_kind_codes(explanations)[pos]
+    return explanation_kind_codes(explanations)[pos][inverse]
 
 
 def impressions_response_table(explanations: pd.DataFrame, impressions: pd.DataFrame) -> pd.DataFrame:
@@ -137,9 +163,9 @@ def time_split(timestamp: pd.Series, validation_fraction: float) -> np.ndarray:
 
     The cut is a timestamp, so every page view lies wholly on one side.
     """
-    ts = pd.to_datetime(pd.Series(timestamp), utc=True).to_numpy()
-    order = np.sort(ts)
-    cut = order[min(int(len(order) * (1 - validation_fraction)), len(order) - 1)]
+    ts = pd.to_datetime(pd.Series(timestamp), utc=True).dt.tz_convert(None).to_numpy()  # datetime64, not objects
+    k = min(int(len(ts) * (1 - validation_fraction)), len(ts) - 1)
+    cut = np.partition(ts, k)[k]
     train = ts < cut
     if train.all() or not train.any():
         raise ValueError("time-based split left the training or validation part empty: "

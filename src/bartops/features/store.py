@@ -32,6 +32,7 @@ from bartops.features.candidates import (
 from bartops.features.logstats import (
     USER_KIND_COLUMNS,
     empty_user_kind,
+    explanation_kind_codes,
     impressions_response_table,
     lift,
     load_impressions,
@@ -227,14 +228,26 @@ class Features:
         return self._cache["home_region"]
 
     def explanation_codes(self, explanation_id: np.ndarray | pd.Series) -> np.ndarray:
-        """Integer codes of explanation ids; ValueError naming unknown ids."""
-        idx = pd.Index(self.explanations["explanation_id"].astype(str))
-        ids = np.asarray(explanation_id, dtype=object).astype(str)
-        codes = idx.get_indexer(ids)
-        if (codes < 0).any():
-            bad = sorted(set(ids[codes < 0]))[:5]
+        """Integer codes of explanation ids; ValueError naming unknown ids.
+
+        Each distinct id is looked up once (``pd.factorize``), so a million logged rows cost little.
+        """
+        if "explanation_index" not in self._cache:
+            self._cache["explanation_index"] = pd.Index(self.explanations["explanation_id"].astype(str))
+        values = explanation_id if isinstance(explanation_id, pd.Series) else np.asarray(explanation_id, dtype=object)
+        inverse, distinct = pd.factorize(values, use_na_sentinel=False)
+        ids = np.asarray(distinct, dtype=object).astype(str)
+        found = self._cache["explanation_index"].get_indexer(ids)
+        if (found < 0).any():
+            bad = sorted(set(ids[found < 0]))[:5]
             raise ValueError(f"explanation id(s) {bad} are not in the feature snapshot (version {self.version})")
-        return codes.astype(np.int64)
+        return found.astype(np.int64)[inverse]
+
+    def kind_codes(self, explanation: np.ndarray) -> np.ndarray:
+        """Kind code (index in ``EXPLANATION_KINDS``) of explanation codes (``explanation_codes``)."""
+        if "kind_of_explanation" not in self._cache:
+            self._cache["kind_of_explanation"] = explanation_kind_codes(self.explanations)
+        return self._cache["kind_of_explanation"][explanation]
 
     # ------------------------------------------------------------------ candidates
     def candidates_for(self, contexts: pd.DataFrame) -> CandidateSet:

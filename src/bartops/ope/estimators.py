@@ -179,20 +179,31 @@ def bootstrap_sums(unit_sums: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     return out
 
 
-def _estimate(name: str, value: float, boot: np.ndarray, level: float, d: LoggedData, clip, n_boot, seed,
-              w: np.ndarray | None) -> Estimate:
+def weight_moments(d: LoggedData, clip: float | None) -> np.ndarray:
+    """[rows, Σw, Σw², max w, rows with target > 0]: the weight diagnostics as summable moments
+    (max is combined with max), so partitions of the logs can be reduced."""
+    w = weights(d, clip)
+    return np.array([len(d), w.sum(), (w ** 2).sum(), w.max(), (d.target > 0).sum()], np.float64)
+
+
+def estimate_from_moments(name: str, value: float, boot: np.ndarray, level: float, moments: np.ndarray,
+                          n_groups: int, clip, n_boot, seed) -> Estimate:
+    """An Estimate from its value, bootstrap values and ``weight_moments`` (reduced over partitions)."""
     alpha = (1 - level) / 2
     lo, hi = np.quantile(boot, [alpha, 1 - alpha])
-    if w is None:
-        w = weights(d, clip)
-    sw, sw2 = w.sum(), (w ** 2).sum()
+    n, sw, sw2, wmax, n_support = moments
     return Estimate(
         estimator=name, value=float(value), ci_low=float(lo), ci_high=float(hi), se=float(boot.std(ddof=1)),
-        level=level, n_rows=len(d), n_groups=d.n_groups,
-        ess=float(sw ** 2 / sw2) if sw2 > 0 else 0.0, max_weight=float(w.max()),
-        support=float((d.target > 0).mean()), mean_weight=float(sw / len(d)),
+        level=level, n_rows=int(n), n_groups=int(n_groups),
+        ess=float(sw ** 2 / sw2) if sw2 > 0 else 0.0, max_weight=float(wmax),
+        support=float(n_support / n), mean_weight=float(sw / n),
         n_boot=int(n_boot), seed=int(seed), clip=clip,
     )
+
+
+def _estimate(name: str, value: float, boot: np.ndarray, level: float, d: LoggedData, clip, n_boot, seed,
+              w: np.ndarray | None) -> Estimate:
+    return estimate_from_moments(name, value, boot, level, weight_moments(d, clip), d.n_groups, clip, n_boot, seed)
 
 
 def evaluate(estimator: Estimator, data: LoggedData, n_boot: int = 1000, level: float = 0.95,

@@ -25,6 +25,7 @@ from bartops.policy.page import CandidateSet
 
 MODEL_FILE = "model.ubj"
 SCHEMA_FILE = "schema.json"
+MARGIN_FILE = "margin.json"  # the logistic base margin of a stacked model (exact JSON floats)
 SCHEMA_FORMAT = 1
 
 
@@ -43,13 +44,22 @@ class Predictor(Protocol):
 
 @dataclass
 class RewardModel:
-    """An XGBoost booster over ``FEATURE_NAMES`` rows, with its params and training metrics."""
+    """An XGBoost booster over ``FEATURE_NAMES`` rows, with its params and training metrics.
+
+    Stacked (``margin`` set): the booster's trees add to the logistic regression's log-odds,
+    given to XGBoost as ``base_margin`` in training and in every prediction.
+    """
 
     booster: xgb.Booster
     feature_names: tuple[str, ...] = FEATURE_NAMES
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     name: str = "xgboost-weighted"
+    margin: "LogisticModel | None" = None
+
+    def base_margin(self, rows: np.ndarray) -> np.ndarray | None:
+        """The stacked logistic log-odds of the rows (None for a plain booster)."""
+        return None if self.margin is None else self.margin.decision(rows)
 
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
         """P(stream) of assembled rows (float32, columns ``feature_names``)."""
@@ -58,7 +68,8 @@ class RewardModel:
             raise ValueError(f"rows must have shape (n, {len(self.feature_names)}), got {rows.shape}")
         if len(rows) == 0:
             return np.zeros(0)
-        return self.booster.inplace_predict(rows, validate_features=False).astype(np.float64)
+        return self.booster.inplace_predict(rows, validate_features=False,
+                                            base_margin=self.base_margin(rows)).astype(np.float64)
 
     def predict(self, features: Features, contexts: pd.DataFrame, candidates: CandidateSet,
                 shelf: int | np.ndarray = 0, position: int | np.ndarray = 0) -> np.ndarray:
@@ -89,9 +100,30 @@ class LogisticModel:
         lr.fit((x - mean) / scale, y, sample_weight=sample_weight)
         return LogisticModel(lr.coef_.ravel().copy(), float(lr.intercept_[0]), mean, scale)
 
+    def decision(self, rows: np.ndarray) -> np.ndarray:
+        """Log-odds of the rows (float64)."""
+        return ((np.asarray(rows, np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
+
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
-        z = ((np.asarray(rows, np.float64) - self.mean) / self.scale) @ self.coef + self.intercept
-        return 1.0 / (1.0 + np.exp(-z))
+        return 1.0 / (1.0 + np.exp(-self.decision(rows)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready coefficients (Python floats round-trip exactly through ``json``)."""
+        return {"coef": self.coef.tolist(), "intercept": float(self.intercept), "mean": self.mean.tolist(),
+                "scale": self.scale.tolist()}
+
+    @staticmethod
+    def from_dict(values: dict[str, Any], n_features: int) -> "LogisticModel":
+        """Inverse of ``to_dict``; ValueError if a part is missing or has the wrong length."""
+        try:
+            arrays = [np.asarray(values[k], np.float64) for k in ("coef", "mean", "scale")]
+            intercept = float(values["intercept"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"logistic coefficients are incomplete: {exc}") from None
+        if any(a.shape != (n_features,) for a in arrays):
+            raise ValueError(f"logistic coefficients must have {n_features} values each, got "
+                             f"{[a.shape for a in arrays]}")
+        return LogisticModel(arrays[0], intercept, arrays[1], arrays[2])
 
     def predict(self, features: Features, contexts: pd.DataFrame, candidates: CandidateSet,
                 shelf: int | np.ndarray = 0, position: int | np.ndarray = 0) -> np.ndarray:
@@ -142,12 +174,15 @@ def save_model(model: RewardModel, dir: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         model.booster.save_model(str(tmp / MODEL_FILE))
+        if model.margin is not None:
+            (tmp / MARGIN_FILE).write_text(json.dumps(model.margin.to_dict()))
         schema = {
             "format": SCHEMA_FORMAT,
             "name": model.name,
             "feature_names": list(model.feature_names),
             "feature_schema_hash": feature_schema_hash(tuple(model.feature_names)),
             "params": model.params,
+            "margin": "logistic" if model.margin is not None else None,
             "metrics": model.metrics,
             "xgboost_version": xgb.__version__,
         }
@@ -183,7 +218,18 @@ def load_model(dir: Path) -> RewardModel:
     booster.load_model(str(d / MODEL_FILE))
     if booster.num_features() != len(FEATURE_NAMES):
         raise SchemaMismatchError(f"model in {d} expects {booster.num_features()} features, schema.json says {len(names)}")
-    return RewardModel(booster, names, schema.get("params", {}), schema.get("metrics", {}), schema.get("name", "xgboost"))
+    margin = None
+    if schema.get("margin") == "logistic":
+        if not (d / MARGIN_FILE).exists():
+            raise FileNotFoundError(f"stacked reward model in {d} lacks {MARGIN_FILE} (its logistic base margin)")
+        try:
+            margin = LogisticModel.from_dict(json.loads((d / MARGIN_FILE).read_text()), len(names))
+        except ValueError as exc:
+            raise SchemaMismatchError(f"model in {d}: {MARGIN_FILE}: {exc}") from None
+    elif schema.get("margin") is not None:
+        raise SchemaMismatchError(f"model in {d} has an unknown base margin {schema.get('margin')!r}")
+    return RewardModel(booster, names, schema.get("params", {}), schema.get("metrics", {}),
+                       schema.get("name", "xgboost"), margin)
 
 
 def _json_default(o):

@@ -5,7 +5,11 @@ BaRT-style weighting: each logged card gets the sample weight 1/propensity (clip
 space rather than to the logging policy's favourites.  Baselines are trained in the same run on
 the same time-based split: the same XGBoost unweighted, a logistic regression, and popularity.
 Rows come from ``assemble_rows`` with the logged-response features computed out of fold
-(``training_rows``), so no row sees its own reward.
+(``training_rows``), so no row sees its own reward: every row is assembled once and only the four
+response columns are recomputed per fold (``fold_response_tables`` → ``rows_from_tables``, the
+split that lets a partitioned trainer build the same rows).  With ``reward.stack: logistic`` the
+trees are fitted on top of a logistic regression's log-odds (XGBoost ``base_margin``), which the
+saved model carries (``margin.json``) and applies on every prediction.
 """
 
 from __future__ import annotations
@@ -19,9 +23,10 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from bartops.features.assemble import FEATURE_NAMES, assemble_impressions, feature_schema_hash
+from bartops.features.assemble import (FEATURE_NAMES, RESPONSE_COLUMNS, assemble_rows, feature_schema_hash,
+                                       impression_inputs, response_columns)
 from bartops.features.candidates import EXPLANATION_KINDS
-from bartops.features.logstats import impression_kinds, load_impressions, page_folds, response_table, time_split
+from bartops.features.logstats import load_impressions, page_folds, response_table, time_split
 from bartops.features.store import Features
 from bartops.reward.model import LogisticModel, PopularityModel, RewardModel
 
@@ -45,7 +50,9 @@ class RewardParams:
     popularity_prior: float = 20.0
     ece_bins: int = 10
     response_folds: int = 5  # out-of-fold folds (by page view) of the logged-response features
-
+    stack: str = "none"  # "logistic": trees fitted on top of a logistic regression's log-odds (base_margin)
+    stack_rows: int = 200_000  # training rows (a seeded sample) the stacked logistic regression is fitted on
+    baseline_rows: int | None = 1_000_000  # the comparison baselines fit on a seeded sample of at most this many rows
 
     def __post_init__(self) -> None:
         if self.weighting not in ("ips", "none"):
@@ -58,6 +65,14 @@ class RewardParams:
             raise ValueError(f"reward.num_boost_round must be a positive integer, got {self.num_boost_round!r}")
         if int(self.response_folds) != self.response_folds or self.response_folds < 2:
             raise ValueError(f"reward.response_folds must be an integer of at least 2, got {self.response_folds!r}")
+        if self.stack not in ("logistic", "none"):
+            raise ValueError(f"reward.stack must be 'logistic' or 'none', got {self.stack!r}")
+        if int(self.stack_rows) != self.stack_rows or self.stack_rows < 100:
+            raise ValueError(f"reward.stack_rows must be an integer of at least 100, got {self.stack_rows!r}")
+        if self.baseline_rows is not None and (int(self.baseline_rows) != self.baseline_rows
+                                               or self.baseline_rows < 100):
+            raise ValueError(f"reward.baseline_rows must be an integer of at least 100 (or null), "
+                             f"got {self.baseline_rows!r}")
         bad = sorted(set(self.baselines) - set(BASELINES))
         if bad:
             raise ValueError(f"unknown reward.baselines {bad}; choose from {list(BASELINES)}")
@@ -155,44 +170,120 @@ def model_metrics(y: np.ndarray, p: np.ndarray, kind: np.ndarray, bins: int = 10
 
 
 # ---------------------------------------------------------------------- training rows
+@dataclass(frozen=True)
+class LoggedCodes:
+    """Integer arrays of logged impressions (explanation ids encoded once), row-aligned."""
+
+    user: np.ndarray
+    explanation: np.ndarray  # row of ``features.explanations``
+    kind: np.ndarray  # index in EXPLANATION_KINDS
+    shelf: np.ndarray
+    position: np.ndarray
+    reward: np.ndarray
+    fold: np.ndarray  # ``page_folds`` of the request ids
+
+    @staticmethod
+    def of(features: Features, impressions: pd.DataFrame, folds: int) -> "LoggedCodes":
+        explanation = features.explanation_codes(impressions["explanation_id"])
+        return LoggedCodes(
+            user=impressions["user_id"].to_numpy(np.int64), explanation=explanation,
+            kind=features.kind_codes(explanation), shelf=impressions["shelf"].to_numpy(np.int64),
+            position=impressions["position"].to_numpy(np.int64),
+            reward=impressions["reward"].to_numpy(np.float64), fold=page_folds(impressions["request_id"], folds))
+
+
+def _train_mask(train: np.ndarray, n: int) -> np.ndarray:
+    train = np.asarray(train, bool)
+    if train.shape != (n,):
+        raise ValueError(f"train mask must have one value per impression ({n}), got shape {train.shape}")
+    return train
+
+
+def _tables(codes: LoggedCodes, train: np.ndarray, folds: int) -> list[pd.DataFrame]:
+    sources = [train & (codes.fold != k) for k in range(folds)] + [train]
+    return [response_table(codes.user[s], codes.kind[s], codes.shelf[s], codes.position[s], codes.reward[s])
+            for s in sources]
+
+
+def _rows(features: Features, impressions: pd.DataFrame, codes: LoggedCodes, train: np.ndarray,
+          tables: list[pd.DataFrame], folds: int) -> np.ndarray:
+    if len(tables) != folds + 1:
+        raise ValueError(f"expected {folds + 1} response tables (one per fold, then all training rows), got {len(tables)}")
+    contexts, cands, shelf, position = impression_inputs(features, impressions, codes.explanation)
+    # every column once; the response columns (the snapshot's table) are then replaced per fold
+    rows = assemble_rows(features, contexts, cands, shelf, position)
+    targets = [train & (codes.fold == k) for k in range(folds)] + [~train]
+    for table, target in zip(tables, targets):
+        if target.any():
+            rows[target, RESPONSE_COLUMNS] = response_columns(features.with_user_kind(table), codes.user[target],
+                                                              codes.kind[target])
+    return rows
+
+
+def fold_response_tables(features: Features, impressions: pd.DataFrame, train: np.ndarray,
+                         folds: int) -> list[pd.DataFrame]:
+    """The ``folds + 1`` user × kind response tables (``response_table``) of leak-free training rows.
+
+    Entry k < folds comes from the training rows outside fold k (folds are page views,
+    ``page_folds``); entry ``folds`` from all training rows (what validation and serving see).
+    """
+    impressions = impressions.reset_index(drop=True)
+    train = _train_mask(train, len(impressions))
+    return _tables(LoggedCodes.of(features, impressions, folds), train, folds)
+
+
+def rows_from_tables(features: Features, impressions: pd.DataFrame, train: np.ndarray,
+                     tables: list[pd.DataFrame], folds: int) -> np.ndarray:
+    """Model rows (float32, ``FEATURE_NAMES``) of impressions given ``fold_response_tables``.
+
+    A training row in fold k gets its response columns from ``tables[k]``, a validation row from
+    ``tables[folds]``; every other column is ``assemble_rows``.  Works on any subset of the
+    impressions given the tables of the whole set (each row's result depends on the row alone).
+    """
+    impressions = impressions.reset_index(drop=True)
+    train = _train_mask(train, len(impressions))
+    return _rows(features, impressions, LoggedCodes.of(features, impressions, folds), train, tables, folds)
+
+
 def training_rows(features: Features, impressions: pd.DataFrame, train: np.ndarray, folds: int) -> np.ndarray:
     """Model input rows of logged impressions, with leak-free logged-response features.
 
-    Rows go through ``assemble_rows`` (via ``assemble_impressions``) with the snapshot's
-    ``user_kind`` table replaced by one computed only from other impressions: a training row in
-    fold k (folds are page views, ``page_folds``) sees the training rows of the other folds; a
-    validation row sees all training rows (as serving sees all logs before it).  A row's own
-    reward therefore never enters its own statistic.
+    ``rows_from_tables(…, fold_response_tables(…))``: a training row in fold k sees the training
+    rows of the other folds; a validation row sees all training rows (as serving sees all logs
+    before it).  A row's own reward therefore never enters its own statistic.
     """
     impressions = impressions.reset_index(drop=True)
-    train = np.asarray(train, bool)
-    user = impressions["user_id"].to_numpy(np.int64)
-    kind = impression_kinds(features.explanations, impressions["explanation_id"])
-    shelf = impressions["shelf"].to_numpy(np.int64)
-    position = impressions["position"].to_numpy(np.int64)
-    reward = impressions["reward"].to_numpy(np.float64)
-    fold = page_folds(impressions["request_id"], folds)
-    rows = np.empty((len(impressions), len(FEATURE_NAMES)), np.float32)
-
-    def fill(target: np.ndarray, source: np.ndarray) -> None:
-        if not target.any():
-            return
-        table = response_table(user[source], kind[source], shelf[source], position[source], reward[source])
-        f = features.with_user_kind(table)
-        rows[target] = assemble_impressions(f, impressions.loc[target])
-
-    for k in range(folds):
-        fill(train & (fold == k), train & (fold != k))
-    fill(~train, train)
-    return rows
+    train = _train_mask(train, len(impressions))
+    codes = LoggedCodes.of(features, impressions, folds)
+    return _rows(features, impressions, codes, train, _tables(codes, train, folds), folds)
 
 
 # ---------------------------------------------------------------------- training
 def fit_xgboost(rows: np.ndarray, y: np.ndarray, weight: np.ndarray | None, params: RewardParams,
                 seed: int) -> xgb.Booster:
     """``xgboost.train`` on assembled rows with the configured params."""
-    dtrain = xgb.QuantileDMatrix(rows, label=y, weight=weight, feature_names=list(FEATURE_NAMES))
+    return _fit_booster(rows, y, weight, None, params, seed)
+
+
+def _fit_booster(rows: np.ndarray, y: np.ndarray, weight: np.ndarray | None, base_margin: np.ndarray | None,
+                 params: RewardParams, seed: int) -> xgb.Booster:
+    dtrain = xgb.QuantileDMatrix(rows, label=y, weight=weight, base_margin=base_margin,
+                                 feature_names=list(FEATURE_NAMES))
     return xgb.train(params.booster_params(seed), dtrain, num_boost_round=int(params.num_boost_round))
+
+
+def fit_stack_margin(rows: np.ndarray, y: np.ndarray, params: RewardParams, seed: int) -> LogisticModel | None:
+    """The logistic regression a stacked model's trees start from (None unless ``stack: logistic``).
+
+    Fitted unweighted on at most ``stack_rows`` training rows (a seeded sample, in row order):
+    its few coefficients need far fewer rows than the trees.
+    """
+    if params.stack == "none":
+        return None
+    if len(rows) > params.stack_rows:
+        keep = np.sort(np.random.default_rng([seed, 17]).choice(len(rows), int(params.stack_rows), replace=False))
+        rows, y = rows[keep], y[keep]
+    return LogisticModel.fit(rows, y, C=params.logistic_C, seed=seed)
 
 
 @dataclass
@@ -219,28 +310,39 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
     check_training_set(impressions)
     impressions = impressions.reset_index(drop=True)
     y = impressions["reward"].to_numpy(np.int64)
-    kind = features.explanations["kind"].to_numpy(dtype=object)[features.explanation_codes(impressions["explanation_id"])]
     train = time_split(impressions["timestamp"], rp.validation_fraction)
     valid = ~train
-    check_training_set(impressions[train], "training part of the time-based split")
-    rows = training_rows(features, impressions, train, rp.response_folds)
+    if y[train].min() == y[train].max():  # the rest of check_training_set holds for every row already
+        raise ValueError(f"training part of the time-based split has only one class (every reward is "
+                         f"{int(y[train][0])}): a stream model cannot be fitted")
+    codes = LoggedCodes.of(features, impressions, rp.response_folds)
+    kind = np.asarray(EXPLANATION_KINDS, dtype=object)[codes.kind]
+    rows = _rows(features, impressions, codes, train, _tables(codes, train, rp.response_folds), rp.response_folds)
     tr_rows, tr_y = rows[train], y[train]
     w = ips_weights(impressions["propensity"].to_numpy()[train], rp.clip, rp.normalize) \
         if rp.weighting == "ips" else None
-    booster = fit_xgboost(tr_rows, tr_y, w, rp, seed)
+    margin = fit_stack_margin(tr_rows, tr_y, rp, seed)
+    tr_margin = None if margin is None else margin.decision(tr_rows)
+    booster = _fit_booster(tr_rows, tr_y, w, tr_margin, rp, seed)
     cutoff = pd.to_datetime(impressions["timestamp"], utc=True)[valid].min()
     model_params = {**asdict(rp), "seed": seed, "booster": rp.booster_params(seed),
                     "feature_schema_hash": feature_schema_hash(), "features_version": features.version,
                     "response_prior": float(features.params.get("response_prior", 2.0)),
                     "data_version": data_version}
     model = RewardModel(booster, FEATURE_NAMES, model_params, {},
-                        name="xgboost-weighted" if rp.weighting == "ips" else "xgboost-unweighted")
+                        name="xgboost-weighted" if rp.weighting == "ips" else "xgboost-unweighted", margin=margin)
     baselines: dict[str, Any] = {}
+    b_rows, b_y, b_margin = tr_rows, tr_y, tr_margin  # baselines: a seeded sample when the logs are large
+    if rp.baseline_rows is not None and len(tr_rows) > rp.baseline_rows:
+        keep = np.sort(np.random.default_rng([seed, 19]).choice(len(tr_rows), int(rp.baseline_rows), replace=False))
+        b_rows, b_y = tr_rows[keep], tr_y[keep]
+        b_margin = None if tr_margin is None else tr_margin[keep]
     if "xgboost-unweighted" in rp.baselines and rp.weighting == "ips":
-        baselines["xgboost-unweighted"] = RewardModel(fit_xgboost(tr_rows, tr_y, None, rp, seed), FEATURE_NAMES,
-                                                      {**model_params, "weighting": "none"}, {}, "xgboost-unweighted")
+        baselines["xgboost-unweighted"] = RewardModel(_fit_booster(b_rows, b_y, None, b_margin, rp, seed),
+                                                      FEATURE_NAMES, {**model_params, "weighting": "none"}, {},
+                                                      "xgboost-unweighted", margin)
     if "logistic" in rp.baselines:
-        baselines["logistic"] = LogisticModel.fit(tr_rows, tr_y, C=rp.logistic_C, seed=seed)
+        baselines["logistic"] = LogisticModel.fit(b_rows, b_y, C=rp.logistic_C, seed=seed)
     if "popularity" in rp.baselines:
         baselines["popularity"] = PopularityModel.fit(impressions["item_id"].to_numpy()[train], tr_y, rp.popularity_prior)
 
@@ -254,7 +356,7 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
         metrics[name] = model_metrics(va_y, p, va_kind, rp.ece_bins)
     split = {"train_rows": int(train.sum()), "validation_rows": int(valid.sum()),
              "validation_from": cutoff.isoformat(), "weighting": rp.weighting, "clip": rp.clip,
-             "normalize": rp.normalize,
+             "normalize": rp.normalize, "baseline_rows": int(len(b_rows)),
              "max_weight": float(w.max()) if w is not None else 1.0,
              "ess_fraction": float(w.sum() ** 2 / (w ** 2).sum() / len(w)) if w is not None else 1.0}
     model.metrics = {"validation": metrics[model.name], "split": split}

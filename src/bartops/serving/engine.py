@@ -102,6 +102,7 @@ class PageEngine:
     features: Any  # bartops.features.store.Features
     bundle_dir: Path
     booster: Any = None  # xgboost.Booster of the policy's reward model (None: use policy.scorer)
+    margin: Any = None  # RewardModel.base_margin of a stacked model (None: plain booster)
     fast_path: bool = False
     load_seconds: dict[str, float] = field(default_factory=dict)
     _blocks: dict[int, tuple[int, int]] = field(default_factory=dict, repr=False)
@@ -120,7 +121,8 @@ class PageEngine:
         booster = getattr(model, "booster", None)
         if booster is not None:
             booster.set_param({"nthread": int(predict_threads)})  # threads do not change predictions
-        eng = PageEngine(policy, features, Path(bundle_dir), booster=booster)
+        eng = PageEngine(policy, features, Path(bundle_dir), booster=booster,
+                         margin=getattr(model, "base_margin", None))
         eng.load_seconds["bundle"] = time.perf_counter() - t0
         items = features.items
         eng._item_name = items["name"].astype(str).to_numpy(dtype=object)
@@ -259,7 +261,8 @@ class PageEngine:
     def _predict(self, rows: np.ndarray) -> np.ndarray:
         if len(rows) == 0:
             return np.zeros(0)
-        return self.booster.inplace_predict(rows, validate_features=False).astype(np.float64)
+        margin = None if self.margin is None else self.margin(rows)
+        return self.booster.inplace_predict(rows, validate_features=False, base_margin=margin).astype(np.float64)
 
     def inputs(self, user_id: int, platform: str, region: str, timestamp: pd.Timestamp):
         """(contexts, candidates, scores, known) of one request."""

@@ -1,0 +1,11 @@
+"""Scale-out on Dask (optional extra ``bartops[dask]``): the heavy steps on partitioned data.
+
+``scale:`` in params.yaml (or ``BARTOPS_DASK_SCHEDULER``) picks the backend; ``cluster`` gives the
+Prefect task runner and the ``distributed.Client``; ``train``, ``ope``, ``validate`` and
+``features`` are the partitioned counterparts of the local steps, equal to them on the same data.
+Dask is imported lazily, so importing this package costs nothing without the extra.
+"""
+
+from bartops.scale.cluster import ScaleSettings, dask_client, scale_settings, task_runner, worker_environment
+
+__all__ = ["ScaleSettings", "scale_settings", "dask_client", "task_runner", "worker_environment"]

@@ -1,0 +1,160 @@
+"""One setting switches the heavy steps to Dask: ``scale:`` in params.yaml or an environment variable.
+
+- ``scale.backend: local`` (default) runs everything in this process; ``dask`` runs the heavy steps
+  on a Dask cluster and the Prefect flows' tasks with ``prefect_dask.DaskTaskRunner``.
+- ``scale.scheduler: "tcp://host:8786"`` names a running cluster; ``null`` starts a LocalCluster of
+  ``workers`` processes × ``threads_per_worker`` threads with ``memory_limit`` each.
+- ``BARTOPS_DASK_SCHEDULER=tcp://…`` overrides both (an address means dask); ``local`` forces local.
+
+Workers report task runs to the Prefect API of the driver: without ``PREFECT_API_URL`` each worker
+process would start its own temporary Prefect server.  ``worker_environment()`` is what they need
+(the API URL and the telemetry switches); a LocalCluster gets it at spawn (nanny ``env``), and a
+running cluster gets it through ``client.run`` (workers should also be started with it, see README).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+from typing import Any
+
+SCHEDULER_ENV = "BARTOPS_DASK_SCHEDULER"
+BACKENDS = ("local", "dask")
+QUIET_ENV = {
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DVC_NO_ANALYTICS": "1",
+    "BENTOML_DO_NOT_TRACK": "True",
+    "GX_ANALYTICS_ENABLED": "False",
+}
+
+
+@dataclass(frozen=True)
+class ScaleSettings:
+    """``params.yaml`` → ``scale:`` (after the environment override)."""
+
+    backend: str = "local"
+    scheduler: str | None = None  # None with backend dask = a LocalCluster
+    workers: int = 2
+    threads_per_worker: int = 1
+    memory_limit: str = "4GiB"  # per worker (LocalCluster only)
+    partition_rows: int = 250_000  # target rows per page-aligned partition of the impression log
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"scale.backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.scheduler is not None and "://" not in str(self.scheduler):
+            raise ValueError(f"scale.scheduler must be an address like 'tcp://host:8786', got {self.scheduler!r}")
+        for name in ("workers", "threads_per_worker", "partition_rows"):
+            v = getattr(self, name)
+            if int(v) != v or v < 1:
+                raise ValueError(f"scale.{name} must be a positive integer, got {v!r}")
+
+    @property
+    def dask(self) -> bool:
+        return self.backend == "dask"
+
+
+def scale_settings(params: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> ScaleSettings:
+    """``scale:`` of params.yaml, overridden by ``BARTOPS_DASK_SCHEDULER`` (address ⇒ dask; ``local``)."""
+    values = dict((params or {}).get("scale") or {})
+    known = {f.name for f in fields(ScaleSettings)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown scale parameter(s) {unknown}; known: {sorted(known)}")
+    env = (os.environ if environ is None else environ).get(SCHEDULER_ENV, "").strip()
+    if env.lower() == "local":
+        values.update(backend="local", scheduler=None)
+    elif env.lower() in ("dask", "localcluster"):
+        values.update(backend="dask", scheduler=None)
+    elif env:
+        values.update(backend="dask", scheduler=env)
+    if values.get("scheduler"):
+        values["backend"] = "dask"
+    return ScaleSettings(**values)
+
+
+def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment the workers need: the driver's Prefect API URL (so no worker starts its own
+    server) and the telemetry switches."""
+    environ = os.environ if environ is None else environ
+    env = {k: environ.get(k, v) for k, v in QUIET_ENV.items()}
+    if environ.get(SCHEDULER_ENV):
+        env[SCHEDULER_ENV] = environ[SCHEDULER_ENV]  # steps running on workers choose the same backend
+    url = environ.get("PREFECT_API_URL") or _current_prefect_api_url()
+    if url:
+        env["PREFECT_API_URL"] = url
+    return env
+
+
+def _current_prefect_api_url() -> str | None:
+    """The API URL Prefect uses in this process (e.g. set by a test harness), if any."""
+    try:
+        from prefect.settings import PREFECT_API_URL
+
+        return PREFECT_API_URL.value() or None
+    except Exception:  # prefect not configured: nothing to pass
+        return None
+
+
+def _set_environ(env: dict[str, str]) -> None:
+    os.environ.update(env)
+
+
+def dask_client(settings: ScaleSettings, env: dict[str, str] | None = None):
+    """A ``distributed.Client`` on ``settings.scheduler``, or on a new LocalCluster (closed with the
+    client).  Workers get ``worker_environment()`` (or ``env``) before any task runs."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:  # pragma: no cover - depends on the install
+        raise ImportError("the Dask backend needs the optional extra: pip install 'bartops[dask]'") from exc
+    env = worker_environment() if env is None else env
+    if settings.scheduler:
+        client = Client(settings.scheduler)
+        client.run(_set_environ, env)  # workers already running; start new ones with the same env
+        return client
+    cluster = LocalCluster(n_workers=settings.workers, threads_per_worker=settings.threads_per_worker,
+                           processes=True, memory_limit=settings.memory_limit, env=env,
+                           dashboard_address=":0")
+    client = Client(cluster)
+    client._bartops_cluster = cluster  # closed by close_client
+    return client
+
+
+def close_client(client) -> None:
+    """Close the client and the LocalCluster it started (a remote cluster keeps running)."""
+    cluster = getattr(client, "_bartops_cluster", None)
+    client.close()
+    if cluster is not None:
+        cluster.close()
+
+
+def flow_task_runner(params_file: str | None = None):
+    """The task runner for a flow decorator: ``task_runner(scale_settings(params.yaml))``, read at
+    import (``BARTOPS_PARAMS`` / ./params.yaml; missing file = local)."""
+    from bartops.config import load_params
+
+    try:
+        params = load_params(params_file)
+    except FileNotFoundError:
+        params = {}
+    return task_runner(scale_settings(params))
+
+
+def task_runner(settings: ScaleSettings, env: dict[str, str] | None = None):
+    """The Prefect task runner of the flows: ``DaskTaskRunner`` (scheduler address or a LocalCluster
+    whose workers get ``worker_environment()``), or Prefect's default thread pool when local."""
+    if not settings.dask:
+        from prefect.task_runners import ThreadPoolTaskRunner
+
+        return ThreadPoolTaskRunner()
+    from prefect_dask import DaskTaskRunner
+
+    if settings.scheduler:
+        return DaskTaskRunner(address=settings.scheduler)
+    return DaskTaskRunner(cluster_class="distributed.LocalCluster",
+                          cluster_kwargs={"n_workers": settings.workers,
+                                          "threads_per_worker": settings.threads_per_worker,
+                                          "processes": True, "memory_limit": settings.memory_limit,
+                                          "env": worker_environment() if env is None else env,
+                                          "dashboard_address": ":0"})

@@ -1,0 +1,81 @@
+"""Page-aligned partitions of the validated impression batches.
+
+A partition is the rows of one parquet batch whose page view (``request_id``) hashes to one of
+``buckets`` buckets (``page_folds``), so every page lies wholly in one partition whatever the file's
+row order.  It is read by streaming the file's record batches and keeping only its bucket, so a
+task holds about ``partition_rows`` rows (plus one record batch), never the whole file.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from bartops.features.logstats import page_folds
+from bartops.logs.schema import SchemaError, conform_impressions
+
+READ_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Rows of ``file`` whose page hashes to ``bucket`` of ``buckets``."""
+
+    file: str
+    bucket: int
+    buckets: int
+    file_rows: int
+
+
+def batch_files(source: Path | str | list[Path]) -> list[Path]:
+    """The parquet batches of a folder (sorted), a single file, or a list of files."""
+    if isinstance(source, (list, tuple)):
+        files = [Path(f) for f in source]
+    elif Path(source).is_dir():
+        files = sorted(Path(source).glob("*.parquet"))
+    else:
+        files = [Path(source)] if Path(source).is_file() else []
+    if not files:
+        raise FileNotFoundError(f"no impression batches (*.parquet) in {source}: validate a batch first")
+    return files
+
+
+def page_partitions(source: Path | str | list[Path], partition_rows: int) -> list[Partition]:
+    """Page-aligned partitions of about ``partition_rows`` rows each (row counts from parquet metadata)."""
+    import pyarrow.parquet as pq
+
+    if int(partition_rows) < 1:
+        raise ValueError(f"partition_rows must be positive, got {partition_rows!r}")
+    parts = []
+    for f in batch_files(source):
+        rows = pq.ParquetFile(f).metadata.num_rows
+        buckets = max(1, math.ceil(rows / int(partition_rows)))
+        parts += [Partition(str(f), b, buckets, rows) for b in range(buckets)]
+    return parts
+
+
+def read_partition(part: Partition, columns: list[str] | None = None, conform: bool = True) -> pd.DataFrame:
+    """The partition's rows (log schema, conformed unless ``conform=False`` (raw, as stored); only
+    ``columns`` (unconformed) if given, plus ``request_id``)."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(part.file)
+    cols = None if columns is None else list(dict.fromkeys(["request_id", *columns]))
+    frames = []
+    for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=cols):
+        df = rb.to_pandas()
+        if part.buckets > 1:
+            df = df[page_folds(df["request_id"], part.buckets) == part.bucket]
+        frames.append(df)
+    frame = pd.concat(frames, ignore_index=True) if frames else pf.schema_arrow.empty_table().to_pandas()
+    if columns is None and conform:
+        try:
+            return conform_impressions(frame)
+        except SchemaError as exc:
+            raise SchemaError(f"{part.file}: {exc}") from None
+    return frame
+

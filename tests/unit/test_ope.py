@@ -138,3 +138,16 @@ def test_prefix_ips_unbiased_on_simulator(small_sim):
         ses.append(e.se)
     errs = np.asarray(errs)
     assert abs(errs.mean()) < 4 * errs.std(ddof=1) / np.sqrt(len(errs)), errs
+
+
+def test_per_page_sums_skip_the_dense_matrix_but_equal_it_exactly():
+    from bartops.ope.estimators import group_sums
+
+    rng = np.random.default_rng(5)
+    n, cards = 4_800, 48
+    page, slot = np.arange(n) // cards, np.arange(n) % cards
+    d = check_inputs((rng.random(n) < 0.1).astype(float), rng.uniform(0.01, 1, n), rng.uniform(0, 1, n), page, slot,
+                     rng.random(n), rng.random(n))
+    for est in (IPS(), SNIPS(), SNIPS(clip=5.0), DR(clip=20.0)):
+        dense = group_sums(est.statistics(d), d.group, d.n_groups)
+        assert np.array_equal(est.group_statistics(d), dense), est

@@ -56,7 +56,16 @@ class Estimator(Protocol):
 
     def statistics(self, d: LoggedData) -> np.ndarray: ...
 
+    def group_statistics(self, d: LoggedData) -> np.ndarray: ...
+
     def combine(self, sums: np.ndarray, n_groups: int) -> np.ndarray: ...
+
+
+class _PerRowStatistics:
+    """``group_statistics`` as the per-group sums of the per-row ``statistics``."""
+
+    def group_statistics(self, d: LoggedData) -> np.ndarray:
+        return group_sums(self.statistics(d), d.group, d.n_groups)
 
 
 def weights(d: LoggedData, clip: float | None = None) -> np.ndarray:
@@ -66,7 +75,7 @@ def weights(d: LoggedData, clip: float | None = None) -> np.ndarray:
 
 
 @dataclass(frozen=True)
-class IPS:
+class IPS(_PerRowStatistics):
     """Inverse propensity scoring: Σ w·r / n_groups.  Unbiased under support (clip=None)."""
 
     clip: float | None = None
@@ -101,6 +110,16 @@ class SNIPS:
         out[rows, 2 * m + s] = 1.0
         return out
 
+    def group_statistics(self, d: LoggedData) -> np.ndarray:
+        """The per-group sums of ``statistics`` without its dense rows × 3·strata matrix."""
+        w = weights(d, self.clip)
+        s = np.zeros(len(d), np.int64) if d.stratum is None else d.stratum
+        m = int(s.max()) + 1
+        key, size = d.group * m + s, d.n_groups * m
+        cols = (np.bincount(key, weights=w * d.reward, minlength=size), np.bincount(key, weights=w, minlength=size),
+                np.bincount(key, minlength=size).astype(np.float64))
+        return np.hstack([c.reshape(d.n_groups, m) for c in cols])
+
     def combine(self, sums: np.ndarray, n_groups: int) -> np.ndarray:
         m = sums.shape[-1] // 3
         wr, w, n = sums[..., :m], sums[..., m: 2 * m], sums[..., 2 * m:]
@@ -110,7 +129,7 @@ class SNIPS:
 
 
 @dataclass(frozen=True)
-class DR:
+class DR(_PerRowStatistics):
     """Doubly robust: Σ [expected + w·(r − prediction)] / n_groups.
 
     Unbiased if either the weights are exact (support) or the reward model is; ``prediction`` must
@@ -216,9 +235,9 @@ def evaluate_many(estimators: list[Estimator], data: LoggedData, n_boot: int = 1
                   seed: int = 0) -> dict[str, Estimate]:
     """Several estimators on the same bootstrap resamples (one pass over the data)."""
     check_bootstrap(n_boot, level)
-    stats = [e.statistics(data) for e in estimators]
-    widths = np.cumsum([0] + [s.shape[1] for s in stats])
-    sums = group_sums(np.hstack(stats), data.group, data.n_groups)
+    parts = [e.group_statistics(data) for e in estimators]
+    widths = np.cumsum([0] + [s.shape[1] for s in parts])
+    sums = np.hstack(parts)
     total = sums.sum(axis=0)
     boot = bootstrap_sums(_units(sums, seed), n_boot, seed)
     out = {}
@@ -237,9 +256,9 @@ def paired_difference(estimator: Estimator, candidate: LoggedData, production: L
     """
     check_bootstrap(n_boot, level)
     check_same_logs(candidate, production)
-    sc, sp = estimator.statistics(candidate), estimator.statistics(production)
+    sc, sp = estimator.group_statistics(candidate), estimator.group_statistics(production)
     k = sc.shape[1]
-    sums = group_sums(np.hstack([sc, sp]), candidate.group, candidate.n_groups)
+    sums = np.hstack([sc, sp])
     total = sums.sum(axis=0)
     boot = bootstrap_sums(_units(sums, seed), n_boot, seed)
     G = candidate.n_groups

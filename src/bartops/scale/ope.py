@@ -27,7 +27,6 @@ from bartops.ope.estimators import (
     _units,
     bootstrap_sums,
     estimate_from_moments,
-    group_sums,
     weight_moments,
 )
 from bartops.ope.slate import logged_pages, products
@@ -53,8 +52,8 @@ def partition_statistics(estimators: Sequence[Estimator], data: LoggedData, requ
         raise ValueError(f"{len(request_id)} request ids for {data.n_groups} pages")
     if len(np.unique(request_id)) != len(request_id):
         raise ValueError("request ids of a partition must be distinct (one per page)")
-    stats = [e.statistics(data) for e in estimators]
-    sums = group_sums(np.hstack(stats), data.group, data.n_groups)
+    stats = [e.group_statistics(data) for e in estimators]
+    sums = np.hstack(stats)
     order = np.argsort(request_id, kind="stable")
     moments = np.vstack([weight_moments(data, getattr(e, "clip", None)) for e in estimators])
     return PartitionStatistics(request_id[order], sums[order], moments, tuple(s.shape[1] for s in stats))

@@ -5,13 +5,27 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import statistics
+import subprocess
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable
 
-RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+
+
+def copy_tracked_files(dest: Path, skip: tuple[str, ...] = ("data.dvc",)) -> Path:
+    """Copy every file git tracks in the project into ``dest`` (a fresh project), except ``skip``."""
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        src = ROOT / f
+        if f not in skip and src.is_file():
+            (dest / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / f)
+    return dest
 
 
 def machine() -> dict[str, Any]:

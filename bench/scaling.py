@@ -31,6 +31,8 @@ from typing import Any
 
 import yaml
 
+from bench.common import copy_tracked_files
+
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("validate", "features", "train", "evaluate")
 FLOOR = {"impressions": 5_000_000, "seconds": 20 * 60, "gib": 24.0}
@@ -70,14 +72,8 @@ def step_env() -> dict[str, str]:
 
 
 def copy_project(dest: Path) -> Path:
-    """Copy the tracked files (as tests/project_copy.py does) with the default params; no data.dvc."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        src = ROOT / f
-        if f != "data.dvc" and src.is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
-    return dest
+    """A fresh project: the tracked files with the default params; no data.dvc (the data is simulated)."""
+    return copy_tracked_files(dest)
 
 
 def stage_commands(project: Path) -> list[tuple[str, list[str]]]:

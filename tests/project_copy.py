@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-import shutil
-import subprocess
+import sys
 from pathlib import Path
 
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # the project root holds the bench package
+from bench.common import copy_tracked_files  # noqa: E402
 SMALL_SIM = dict(impressions=20_000, users=500, artists=80, items=1000, genres=8, moods=4)
 
 
 def copy_project(dest: Path, **param_overrides: dict) -> Path:
     """Copy every tracked file except data.dvc (it versions the default-size data) and shrink params."""
-    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        src = ROOT / f
-        if f != "data.dvc" and src.is_file():
-            (dest / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / f)
+    copy_tracked_files(dest)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["sim"].update(SMALL_SIM)
     params["reward"]["num_boost_round"] = 40

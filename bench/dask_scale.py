@@ -5,14 +5,16 @@
 Simulates a batch once (cached under build/bench/dask-<N>/), then runs each mode in a fresh child
 process so every peak RSS is that mode's own:
 
-- ``local``: the local steps (train = the weighted candidate only: ``training_rows`` + ``fit_xgboost``;
-  evaluate = prefix-weight IPS/SNIPS of the greedy logging policy over the whole log);
-- ``dask``: train with ``xgboost.dask`` on page-aligned partitions, evaluate from per-partition sums;
+- ``local``: the local steps (train = the weighted candidate only, stacked as params.yaml says:
+  ``train_reward_models`` without baselines; evaluate = prefix-weight IPS/SNIPS of the greedy logging
+  policy over the whole log);
+- ``dask``: features from history sums of user-aligned partitions (``build_features_dask``), train
+  with ``xgboost.dask`` on page-aligned partitions, evaluate from per-partition sums;
 - ``dask-small``: the same with a per-worker memory limit below the local peak (``--small-memory``)
   and smaller partitions: the data goes through with memory bounded per worker.
 
-Dask modes validate on page-aligned partitions (``validate_partitioned``); feature building runs the
-local code in every mode (a partitioned feature build is not implemented yet).  Reports wall time per step and peak RSS of the driver and of each worker
+Dask modes validate on page-aligned partitions (``validate_partitioned``).  Reports wall time per
+step and peak RSS of the driver and of each worker
 (``resource.getrusage`` read in the worker via ``client.run``).  On 2 cores Dask is not faster.
 """
 
@@ -29,21 +31,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-def _simulate(n: int, out: Path) -> Path:
-    from bartops.config import load_params, section
-    from bartops.sim import SimParams, World, simulate
-    from bartops.sim.store import write_simulation
-
-    batch = out / "incoming" / "bench.parquet"
-    if batch.exists():
-        return batch
-    params = load_params(ROOT / "params.yaml")
-    pol = section(params, "policy")
-    world = World.generate(SimParams.from_dict({**section(params, "sim"), "impressions": n}), seed=11)
-    data = simulate(world, n, pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed=11)
-    write_simulation(data, out, batch_name="bench")
-    return batch
 
 
 def _peak_mib() -> float:
@@ -81,25 +68,25 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
         report = validate_partitioned(client, batch, data, params, partition_rows)
     steps["validate"] = time.perf_counter() - t
     t = time.perf_counter()
-    features = build_features(data, params, data / "incoming")
+    if client is None:
+        features = build_features(data, params, data / "incoming")
+    else:
+        from bartops.scale.features import build_features_dask
+
+        features = build_features_dask(client, data, params, data / "incoming", partition_rows)
     steps["features"] = time.perf_counter() - t
     log_policy, _ = logging_policy_for(SIM_LOGGING_VERSION, data, None, params["policy"])
     target = dataclasses.replace(log_policy, epsilon_head=0.0, epsilon_fill=0.0, version="greedy")
     ests = [IPS(), SNIPS()]
     out: dict = {"mode": mode, "validation_passed": report.passed, "rows": report.rows}
     if mode == "local":
-        from bartops.features.logstats import load_impressions, time_split
-        from bartops.reward.train import RewardParams, fit_xgboost, ips_weights, training_rows
+        from bartops.features.logstats import load_impressions
+        from bartops.reward.train import train_reward_models
 
         t = time.perf_counter()
         imp, _ = load_impressions(data / "incoming")
-        rp = RewardParams.from_dict(params["reward"])
-        train = time_split(imp["timestamp"], rp.validation_fraction)
-        rows = training_rows(features, imp, train, rp.response_folds)
-        w = ips_weights(imp["propensity"].to_numpy()[train], rp.clip, rp.normalize)
-        fit_xgboost(rows[train], imp["reward"].to_numpy()[train], w, rp, int(params["seed"]))
+        train_reward_models(features, imp, {**params, "reward": {**params["reward"], "baselines": []}})
         steps["train"] = time.perf_counter() - t
-        del rows
         t = time.perf_counter()
         strata = np.unique(slot_strata(imp["shelf"], imp["position"], target.cards))
         d, _ = partition_prefix_data(imp, features.explanations, target, features.candidates_for, strata)
@@ -157,9 +144,9 @@ def main() -> None:
             (args.memory, args.partition_rows)
         print(json.dumps(child(args.child, data, args.rounds, mem, rows)))
         return
-    from bench.common import save, table
+    from bench.common import save, simulate_batch, table
 
-    _simulate(args.impressions, data)
+    simulate_batch(args.impressions, data)
     runs = []
     for mode in ("local", "dask", "dask-small"):
         cmd = [sys.executable, "-m", "bench.dask_scale", "--child", mode, "--impressions", str(args.impressions),

@@ -24,22 +24,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _simulate(n: int, out: Path) -> Path:
-    from bartops.config import load_params, section
-    from bartops.sim import SimParams, World, simulate
-    from bartops.sim.store import write_simulation
-
-    batch = out / "incoming" / "bench.parquet"
-    if batch.exists():
-        return batch
-    params = load_params(ROOT / "params.yaml")
-    sim = {**section(params, "sim"), "impressions": n}
-    pol = section(params, "policy")
-    world = World.generate(SimParams.from_dict(sim), seed=11)
-    data = simulate(world, n, pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed=11)
-    write_simulation(data, out, batch_name="bench")
-    return batch
-
 
 def _child(data_dir: Path, repeats: int, profile: bool) -> dict:
     """Runs inside the child process; prints one JSON line."""
@@ -104,11 +88,11 @@ def main() -> None:
         print(json.dumps(_child(args.child, args.repeats, args.profile)))
         return
 
-    from bench.common import save, table
+    from bench.common import save, simulate_batch, table
 
     data_dir = ROOT / "build" / "bench" / f"validation-{args.impressions}"
     t = time.perf_counter()
-    _simulate(args.impressions, data_dir)
+    simulate_batch(args.impressions, data_dir)
     sim_s = time.perf_counter() - t
     cmd = [sys.executable, "-m", "bench.validation", "--child", str(data_dir), "--repeats", str(args.repeats)]
     if args.profile:

@@ -8,7 +8,8 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from bartops.config import load_params
-from bartops.reward.pipeline import default_paths, run_build_features
+from bartops.reward.pipeline import default_paths
+from bartops.scale.pipeline import run_build_features  # local or Dask, by params.yaml `scale:`
 
 
 @task(cache_policy=None)

@@ -23,12 +23,12 @@ def platform_code(platform: pd.Series | np.ndarray) -> np.ndarray:
 
 
 def _codes(values, vocabulary: tuple[str, ...], name: str) -> np.ndarray:
-    cat = pd.Categorical(np.asarray(values, dtype=object), categories=list(vocabulary))
-    codes = np.asarray(cat.codes, dtype=np.int64)
-    if (codes < 0).any():
-        bad = sorted({str(v) for v, c in zip(np.asarray(values, dtype=object), codes) if c < 0})[:5]
+    inverse, distinct = pd.factorize(pd.Series(values, copy=False), use_na_sentinel=False)  # each distinct value once
+    lookup = pd.Index(list(vocabulary)).get_indexer(pd.Index(distinct, dtype=object))
+    if (lookup < 0).any():
+        bad = sorted({str(v) for v, c in zip(distinct, lookup) if c < 0})[:5]
         raise ValueError(f"unknown {name} value(s) {bad}; expected one of {list(vocabulary)}")
-    return codes
+    return lookup.astype(np.int64)[inverse]
 
 
 def local_hour(timestamp: pd.Series, region: pd.Series | np.ndarray) -> np.ndarray:

@@ -135,3 +135,22 @@ def test_response_table_from_summed_cell_rates_equals_direct():
     np.testing.assert_allclose(via["expected"], direct["expected"], rtol=1e-12)
     with pytest.raises(ValueError, match="rates lack"):
         response_table(user, kind, shelf, position, reward, rates=rates.iloc[1:])
+
+
+def test_history_sums_of_user_partitions_concatenate_to_the_whole(small_data_dir):
+    from bartops.features.store import add_history_sums, history_sums
+    from bartops.scale.partitions import read_user_partition, user_partitions
+
+    history = pd.read_parquet(small_data_dir / "history.parquet")
+    items = pd.read_parquet(small_data_dir / "items.parquet")["item_id"].to_numpy()
+    now = pd.Timestamp("2026-11-01T00:00:00Z")
+    parts = user_partitions(small_data_dir / "history.parquet", 5000)
+    frames = [read_user_partition(p, ["item_id", "timestamp"]) for p in parts]
+    assert len(parts) >= 5 and sum(map(len, frames)) == len(history)
+    users = [set(f["user_id"]) for f in frames]
+    assert sum(map(len, users)) == len(set().union(*users))  # every user's plays in one partition
+    whole = history_sums(history, items, now, 30.0)
+    assert whole["plays"].sum() == history["item_id"].isin(items).sum()
+    # exact: a user × item sum never spans partitions, and each partition keeps the file's row order
+    pd.testing.assert_frame_equal(add_history_sums([history_sums(f, items, now, 30.0) for f in frames]), whole,
+                                  check_exact=True)

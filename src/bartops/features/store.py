@@ -391,8 +391,68 @@ def default_now(history: pd.DataFrame) -> pd.Timestamp:
     """Midnight after the last play (UTC): the reference time of a snapshot built from history."""
     if len(history) == 0:
         raise ValueError("history is empty: cannot choose the snapshot's reference time (set features.now)")
-    last = pd.to_datetime(history["timestamp"], utc=True).max()
+    return midnight_after(pd.to_datetime(history["timestamp"], utc=True).max())
+
+
+def midnight_after(last_play: pd.Timestamp) -> pd.Timestamp:
+    """The midnight after ``last_play`` (UTC; itself when it is a midnight)."""
+    last = pd.Timestamp(last_play)
+    last = last.tz_localize("UTC") if last.tzinfo is None else last.tz_convert("UTC")
     return last.ceil("D") if last != last.floor("D") else last
+
+
+def snapshot_now(params: FeatureParams, last_play: pd.Timestamp | None) -> pd.Timestamp:
+    """The snapshot's reference time (UTC): ``features.now``, else the midnight after the last play."""
+    if params.now:
+        now = pd.Timestamp(params.now)
+        return now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
+    if last_play is None or pd.isna(last_play):
+        raise ValueError("history is empty: cannot choose the snapshot's reference time (set features.now)")
+    return midnight_after(last_play)
+
+
+HISTORY_SUM_COLUMNS = ("user_id", "item_id", "plays", "w")
+
+
+def history_sums(history: pd.DataFrame, item_ids: np.ndarray, now: pd.Timestamp, half_life_days: float
+                 ) -> pd.DataFrame:
+    """(user_id, item_id, plays, w) of the plays of catalog items, sorted by key: the play count and
+    the summed decay weight (``decay_weights``) of each user × item pair.
+
+    Everything the snapshot takes from the history derives from this table.  The tables of a history
+    split by user (each user's plays in one part, in order) concatenate to the whole history's table
+    exactly (``add_history_sums``): a partitioned build reduces them and finishes locally.
+    """
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in history.columns]
+    if missing:
+        raise ValueError(f"history table lacks column(s) {missing}")
+    h = history.loc[history["item_id"].isin(np.asarray(item_ids, np.int64)), ["user_id", "item_id", "timestamp"]]
+    h = h.assign(w=decay_weights(h["timestamp"], now, half_life_days))
+    g = h.groupby(["user_id", "item_id"], sort=True)["w"].agg(plays="size", w="sum").reset_index()
+    return g.astype({"user_id": np.int64, "item_id": np.int64, "plays": np.int64, "w": np.float64})
+
+
+def add_history_sums(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The ``history_sums`` of the union of history parts (plays and weights added by key, sorted)."""
+    frame = pd.concat([t[list(HISTORY_SUM_COLUMNS)] for t in tables], ignore_index=True)
+    g = frame.groupby(["user_id", "item_id"], sort=True)[["plays", "w"]].sum().reset_index()
+    return g.astype({"user_id": np.int64, "item_id": np.int64, "plays": np.int64, "w": np.float64})
+
+
+def _check_catalog(items: pd.DataFrame, users: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    for name, df, cols in (("items", items, ("item_id", "artist_id", "genre", "mood", "popularity",
+                                             "release_date", "home_region")),
+                           ("users", users, ("user_id", "region"))):
+        missing = [c for c in cols if c not in df.columns]
+        if missing:
+            raise ValueError(f"{name} table lacks column(s) {missing}")
+    if len(items) == 0:
+        raise ValueError("items table is empty: no catalog to build features from")
+    items = items.sort_values("item_id", ignore_index=True)
+    users = users.sort_values("user_id", ignore_index=True)
+    if items["item_id"].duplicated().any():
+        raise ValueError("items table has duplicate item_id values")
+    return items, users
 
 
 def build_features_from_frames(
@@ -403,31 +463,44 @@ def build_features_from_frames(
     seed: int = 0,
     explanations: pd.DataFrame | None = None,
 ) -> Features:
-    """The shared-layer snapshot from catalog, users and listening history (pure)."""
-    for name, df, cols in (("items", items, ("item_id", "artist_id", "genre", "mood", "popularity",
-                                             "release_date", "home_region")),
-                           ("users", users, ("user_id", "region")),
-                           ("history", history, ("user_id", "item_id", "timestamp"))):
-        missing = [c for c in cols if c not in df.columns]
-        if missing:
-            raise ValueError(f"{name} table lacks column(s) {missing}")
-    if len(items) == 0:
-        raise ValueError("items table is empty: no catalog to build features from")
-    items = items.sort_values("item_id", ignore_index=True)
-    users = users.sort_values("user_id", ignore_index=True)
-    if items["item_id"].duplicated().any():
-        raise ValueError("items table has duplicate item_id values")
+    """The shared-layer snapshot from catalog, users and listening history (pure).
+
+    ``features_from_history_sums`` of the history's ``history_sums``.
+    """
+    missing = [c for c in ("user_id", "item_id", "timestamp") if c not in history.columns]
+    if missing:
+        raise ValueError(f"history table lacks column(s) {missing}")
+    items, users = _check_catalog(items, users)
+    last = pd.to_datetime(history["timestamp"], utc=True).max() if len(history) else None
+    now = snapshot_now(params, last)
+    sums = history_sums(history, items["item_id"].to_numpy(np.int64), now, params.half_life_days)
+    return features_from_history_sums(items, users, sums, now, params, seed, explanations)
+
+
+def features_from_history_sums(
+    items: pd.DataFrame,
+    users: pd.DataFrame,
+    sums: pd.DataFrame,
+    now: pd.Timestamp,
+    params: FeatureParams,
+    seed: int = 0,
+    explanations: pd.DataFrame | None = None,
+) -> Features:
+    """The snapshot from the catalog, users and the history's ``history_sums`` (the local finishing:
+    affinities, SVD embeddings, k-means clusters, similar items, item statistics, candidate tables)."""
+    missing = [c for c in HISTORY_SUM_COLUMNS if c not in sums.columns]
+    if missing:
+        raise ValueError(f"history sums lack column(s) {missing}")
+    items, users = _check_catalog(items, users)
     explanations = explanation_table(items) if explanations is None else explanations.reset_index(drop=True)
-    now = pd.Timestamp(params.now) if params.now else default_now(history)
-    now = now.tz_localize("UTC") if now.tzinfo is None else now.tz_convert("UTC")
     item_ids = items["item_id"].to_numpy(np.int64)
     user_ids = users["user_id"].to_numpy(np.int64)
+    sums = sums.sort_values(["user_id", "item_id"], ignore_index=True)
 
-    h = history[history["item_id"].isin(item_ids) & history["user_id"].isin(user_ids)]
+    h = sums[sums["item_id"].isin(item_ids) & sums["user_id"].isin(user_ids)]
     h = h.merge(items[["item_id", "artist_id", "genre", "mood"]], on="item_id", how="inner")
-    h["w"] = decay_weights(h["timestamp"], now, params.half_life_days)
 
-    # affinities
+    # affinities (shares of decayed plays)
     user_artist = _affinity(h, "artist_id")
     genre_codes = {g: i for i, g in enumerate(np.unique(items["genre"].astype(str)))}
     mood_codes = {m: i for i, m in enumerate(np.unique(items["mood"].astype(str)))}
@@ -435,7 +508,7 @@ def build_features_from_frames(
                   mood=h["mood"].astype(str).map(mood_codes).astype(np.int64))
     user_genre = _affinity(hg, "genre")
     user_mood = _affinity(hg, "mood")
-    user_item = (h.groupby(["user_id", "item_id"], sort=True)["w"].sum().rename("plays").reset_index())
+    user_item = h[["user_id", "item_id", "w"]].rename(columns={"w": "plays"}).reset_index(drop=True)
 
     # embeddings, clusters, similar items
     ui = np.searchsorted(user_ids, h["user_id"].to_numpy(np.int64))
@@ -456,7 +529,8 @@ def build_features_from_frames(
     user_cluster = _affinity(hc, "cluster")
 
     # item statistics and user activity
-    plays_per_item = np.bincount(ii, weights=np.ones(len(ii)), minlength=len(item_ids))
+    plays = h["plays"].to_numpy(np.float64)
+    plays_per_item = np.bincount(ii, weights=plays, minlength=len(item_ids))
     release = pd.to_datetime(items["release_date"], utc=True)
     item_stats = pd.DataFrame({
         "item_id": item_ids,
@@ -464,10 +538,14 @@ def build_features_from_frames(
         "log_popularity": np.log(np.maximum(items["popularity"].to_numpy(np.float64), 1e-12)),
         "release_age_days": ((now - release).dt.total_seconds() / 86400.0).to_numpy(),
     })
-    user_plays = np.bincount(ui, minlength=len(user_ids)).astype(np.float64)
+    user_plays = np.bincount(ui, weights=plays, minlength=len(user_ids)).astype(np.float64)
 
-    cand = candidate_table(users, items, history, explanations, now=now, params=params.candidates)
-    cold = cold_start_table(items, history, explanations, now=now, params=params.candidates)
+    # candidates count plays per user and key: one (user_id, item_id) row per play
+    play_rows = pd.DataFrame({"user_id": np.repeat(sums["user_id"].to_numpy(np.int64), sums["plays"].to_numpy()),
+                              "item_id": np.repeat(sums["item_id"].to_numpy(np.int64), sums["plays"].to_numpy())})
+    cand = candidate_table(users, items, play_rows, explanations, now=now, params=params.candidates)
+    cold = cold_start_table(items, play_rows, explanations, now=now, params=params.candidates)
+
     return Features(
         items=items, explanations=explanations, users=users[["user_id", "region"]].copy(),
         candidates=cand, cold_candidates=cold,
@@ -603,6 +681,6 @@ def load_features(dir: Path) -> Features:
     return Features(**tables, **arrays, params=manifest["params"], version=manifest["version"])
 
 
-__all__ = ["Features", "FeatureParams", "build_features", "build_features_from_frames", "save_features",
-           "load_features", "with_response_stats", "most_similar", "item_clusters", "co_listening_embeddings", "REGIONS",
-           "regional_popularity"]
+__all__ = ["Features", "FeatureParams", "build_features", "build_features_from_frames", "features_from_history_sums",
+           "history_sums", "add_history_sums", "snapshot_now", "save_features", "load_features", "with_response_stats",
+           "most_similar", "item_clusters", "co_listening_embeddings", "REGIONS", "regional_popularity"]

@@ -23,8 +23,10 @@ def features(
                                                           "explanation kinds (default: params paths.impressions)"),
     params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
 ) -> None:
-    """Build the shared-layer feature snapshot (affinities, embeddings, clusters, similar items, candidates)."""
-    from bartops.reward.pipeline import default_paths, run_build_features
+    """Build the shared-layer feature snapshot (affinities, embeddings, clusters, similar items, candidates);
+    on Dask when params.yaml `scale:` (or BARTOPS_DASK_SCHEDULER) says so."""
+    from bartops.reward.pipeline import default_paths
+    from bartops.scale.pipeline import run_build_features  # local or Dask, by params.yaml `scale:`
 
     params = load_params(params_file)
     paths = default_paths(params)
@@ -45,8 +47,10 @@ def train(
     params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
     as_json: bool = typer.Option(False, "--json", help="print the metrics report as JSON"),
 ) -> None:
-    """Train the weighted XGBoost reward model and its baselines; write the candidate policy bundle."""
-    from bartops.reward.pipeline import default_paths, metrics_table, run_training
+    """Train the weighted XGBoost reward model and its baselines; write the candidate policy bundle
+    (on Dask, with xgboost.dask and no baselines, when params.yaml `scale:` says so)."""
+    from bartops.reward.pipeline import default_paths, metrics_table
+    from bartops.scale.pipeline import run_training  # local or Dask, by params.yaml `scale:`
 
     params = load_params(params_file)
     paths = default_paths(params)

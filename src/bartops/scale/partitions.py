@@ -1,9 +1,11 @@
-"""Page-aligned partitions of the validated impression batches.
+"""Page-aligned partitions of the validated impression batches; user-aligned ones of the history.
 
 A partition is the rows of one parquet batch whose page view (``request_id``) hashes to one of
 ``buckets`` buckets (``page_folds``), so every page lies wholly in one partition whatever the file's
 row order.  It is read by streaming the file's record batches and keeping only its bucket, so a
 task holds about ``partition_rows`` rows (plus one record batch), never the whole file.
+The listening history is split the same way by user (``user_partitions``), so every user's plays
+lie in one partition.
 """
 
 from __future__ import annotations
@@ -61,17 +63,8 @@ def page_partitions(source: Path | str | list[Path], partition_rows: int) -> lis
 def read_partition(part: Partition, columns: list[str] | None = None, conform: bool = True) -> pd.DataFrame:
     """The partition's rows (log schema, conformed unless ``conform=False`` (raw, as stored); only
     ``columns`` (unconformed) if given, plus ``request_id``)."""
-    import pyarrow.parquet as pq
-
-    pf = pq.ParquetFile(part.file)
     cols = None if columns is None else list(dict.fromkeys(["request_id", *columns]))
-    frames = []
-    for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=cols):
-        df = rb.to_pandas()
-        if part.buckets > 1:
-            df = df[page_folds(df["request_id"], part.buckets) == part.bucket]
-        frames.append(df)
-    frame = pd.concat(frames, ignore_index=True) if frames else pf.schema_arrow.empty_table().to_pandas()
+    frame = _stream(part, cols, "request_id", page_folds)
     if columns is None and conform:
         try:
             return conform_impressions(frame)
@@ -79,3 +72,44 @@ def read_partition(part: Partition, columns: list[str] | None = None, conform: b
             raise SchemaError(f"{part.file}: {exc}") from None
     return frame
 
+
+def _stream(part: Partition, cols: list[str] | None, key: str, buckets_of) -> pd.DataFrame:
+    """The rows of ``part.file`` whose ``key`` falls in ``part.bucket``, streamed by record batches."""
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(part.file)
+    frames = []
+    for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=cols):
+        df = rb.to_pandas()
+        if part.buckets > 1:
+            df = df[buckets_of(df[key], part.buckets) == part.bucket]
+        frames.append(df)
+    if frames:
+        return pd.concat(frames, ignore_index=True)
+    empty = pf.schema_arrow.empty_table()
+    return (empty.select(cols) if cols is not None else empty).to_pandas()
+
+
+def user_buckets(user_id: pd.Series | np.ndarray, buckets: int) -> np.ndarray:
+    """Bucket of each user id in ``range(buckets)`` (a hash of the id, so any id pattern spreads evenly)."""
+    h = pd.util.hash_array(np.asarray(user_id, np.int64))
+    return (h % np.uint64(buckets)).astype(np.int64)
+
+
+def user_partitions(path: Path | str, partition_rows: int) -> list[Partition]:
+    """User-aligned partitions of a table with ``user_id`` (the listening history), about
+    ``partition_rows`` rows each: every user's rows lie in one partition, in file order."""
+    import pyarrow.parquet as pq
+
+    if int(partition_rows) < 1:
+        raise ValueError(f"partition_rows must be positive, got {partition_rows!r}")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path} not found")
+    rows = pq.ParquetFile(path).metadata.num_rows
+    buckets = max(1, math.ceil(rows / int(partition_rows)))
+    return [Partition(str(path), b, buckets, rows) for b in range(buckets)]
+
+
+def read_user_partition(part: Partition, columns: list[str]) -> pd.DataFrame:
+    """``columns`` (plus ``user_id``) of the partition's users' rows, as stored."""
+    return _stream(part, list(dict.fromkeys(["user_id", *columns])), "user_id", user_buckets)

@@ -1,5 +1,7 @@
 """The pipeline steps with the backend chosen by ``scale:`` (same signatures as the local steps).
 
+``run_build_features`` builds the snapshot locally or, with the Dask backend, reduces the history
+and the impression logs on the cluster (``bartops.scale.features``) and finishes on the driver.
 ``run_training`` trains locally (``bartops.reward.pipeline.run_training``) or, with the Dask
 backend, with ``xgboost.dask`` on page-aligned partitions of the validated batches, and writes the
 same outputs (model, metrics JSON, policy bundle).  Inside a Prefect task that runs on a Dask worker
@@ -45,6 +47,22 @@ def batches_version(files: list[Path]) -> str:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()[:16]
+
+
+def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any], impressions_dir: Path | None = None):
+    """``bartops.reward.pipeline.run_build_features`` on the configured backend (see module docs)."""
+    from bartops.reward import pipeline as local
+
+    settings = scale_settings(params)
+    if not settings.dask:
+        return local.run_build_features(data_dir, out_dir, params, impressions_dir)
+    from bartops.features.store import save_features
+    from bartops.scale.features import build_features_dask
+
+    with scale_client(settings) as client:
+        features = build_features_dask(client, Path(data_dir), params, impressions_dir, settings.partition_rows)
+    save_features(features, Path(out_dir))
+    return features
 
 
 def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: dict[str, Any],

@@ -1,6 +1,6 @@
 """Local vs Dask (LocalCluster, 2 worker processes × 1 thread): validate → features → train → evaluate.
 
-    python -m bench.dask_scale [--impressions 1000000] [--small-memory 1GiB] [--rounds N]
+    python -m bench.dask_scale [--impressions 1000000] [--small-memory 2GiB] [--rounds N]
 
 Simulates a batch once (cached under build/bench/dask-<N>/), then runs each mode in a fresh child
 process so every peak RSS is that mode's own:
@@ -133,7 +133,7 @@ def main() -> None:
     ap.add_argument("--impressions", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=None, help="boosting rounds (default: params reward.num_boost_round)")
     ap.add_argument("--memory", default="6GiB", help="per-worker memory limit of the dask run")
-    ap.add_argument("--small-memory", default="1GiB", help="per-worker memory limit of the bounded run")
+    ap.add_argument("--small-memory", default="2GiB", help="per-worker memory limit of the bounded run (above a worker's ~0.8 GiB import footprint)")
     ap.add_argument("--partition-rows", type=int, default=250_000)
     ap.add_argument("--small-partition-rows", type=int, default=100_000)
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)

@@ -144,18 +144,24 @@ def load_impressions(directory: Path) -> tuple[pd.DataFrame, str]:
     files = sorted(directory.glob("*.parquet")) if directory.is_dir() else []
     if not files:
         raise FileNotFoundError(f"no impression batches (*.parquet) in {directory}: validate a batch first")
-    h = hashlib.sha256()
     frames = []
     for f in files:
         try:
             frames.append(conform_impressions(pd.read_parquet(f)))
         except SchemaError as exc:
             raise SchemaError(f"{f}: {exc}") from None
-        h.update(f.name.encode())
+    return pd.concat(frames, ignore_index=True), batches_version(files)
+
+
+def batches_version(files: list[Path]) -> str:
+    """The data version of impression batches: sha256 of their names and bytes, in the given order."""
+    h = hashlib.sha256()
+    for f in files:
+        h.update(Path(f).name.encode())
         with open(f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
                 h.update(block)
-    return pd.concat(frames, ignore_index=True), h.hexdigest()[:16]
+    return h.hexdigest()[:16]
 
 
 def time_split(timestamp: pd.Series, validation_fraction: float) -> np.ndarray:

@@ -51,6 +51,16 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
     features = load_features(Path(features_dir))
     impressions, data_version = load_impressions(Path(impressions_dir))
     result = train_reward_models(features, impressions, params, data_version=data_version)
+    return result, write_training_outputs(result, features, data_version, Path(features_dir), Path(impressions_dir),
+                                          Path(model_dir), params, metrics_path, baselines_dir, bundle_dir)
+
+
+def write_training_outputs(result: TrainingResult, features: Features, data_version: str, features_dir: Path,
+                           impressions_dir: Path, model_dir: Path, params: dict[str, Any],
+                           metrics_path: Path | None = None, baselines_dir: Path | None = None,
+                           bundle_dir: Path | None = None, backend: str = "local") -> dict[str, Any]:
+    """Save the model (and baselines), the metrics JSON + calibration CSV and the policy bundle;
+    the summary dict (paths, metrics, version).  Shared by the local and the Dask training."""
     save_model(result.model, Path(model_dir))
     written = {"model": str(model_dir)}
     if baselines_dir is not None:
@@ -65,16 +75,16 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
               # the snapshot's logged-response table should come from the same validated logs
               "features_response_source": source,
               "features_response_current": source.get("data_version") == data_version,
-              **result.metrics}
+              "backend": backend, **result.metrics}
     if metrics_path is not None:
         write_json_atomic(Path(metrics_path), report)
         written["metrics"] = str(metrics_path)
         written["calibration"] = str(write_calibration_csv(report, Path(metrics_path).with_name("calibration.csv")))
     if bundle_dir is not None:
         write_policy_bundle(Path(model_dir), Path(features_dir), params["policy"], Path(bundle_dir), version,
-                            lineage={"impressions_dir": str(impressions_dir)})
+                            lineage={"impressions_dir": str(impressions_dir), "backend": backend})
         written["bundle"] = str(bundle_dir)
-    return result, {**report, "written": written}
+    return {**report, "written": written}
 
 
 def write_calibration_csv(report: dict[str, Any], path: Path) -> Path:

@@ -68,7 +68,7 @@ def dask_history_sums(client, history: Path, item_ids: np.ndarray, params: Featu
 def dask_response_stats(client, features: Features, impressions_dir: Path, validation_fraction: float,
                         partition_rows: int) -> Features:
     """``with_response_stats`` of the validated batches, by reductions over page-aligned partitions."""
-    from bartops.scale.pipeline import batches_version
+    from bartops.features.logstats import batches_version
     from bartops.scale.train import dask_response_tables, training_cut
 
     files = batch_files(Path(impressions_dir))

@@ -11,7 +11,6 @@ or starts a LocalCluster for the step.
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -36,17 +35,6 @@ def scale_client(settings: ScaleSettings) -> Iterator[Any]:
         return
     with worker_client() as client:
         yield client
-
-
-def batches_version(files: list[Path]) -> str:
-    """The data version of the validated batches (as ``load_impressions``: names and bytes, sha256)."""
-    h = hashlib.sha256()
-    for f in files:
-        h.update(Path(f).name.encode())
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
 
 
 def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any], impressions_dir: Path | None = None):
@@ -75,9 +63,8 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
     if not settings.dask:
         return local.run_training(features_dir, impressions_dir, model_dir, params, metrics_path, baselines_dir,
                                   bundle_dir)
+    from bartops.features.logstats import batches_version
     from bartops.features.store import load_features
-    from bartops.reward.model import save_model, write_json_atomic
-    from bartops.reward.policy import write_policy_bundle
     from bartops.scale.partitions import batch_files, page_partitions
     from bartops.scale.train import train_reward_model_dask
 
@@ -87,20 +74,6 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
     with scale_client(settings) as client:
         result = train_reward_model_dask(client, features, page_partitions(files, settings.partition_rows), params,
                                          data_version)
-    save_model(result.model, Path(model_dir))
-    written = {"model": str(model_dir)}
-    version = f"cand-{features.version[:8]}-{data_version[:8]}"
-    source = features.params.get("response_source") or {}
-    report = {"version": version, "candidate": result.model.name, "data_version": data_version,
-              "features_version": features.version, "features_response_source": source,
-              "features_response_current": source.get("data_version") == data_version, "backend": "dask",
-              **result.metrics}
-    if metrics_path is not None:
-        write_json_atomic(Path(metrics_path), report)
-        written["metrics"] = str(metrics_path)
-        written["calibration"] = str(local.write_calibration_csv(report, Path(metrics_path).with_name("calibration.csv")))
-    if bundle_dir is not None:
-        write_policy_bundle(Path(model_dir), Path(features_dir), params["policy"], Path(bundle_dir), version,
-                            lineage={"impressions_dir": str(impressions_dir), "backend": "dask"})
-        written["bundle"] = str(bundle_dir)
-    return result, {**report, "written": written}
+    return result, local.write_training_outputs(result, features, data_version, Path(features_dir),
+                                                Path(impressions_dir), Path(model_dir), params, metrics_path,
+                                                baselines_dir, bundle_dir, backend="dask")

@@ -1,6 +1,6 @@
 """Off-policy estimator accuracy against the simulator's truth, interval coverage, gate safety, speed.
 
-    python -m bench.ope_accuracy [--sizes 10000,100000,1000000] [--seeds 30] [--coverage-size 5000]
+    python -m bench.ope_accuracy [--sizes 10000,100000,1000000] [--seeds 30] [--coverage-size 20000]
 
 1. Relative error of IPS, SNIPS and DR (``bartops.ope.pipeline``) for candidates close to the
    ε = 0.1 logging policy (its greedy version), moderately different (logging score + 1 × true
@@ -21,7 +21,7 @@ from bench.common import save, table, timed
 from bartops.features.candidates import candidates_for_requests
 from bartops.gate import GateParams, decide
 from bartops.ope import DR, IPS, SNIPS, check_inputs, evaluate_many
-from bartops.ope.pipeline import OPEConfig, evaluate_policies, logging_marginals
+from bartops.ope.pipeline import OPEConfig, estimate_examination, evaluate_policies, logging_marginals
 from bartops.ope.simulated import SimFeaturizer, blended
 from bartops.ope.slate import logged_pages
 from bartops.sim import SimParams, World, simulate, true_value
@@ -34,8 +34,8 @@ CANDIDATES = {"close": 0.0, "moderate": 1.0, "very different": 30.0, "worse": -1
 def evaluate_all(world, sim, log, logs, cfg, gate: GateParams, truth_samples: int = 8) -> list[dict]:
     lp = logged_pages(logs, world.explanations)
     cands = candidates_for_requests(sim.candidates, lp.contexts["user_id"].to_numpy())
-    marg = logging_marginals(log, lp, cands, cfg)
     feat = SimFeaturizer(world, sim.history)
+    marg = logging_marginals(log, lp, cands, cfg, estimate_examination(lp, feat, log.shelves, log.cards, cfg.seed))
     kinds = world.explanations["kind"].to_numpy()
     v_log = true_value(world, log, lp.contexts, cands, n_samples=truth_samples)[0]
     rows = []
@@ -75,7 +75,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--seeds", type=int, default=30)
-    ap.add_argument("--coverage-size", type=int, default=5000)
+    ap.add_argument("--coverage-size", type=int, default=20000)
     ap.add_argument("--n-boot", type=int, default=500)
     args = ap.parse_args()
     t0 = time.time()
@@ -83,7 +83,7 @@ def main() -> None:
     sim = simulate(world, 500, 6, 8, 0.1, 0.1, seed=11)
     log = logging_policy(world, sim.history, 6, 8, 0.1, 0.1)
     gate = GateParams()  # the shipped defaults (DR, margin 0, min ESS 100, support share 0.5)
-    cfg = OPEConfig(n_boot=args.n_boot, marginal_samples=30, min_support=5)
+    cfg = OPEConfig(n_boot=args.n_boot, marginal_samples=100)
     accuracy = []
     for size in [int(s) for s in args.sizes.split(",") if s]:
         logs = simulate_impressions(world, sim.history, sim.candidates, log, size, np.random.default_rng([size, 1]))
@@ -96,7 +96,7 @@ def main() -> None:
     print("\n## Relative error vs truth (and the gate's decision)\n")
     print(table([{c: r[c] for c in cols} for r in accuracy]))
     cov_rows = []
-    cfg_c = OPEConfig(n_boot=200, marginal_samples=20, min_support=4)
+    cfg_c = OPEConfig(n_boot=200, marginal_samples=100)
     for seed in range(args.seeds):
         logs = simulate_impressions(world, sim.history, sim.candidates, log, args.coverage_size,
                                     np.random.default_rng([seed, 2]))

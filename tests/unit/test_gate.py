@@ -44,7 +44,7 @@ def test_worse_rejected_and_clearly_better_promoted(small_sim):
     w = small_sim.world
     log = logging_policy(w, small_sim.history, 6, 8, 0.5, 0.5)
     logs = simulate_impressions(w, small_sim.history, small_sim.candidates, log, 30000, np.random.default_rng(1))
-    cfg = OPEConfig(n_boot=300, marginal_samples=30, min_support=5, seed=0)
+    cfg = OPEConfig(n_boot=300, marginal_samples=30, seed=0)
     gp = GateParams(estimator="dr", min_ess=100, min_support_share=0.05, explanation_tolerance=1.0)
     out = {}
     for name, weight in (("worse", -1.0), ("better", 3.0)):

@@ -20,7 +20,8 @@ import numpy as np
 import pandas as pd
 
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
-from bartops.ope.pipeline import OPEConfig, estimate_table, evaluate_policies, logging_marginals, subsample_pages
+from bartops.ope.pipeline import (OPEConfig, estimate_examination, estimate_table, evaluate_policies,
+                                  logging_marginals, subsample_pages)
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import PagePolicy
 from bartops.registry import Registry
@@ -93,7 +94,12 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     candidate, features = load_policy_bundle(Path(bundle_dir))
     lp = logged_pages(logs, features.explanations)
     logging, log_feats = logging_policy_for(versions[0], data_dir, registry, params["policy"])
-    marg = logging_marginals(logging, lp, (log_feats or features).candidates_for(lp.contexts), cfg)
+
+    def featurize(ctx, cards, shelf, position):
+        return assemble_rows(features, ctx, cards, shelf, position)
+
+    kappa = estimate_examination(lp, featurize, logging.shelves, logging.cards, cfg.seed)
+    marg = logging_marginals(logging, lp, (log_feats or features).candidates_for(lp.contexts), cfg, kappa)
     targets: dict[str, Any] = {"candidate": (candidate, features.candidates_for(lp.contexts))}
     production = registry.production() if registry is not None else None
     if production is None or production == versions[0]:
@@ -101,10 +107,6 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     else:
         prod, prod_feats = load_policy_bundle(registry.path(production))
         targets["production"] = (prod, prod_feats.candidates_for(lp.contexts))
-
-    def featurize(ctx, cards, shelf, position):
-        return assemble_rows(features, ctx, cards, shelf, position)
-
     kinds = features.explanations["kind"].astype(str).to_numpy()
     result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds)
     return {"result": result, "production": production, "logging_version": versions[0], "config": asdict(cfg),

@@ -94,6 +94,8 @@ class SNIPS:
 
     With slots as strata each slot's weights are normalised to mean 1 (their expectation under
     support), which removes most of the variance from weight noise at a bias of order 1/n.
+    With exposure weights (``examination`` given, see ``bartops.ope.pipeline``) the normaliser is
+    Σ w·κ(slot), whose expectation is the target's total examination M: value = M̄ · Σ w·r / Σ w·κ.
     """
 
     clip: float | None = None
@@ -101,6 +103,8 @@ class SNIPS:
 
     def statistics(self, d: LoggedData) -> np.ndarray:
         w = weights(d, self.clip)
+        if d.examination is not None:
+            return np.column_stack([w * d.reward, w * d.examination, _target_mass(d)])
         s = np.zeros(len(d), np.int64) if d.stratum is None else d.stratum
         m = int(s.max()) + 1
         out = np.zeros((len(d), 3 * m))
@@ -112,6 +116,8 @@ class SNIPS:
 
     def group_statistics(self, d: LoggedData) -> np.ndarray:
         """The per-group sums of ``statistics`` without its dense rows × 3·strata matrix."""
+        if d.examination is not None:
+            return group_sums(self.statistics(d), d.group, d.n_groups)
         w = weights(d, self.clip)
         s = np.zeros(len(d), np.int64) if d.stratum is None else d.stratum
         m = int(s.max()) + 1
@@ -126,6 +132,12 @@ class SNIPS:
         with np.errstate(invalid="ignore", divide="ignore"):
             per = np.where(w > 0, wr / np.where(w > 0, w, 1.0), 0.0)
         return (n / n_groups * per).sum(axis=-1)
+
+
+def _target_mass(d: LoggedData) -> np.ndarray:
+    if d.target_mass is None:
+        raise ValueError("snips with exposure weights needs target_mass (the target's examination per group)")
+    return d.target_mass
 
 
 @dataclass(frozen=True)

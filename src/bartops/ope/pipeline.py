@@ -1,36 +1,38 @@
 """Evaluate candidate page policies (and production) on impression logs: the gate's evidence.
 
-Model and assumptions (item-position model, as in IIPS):
+Model and assumptions (position-based model, as in click-model OPE: Li et al. 2018, "Offline
+evaluation of ranking policies with click models"):
 
-A1. A card's expected reward depends only on the context, the card (item, explanation) and its slot
-    (shelf, position) — not on the other cards of the page.  True of the simulator
-    (relevance × examination(slot)); the value of a page is the sum over its slots.
-A2. Support: wherever the target puts a card at a slot with positive probability, the logging
-    policy's marginal probability of that card at that slot is positive.
-A3. The logging marginal π̂₀ is accurate where it is used: it is a Rao-Blackwellised Monte-Carlo
-    average of exact step probabilities (``bartops.ope.slate``); rows whose marginal rests on fewer
-    than ``min_support`` sampled prefixes are *unresolved*: they get no weight, and the share of the
-    target's matched cards that fall on them is reported (``unresolved_share``).
+A1. A card's expected reward is θ(context, card) · κ(slot): its appeal times the examination of its
+    slot (shelf, position), independent of the other cards of the page.  True of the simulator
+    (relevance × examination); the value of a page is Σ_cards θ·κ.
+A2. Support: every card the target can show, the logging policy shows somewhere with positive
+    probability (true of ε-greedy logging: any pair can head a shelf by exploration).
+A3. κ is known up to a constant: ``estimate_examination`` takes it from a reward model fitted on the
+    logs (partial dependence on the slot), reported in the diagnostics.
 
-Support share: Σ min(w, dr_clip) / (target cards shown) estimates the share of the target's cards
-that fall where the logs can check them (capped, so it errs low).  Outside that share DR is the
-reward model's extrapolation, which no bootstrap interval covers; the gate requires a minimum share.
+Exposure: E_π(card) = Σ_slots π(card at slot)·κ(slot), the card's expected examination under policy π.
+Under A1 the target's value is Σ_cards θ·E_t, and a logged reward r at slot a has E[r] = θ·κ(a), so
+the weight w = E_t(card)/E₀(card) makes Σ_rows w·r unbiased for it.  Pooling a card's examination
+over all slots is what makes this workable for slates: a card the target shows at (2, 3) is checked
+by every logged page that showed it anywhere, not only at (2, 3) (on the simulator at 100k
+impressions, a "very different" candidate's cards match a logged card at the same slot 1 % of the
+time, somewhere on the page 25 %).  E₀ is a Rao-Blackwellised Monte-Carlo average of exact step
+probabilities with defensive importance sampling of the shelf heads (``ope.slate``); its error
+biases 1/E₀ upward, so use enough samples (``ope.marginal_samples``; measured in bench/ope_accuracy).
 
 Estimators (value = expected streams per page view; pages are the bootstrap units):
 
-- ``ips``   Σ_rows m̂·r / π̂₀ per page, where m̂ is the share of ``target_samples`` sampled target
-  pages that put the logged card at its slot (an unbiased estimate of the target's marginal; exact
-  for a greedy target).  Unbiased under A1–A3 except for unresolved rows (biased down by their mass).
-- ``snips`` the same, self-normalised per slot.  Consistent; bias O(1/n); same unresolved caveat.
-- ``dr``    direct method on the target's own pages (the real page construction for each logged
-  context, every filled slot scored by a cross-fitted reward model q̂) plus the correction
-  Σ_rows m̂/π̂₀ · (r − q̂(logged card)).  Unbiased if A1–A3 hold *or* q̂ is exact; unresolved rows
-  lose only their correction, so its bias is that share × the model's error there (small).
-  The correction's weights are capped at ``dr_clip``: a logged card the target would show but the
-  logging policy shows only by rare exploration (a random shelf head, π₀ ≈ ε/N) has a weight in the
-  thousands and makes the plain correction heavy-tailed, its bootstrap interval dishonest (measured
-  in ``bench/ope_accuracy.py``).  Capping biases only by Σ(w − cap)₊·E[r − q̂], which is small
-  when q̂ is (cross-fitted, unbiased on average); the capped share is reported (``clipped_share``).
+- ``ips``   Σ_rows w·r per page.  Unbiased under A1–A3; heavy-tailed when E₀ is small.
+- ``snips`` M̄ · Σ w·r / Σ w·κ(slot), M = the target's total examination per page (the expectation of
+  Σ w·κ).  Consistent, bias O(1/n), far lower variance.
+- ``dr``    direct method on the target's own pages (every filled slot scored by a cross-fitted
+  reward model q̂) plus the correction Σ_rows w·(r − q̂(logged card, its slot)).  Unbiased if A1–A3
+  hold *or* q̂ is exact.  The correction's weights are capped at ``dr_clip``; capping biases only by
+  Σ(w − cap)₊·E[r − q̂], small when q̂ is, and the capped share is reported (``clipped_share``).
+
+Support share: Σ min(w, dr_clip)·κ(slot) / M, the share of the target's examination the logs check
+at moderate weights (its expectation is 1 without the cap); outside it DR is the model's extrapolation.
 
 A candidate learned from the same logs must be evaluated on logs its model did not see: otherwise it
 picks exactly the cards whose rewards it (and q̂, fitted on the same rows) over-fits, and the direct
@@ -53,9 +55,9 @@ import pandas as pd
 
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimate, evaluate_many, paired_difference, weights
 from bartops.ope.reward import cross_fit
-from bartops.ope.slate import LoggedPages, slot_marginals_with_support
+from bartops.ope.slate import LoggedPages, examination_marginals
 from bartops.ope.validate import LoggedData, check_inputs
-from bartops.policy.page import EMPTY, CandidateSet, PagePolicy, build_pages
+from bartops.policy.page import CandidateSet, PagePolicy, _locate, build_pages
 
 Featurize = Callable[[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray], np.ndarray]
 
@@ -67,11 +69,10 @@ class OPEConfig:
     n_boot: int = 1000
     level: float = 0.95
     seed: int = 0
-    marginal_samples: int = 100  # Monte-Carlo prefixes for the logging policy's slot marginals
-    min_support: int = 10  # a logging marginal resting on fewer sampled prefixes is unresolved
+    marginal_samples: int = 100  # Monte-Carlo pages for the logging policy's exposures E₀
     target_samples: int = 8  # sampled pages per context for a stochastic target (1 if greedy)
     clip: float | None = None  # optional weight cap of IPS and SNIPS
-    dr_clip: float | None = 20.0  # weight cap of DR's correction term (see module docs)
+    dr_clip: float | None = 100.0  # weight cap of DR's correction term (see module docs)
     folds: int = 2
     max_pages: int | None = None  # evaluate on a random subset of this many pages (None = all)
     holdout_only: bool = True  # evaluate a bundle only on logs after its training cut (validation_from)
@@ -80,8 +81,6 @@ class OPEConfig:
         for name in ("n_boot", "marginal_samples", "target_samples", "folds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ope.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.min_support < 1 or self.min_support > self.marginal_samples:
-            raise ValueError(f"ope.min_support must lie in [1, marginal_samples], got {self.min_support!r}")
         if self.max_pages is not None and int(self.max_pages) < 1:
             raise ValueError(f"ope.max_pages must be positive or null, got {self.max_pages!r}")
 
@@ -97,60 +96,88 @@ class OPEConfig:
 
 @dataclass(frozen=True)
 class LoggingMarginals:
-    """The logging policy's marginal probability of each logged card at its slot."""
+    """The logging policy's expected examination of each logged card, E₀(c) = Σ_slots π₀(c, slot)·κ(slot)."""
 
-    probability: np.ndarray
-    support: np.ndarray  # sampled prefixes in which the card was available at its slot
-    resolved: np.ndarray  # bool: positive and supported by at least min_support prefixes
+    examination: np.ndarray  # (S, K) examination profile κ, max 1
+    exposure: np.ndarray  # per logged row: E₀ of its card (the IPS denominator), > 0 under support
 
 
-def logging_marginals(logging: PagePolicy, logs: LoggedPages, candidates: CandidateSet,
-                      cfg: OPEConfig) -> LoggingMarginals:
-    """The logging policy's slot marginals of the logged cards (Rao-Blackwellised MC, see ope.slate)."""
-    p, support = slot_marginals_with_support(logging, logs.contexts, candidates, logs.page, logs.shelf,
-                                             logs.position, logs.item_id, logs.explanation,
-                                             cfg.marginal_samples, cfg.seed)
-    return LoggingMarginals(p, support, (p > 0) & (support >= cfg.min_support))
+def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, cards: int, seed: int = 0,
+                         max_rows: int = 200_000, probe_cards: int = 2_000) -> np.ndarray:
+    """Examination profile κ(shelf, position), max 1, from the logs: a reward model fitted on (a sample
+    of) the logged cards, then its mean prediction for ``probe_cards`` logged cards moved to each slot
+    (partial dependence).  Under the position-based model E[r] = θ(card)·κ(slot) this recovers κ."""
+    import xgboost as xgb
+
+    rng = np.random.default_rng([seed, 13])
+    n = len(logs)
+    fit = np.sort(rng.choice(n, size=min(n, max_rows), replace=False))
+    cards_fit = CandidateSet(logs.page[fit], logs.item_id[fit], logs.explanation[fit], logs.n_pages,
+                             np.ones(len(fit), bool))
+    x = featurize(logs.contexts, cards_fit, logs.shelf[fit], logs.position[fit])
+    y = logs.reward[fit]
+    if len(np.unique(y)) < 2:
+        return np.ones((shelves, cards))
+    params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 5, "eta": 0.15,
+              "min_child_weight": 5.0, "nthread": 2, "seed": seed, "verbosity": 0}
+    booster = xgb.train(params, xgb.DMatrix(np.asarray(x, np.float32), label=y), num_boost_round=80)
+    probe = rng.choice(n, size=min(n, probe_cards), replace=False)
+    pc = CandidateSet(logs.page[probe], logs.item_id[probe], logs.explanation[probe], logs.n_pages,
+                      np.ones(len(probe), bool))
+    kappa = np.zeros((shelves, cards))
+    for s in range(shelves):
+        for k in range(cards):
+            xs = featurize(logs.contexts, pc, np.full(len(probe), s), np.full(len(probe), k))
+            kappa[s, k] = booster.inplace_predict(np.asarray(xs, np.float32)).mean()
+    return kappa / kappa.max()
+
+
+def logging_marginals(logging: PagePolicy, logs: LoggedPages, candidates: CandidateSet, cfg: OPEConfig,
+                      examination: np.ndarray | None = None) -> LoggingMarginals:
+    """E₀ of each logged card under the logging policy (Rao-Blackwellised MC, ``ope.slate``), for the
+    examination profile ``examination`` (from ``estimate_examination``; None = every slot alike)."""
+    kappa = np.ones((logging.shelves, logging.cards)) if examination is None else np.asarray(examination, float)
+    e0 = examination_marginals(logging, logs.contexts, candidates, kappa, cfg.marginal_samples, cfg.seed)
+    idx = _locate(candidates, logs.page, logs.explanation, logs.item_id)
+    exposure = np.where(idx >= 0, e0[np.maximum(idx, 0)], 0.0)
+    return LoggingMarginals(kappa, exposure)
 
 
 @dataclass(frozen=True)
 class TargetPages:
-    """``m`` sampled target pages per logged context, as cards, and their agreement with the logs."""
+    """``m`` sampled target pages per logged context, as cards, and each logged card's exposure on them."""
 
     m: int
-    match: np.ndarray  # per logged row: share of samples whose card at the row's slot is the logged card
+    exposure: np.ndarray  # per logged row: E_t of its card, mean over samples of κ(slot the target gives it)
     cards: CandidateSet  # every filled target slot over all samples (page = logged page)
     shelf: np.ndarray
     position: np.ndarray
 
 
 def sample_target_pages(policy: PagePolicy, logs: LoggedPages, candidates: CandidateSet, n_samples: int,
-                        seed: int) -> TargetPages:
+                        seed: int, examination: np.ndarray | None = None) -> TargetPages:
     """Build the target's pages for the logged contexts (once if greedy, else ``n_samples`` times)."""
     if candidates.n_pages != logs.n_pages:
         raise ValueError(f"candidates describe {candidates.n_pages} pages but the logs have {logs.n_pages}")
     greedy = policy.epsilon_head == 0 and policy.epsilon_fill == 0
     m = 1 if greedy else int(n_samples)
+    kappa = np.ones((policy.shelves, policy.cards)) if examination is None else np.asarray(examination, float)
     scores = policy.scorer(logs.contexts, candidates)
     rng = np.random.default_rng([seed, 5])
-    S, K = policy.shelves, policy.cards
-    inside = (logs.shelf < S) & (logs.position < K)
-    match = np.zeros(len(logs))
+    exposure = np.zeros(len(logs))
+    logged = pd.MultiIndex.from_arrays([logs.page, logs.explanation, logs.item_id])
     pg, it, ex, sh, po = [], [], [], [], []
     for _ in range(m):
         built = build_pages(policy, logs.contexts, candidates, rng, scores=scores)
-        at = np.full(len(logs), EMPTY, np.int64)
-        at[inside] = built.candidate[logs.page[inside], logs.shelf[inside], logs.position[inside]]
-        ok = at != EMPTY
-        safe = np.where(ok, at, 0)
-        match += ok & (candidates.item_id[safe] == logs.item_id) & (candidates.explanation[safe] == logs.explanation)
         b, s, k = np.nonzero(built.filled)
         c = built.candidate[b, s, k]
+        at = pd.MultiIndex.from_arrays([b, candidates.explanation[c], candidates.item_id[c]]).get_indexer(logged)
+        exposure += np.where(at >= 0, kappa[s[at], k[at]], 0.0)
         pg.append(b), it.append(candidates.item_id[c]), ex.append(candidates.explanation[c])
         sh.append(s), po.append(k)
     cards = CandidateSet(np.concatenate(pg), np.concatenate(it), np.concatenate(ex), logs.n_pages,
                          np.ones(sum(len(a) for a in pg), bool))
-    return TargetPages(m, match / m, cards, np.concatenate(sh), np.concatenate(po))
+    return TargetPages(m, exposure / m, cards, np.concatenate(sh), np.concatenate(po))
 
 
 def _first_row_of_page(logs: LoggedPages) -> np.ndarray:
@@ -169,17 +196,21 @@ def evaluate_policies(
 ) -> dict:
     """Estimates (IPS, SNIPS and, with ``featurize``, DR) for each target (None = the logging policy
     itself, on-policy), paired differences of the first target against each other one, per-kind
-    values per card, and diagnostics (weights, unresolved share).
+    values per card, and diagnostics (weights, support share).
 
-    ``featurize(contexts, cards, shelf, position)`` gives reward-model inputs; DR's q̂ is an XGBoost
-    model cross-fitted over page folds.  ``kind_of_explanation`` maps explanation code → kind label.
+    Weights are exposure ratios E_t(card)/E₀(card) (module docs).  ``featurize(contexts, cards, shelf,
+    position)`` gives reward-model inputs; DR's q̂ is an XGBoost model cross-fitted over page folds.
+    ``kind_of_explanation`` maps explanation code → kind label.
     """
     n = len(logs)
-    if len(marginals.probability) != n:
-        raise ValueError(f"marginals have {len(marginals.probability)} rows but the logs have {n}")
-    resolved = marginals.resolved
-    p = np.where(resolved, marginals.probability, 1.0)
-    stratum = logs.shelf * (int(logs.position.max()) + 1) + logs.position
+    if len(marginals.exposure) != n:
+        raise ValueError(f"marginals have {len(marginals.exposure)} rows but the logs have {n}")
+    kappa = marginals.examination
+    inside = (logs.shelf < kappa.shape[0]) & (logs.position < kappa.shape[1])
+    slot_exam = np.where(inside, kappa[np.minimum(logs.shelf, kappa.shape[0] - 1),
+                                       np.minimum(logs.position, kappa.shape[1] - 1)], 0.0)
+    supported = marginals.exposure > 0
+    p = np.where(supported, np.minimum(marginals.exposure, 1.0), 1.0)
     first = _first_row_of_page(logs)
     x_logged = None
     if featurize is not None:
@@ -194,20 +225,26 @@ def evaluate_policies(
         prediction = expected = None
         if spec is None:  # the logging policy: on-policy, weight 1 everywhere
             q = p.copy()
+            target_mass = np.bincount(logs.page, weights=slot_exam, minlength=logs.n_pages)
             if x_logged is not None:
                 prediction, expected = np.zeros(n), np.zeros(n)
             if kinds_row is not None:
                 per_kind_parts[name] = {k: (float(logs.reward[kinds_row == k].sum()), float((kinds_row == k).sum()))
                                         for k in np.unique(kinds_row)}
-            diag[name] = {"policy": "logging (on-policy)", "unresolved_share": 0.0, "match_rate": 1.0}
+            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0}
+            shown = n
         else:
             policy, cands = spec
-            tp = sample_target_pages(policy, logs, cands, cfg.target_samples, cfg.seed)
-            q = np.where(resolved, tp.match, 0.0)
-            matched_mass = tp.match.sum()
+            tp = sample_target_pages(policy, logs, cands, cfg.target_samples, cfg.seed, kappa)
+            q = np.where(supported, tp.exposure, 0.0)
+            t_exam = kappa[tp.shelf, tp.position]
+            target_mass = np.bincount(tp.cards.page, weights=t_exam, minlength=logs.n_pages) / tp.m
+            shown = len(tp.cards) / tp.m
             diag[name] = {"policy": policy.version, "target_samples": tp.m,
-                          "match_rate": float(matched_mass / max(len(tp.cards) / tp.m, 1)),
-                          "unresolved_share": float(tp.match[~resolved].sum() / matched_mass) if matched_mass else 0.0}
+                          "unsupported_share": float(tp.exposure[~supported].sum() / max(tp.exposure.sum(), 1e-300))}
+            tk = None if kind_of_explanation is None else \
+                np.asarray(kind_of_explanation).astype(str)[tp.cards.explanation]
+            shown_kind = {} if tk is None else {k: float((tk == k).sum() / tp.m) for k in np.unique(tk)}
             dm_kind = None
             if x_logged is not None:
                 x_t = featurize(logs.contexts, tp.cards, tp.shelf, tp.position)
@@ -218,27 +255,25 @@ def evaluate_policies(
                 expected = np.zeros(n)
                 has = first >= 0
                 expected[first[has]] = dm_page[has]
-                if kind_of_explanation is not None:
-                    tk = np.asarray(kind_of_explanation).astype(str)[tp.cards.explanation]
-                    dm_kind = {k: (float(pt[tk == k].sum() / tp.m), float((tk == k).sum() / tp.m)) for k in np.unique(tk)}
+                if tk is not None:
+                    dm_kind = {k: float(pt[tk == k].sum() / tp.m) for k in shown_kind}
             if kinds_row is not None:
                 w = weights(LoggedData(logs.reward, p, q, logs.page, logs.n_pages), cfg.dr_clip if dm_kind else cfg.clip)
                 corr = w * (logs.reward - (prediction if prediction is not None else 0.0))
-                parts = {}
-                for k in set(np.unique(kinds_row)) | set(dm_kind or {}):
-                    mask = kinds_row == k
-                    if dm_kind is not None:
-                        dm_v, cnt = dm_kind.get(k, (0.0, 0.0))
-                        parts[k] = (dm_v + float(corr[mask].sum()), cnt)
-                    else:
-                        parts[k] = (float((w * logs.reward)[mask].sum()), float(q[mask].sum()))
-                per_kind_parts[name] = parts
-        data[name] = check_inputs(logs.reward, p, q, logs.page, stratum, prediction, expected)
+                per_kind_parts[name] = {
+                    k: ((dm_kind or {}).get(k, 0.0) + float(corr[kinds_row == k].sum()), shown_kind.get(k, 0.0))
+                    for k in set(np.unique(kinds_row)) | set(shown_kind)}
+        mass_row = np.zeros(n)
+        has = first >= 0
+        mass_row[first[has]] = target_mass[has]
+        data[name] = check_inputs(logs.reward, p, q, logs.page, None, prediction, expected,
+                                  examination=slot_exam, target_mass=mass_row)
+        w_all = weights(data[name], None)
         cap = cfg.dr_clip if cfg.dr_clip is not None else np.inf
-        diag[name].update({"weights": weights(data[name], None),
-                           "support_share": min(1.0, float(np.minimum(weights(data[name], None), cap).sum()
-                                                           / max(len(tp.cards) / tp.m if spec is not None else n, 1))),
-                           "clipped_share": float((weights(data[name], None) > (cfg.dr_clip or np.inf)).mean())})
+        covered = float((np.minimum(w_all, cap) * slot_exam).sum())
+        diag[name].update({"weights": w_all,
+                           "support_share": min(1.0, covered / max(float(target_mass.sum()), 1e-300)),
+                           "clipped_share": float((w_all > cap).mean()), "cards_per_page": shown / logs.n_pages})
     ests = [IPS(cfg.clip), SNIPS(cfg.clip)] + ([DR(cfg.dr_clip)] if x_logged is not None else [])
     estimates = {name: evaluate_many(ests, d, cfg.n_boot, cfg.level, cfg.seed) for name, d in data.items()}
     names = list(targets)
@@ -255,8 +290,8 @@ def evaluate_policies(
                 row[f"{name}_cards_per_page"] = cards / logs.n_pages
             per_kind[k] = row
     return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "diagnostics": diag,
-            "logging": {"resolved_share": float(resolved.mean()),
-                        "median_support": float(np.median(marginals.support))}}
+            "logging": {"examination": np.round(kappa, 4).tolist(), "supported_share": float(supported.mean()),
+                        "min_exposure": float(marginals.exposure[supported].min()) if supported.any() else 0.0}}
 
 
 def subsample_pages(logs: pd.DataFrame, max_pages: int | None, seed: int) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import pandas as pd
 
 from bartops.context import local_hour, platform_code
 from bartops.features.candidates import candidates_for_requests
-from bartops.ope.pipeline import OPEConfig, evaluate_policies, logging_marginals
+from bartops.ope.pipeline import OPEConfig, estimate_examination, evaluate_policies, logging_marginals
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.sim.simulate import PopularityAffinityScorer, true_value
@@ -68,9 +68,11 @@ def evaluate_simulated(world: World, history: pd.DataFrame, table: pd.DataFrame,
     """``evaluate_policies`` on simulated logs, plus each target's true value on the same contexts."""
     lp = logged_pages(logs, world.explanations)
     cands = candidates_for_requests(table, lp.contexts["user_id"].to_numpy())
-    marg = logging_marginals(logging, lp, cands, cfg)
+    featurize = SimFeaturizer(world, history)
+    kappa = estimate_examination(lp, featurize, logging.shelves, logging.cards, cfg.seed)
+    marg = logging_marginals(logging, lp, cands, cfg, kappa)
     specs = {k: (None if v is None else (v, cands)) for k, v in targets.items()}
-    res = evaluate_policies(lp, marg, specs, cfg, SimFeaturizer(world, history), world.explanations["kind"].to_numpy())
+    res = evaluate_policies(lp, marg, specs, cfg, featurize, world.explanations["kind"].to_numpy())
     if with_truth:
         res["truth"] = {k: true_value(world, logging if v is None else v, lp.contexts, cands, n_samples=8)[0]
                         for k, v in targets.items()}

@@ -14,11 +14,14 @@ probability can be taken in several ways, each the basis of an estimator with it
   the card and its slot — true of the simulator (relevance × examination(slot)) — and the logging
   marginal is positive wherever the target's is.  Exact for a greedy policy (ε = 0: 0 or 1);
   for an ε-greedy policy a Rao-Blackwellised Monte-Carlo average: over sampled prefixes, the exact
-  conditional probability of every candidate at every slot is accumulated (lower variance than
-  counting hits, and never 0 for a card that is still available).  Pages with identical candidates
-  and scores share one computation.  The returned ``marginal_se`` bounds the MC error
-  (≤ sqrt(p(1−p)/n_samples), the error of counting hits); 1/p̂ is biased upward by about
-  (1−p)/(p·n_samples), so use enough samples (≥ 100).
+  conditional probability of the card at its slot is accumulated (lower variance than counting
+  hits).  A fill card's marginal is dominated by how often its explanation becomes the shelf's title,
+  which for a title chosen only by exploration is rare: such prefixes are drawn with the title forced
+  (``TitleForcing``) and weighted by its exact probability, so every marginal is resolved from every
+  sample.  ``marginal_se`` bounds the MC error (each per-prefix value lies in [0, 1]).
+
+``examination_marginals`` gives the position-based model's exposure Σ_slots P(card at slot)·κ(slot)
+of every candidate, which ``bartops.ope.pipeline`` uses as the gate's weights.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from bartops.policy.page import (
     EMPTY,
     CandidateSet,
     PagePolicy,
+    HeadProposal,
+    TitleForcing,
     _construct,
     _locate,
     build_pages,
@@ -41,6 +46,7 @@ from bartops.policy.page import (
 )
 
 _CELLS = 4_000_000  # dense cells per vectorised replicate chunk
+HEAD_PROPOSAL_EPSILON = 0.6  # head exploration of the defensive proposal for exposure marginals
 
 
 @dataclass(frozen=True)
@@ -150,34 +156,67 @@ def _page_keys(candidates: CandidateSet, scores: np.ndarray) -> tuple[np.ndarray
     return np.asarray(reps, np.int64), rep_of
 
 
-def _rb_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float, eps_fill: float,
-                  n_samples: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """(pages, S, K, width) float32 mean over sampled prefixes of each candidate's exact step probability,
-    and (pages, S, K, width) uint16 count of the sampled prefixes in which that probability was positive."""
-    U = cands.n_pages
+def _rb_query_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float,
+                        eps_fill: float, n_samples: int, rng: np.random.Generator, q_page: np.ndarray,
+                        q_shelf: np.ndarray, q_position: np.ndarray, q_col: np.ndarray,
+                        q_explanation: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Slot marginals of query cards (page, shelf, position, column in the page's candidates) and the
+    number of sampled prefixes in which each was available (its support).
+
+    One task per (page, shelf, explanation) asked about.  A task samples ``n_samples`` prefixes with
+    that shelf's title forced to the explanation (``TitleForcing``): a head query gets the exact step
+    probability averaged over the natural prefixes before the forced step; a fill query gets
+    E_forced[w · P(card at slot | prefix)], w = P(title has that explanation | prefix), which equals
+    its marginal however rarely the logging policy picks the title.  Construction stops after the
+    task's shelf.  Memory is O(queries), not O(pages × slots × candidates).
+    """
+    out = np.zeros(len(q_page))
+    support = np.zeros(len(q_page), np.int64)
+    if len(q_page) == 0:
+        return out, support
+    task_key = np.stack([q_page, q_shelf, q_explanation], axis=1)
+    tasks, q_task = np.unique(task_key, axis=0, return_inverse=True)
+    q_task = q_task.ravel()
     width = int(max(np.diff(cands.offsets).max(initial=0), 1))
-    r = int(max(1, min(n_samples, _CELLS // max(U * width, 1))))
-    rep = CandidateSet((np.arange(r)[:, None] * U + cands.page[None, :]).ravel(), np.tile(cands.item_id, r),
-                       np.tile(cands.explanation, r), U * r, np.tile(cands.choosable, r))
-    rep_scores = np.tile(scores, r)
-    rows = np.arange(U * r)
-    acc = np.zeros((U, S, K, width), np.float32)
-    hits = np.zeros((U, S, K, width), np.uint16)
-    reps_now = r
+    for s in np.unique(tasks[:, 1]):
+        t_idx = np.flatnonzero(tasks[:, 1] == s)
+        local = np.full(len(tasks), -1, np.int64)
+        local[t_idx] = np.arange(len(t_idx))
+        T = len(t_idx)
+        sub = cands.subset(tasks[t_idx, 0])
+        off = cands.offsets
+        sub_scores = np.concatenate([scores[off[b]: off[b + 1]] for b in tasks[t_idx, 0]])
+        queries = np.flatnonzero(tasks[q_task, 1] == s)
+        q_local, q_k, q_c = local[q_task[queries]], q_position[queries], q_col[queries]
+        r = int(max(1, min(n_samples, _CELLS // max(T * width, 1))))
+        rep = CandidateSet((np.arange(r)[:, None] * T + sub.page[None, :]).ravel(), np.tile(sub.item_id, r),
+                           np.tile(sub.explanation, r), T * r, np.tile(sub.choosable, r))
+        rep_scores = np.tile(sub_scores, r)
+        expl = np.tile(tasks[t_idx, 2], r)
+        done = 0
+        while done < n_samples:
+            reps_now = min(r, n_samples - done)
+            force = TitleForcing(int(s), expl, np.ones(T * r))
 
-    def accumulate(s: int, k: int, free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray, eps: float) -> None:
-        has = count > 0
-        contrib = free * np.float32(eps) / np.maximum(count, 1)[:, None].astype(np.float32)
-        contrib[rows[has], greedy_col[has]] += np.float32(1 - eps)
-        acc[:, s, k, :] += contrib.reshape(r, U, width)[:reps_now].sum(axis=0)
-        hits[:, s, k, :] += free.reshape(r, U, width)[:reps_now].sum(axis=0, dtype=np.uint16)
+            def accumulate(s_: int, k: int, free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray,
+                           eps: float) -> None:
+                if s_ != s:
+                    return
+                at = np.flatnonzero(q_k == k)
+                if len(at) == 0:
+                    return
+                row = np.arange(reps_now)[:, None] * T + q_local[at][None, :]  # (reps, queries)
+                col = q_c[at][None, :]
+                avail = free[row, col]
+                p = avail * (eps / np.maximum(count[row], 1)) + (1 - eps) * (avail & (greedy_col[row] == col))
+                w = force.weight[row] if k > 0 else 1.0
+                out[queries[at]] += (p * w).sum(axis=0)
+                support[queries[at]] += (avail & (np.asarray(w) > 0)).sum(axis=0)
 
-    done = 0
-    while done < n_samples:
-        reps_now = min(r, n_samples - done)
-        _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate)
-        done += reps_now
-    return acc / np.float32(n_samples), hits
+            _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, force_title=force,
+                       last_shelf=int(s))
+            done += reps_now
+    return out / n_samples, support
 
 
 def slot_marginals_with_support(
@@ -220,16 +259,171 @@ def slot_marginals_with_support(
         support[ok] = np.where(out[ok] > 0, int(n_samples), 0)
         return out, support
     reps, rep_of = _page_keys(candidates, scores)
-    rep_cands = candidates.subset(reps)
-    rep_scores = np.concatenate([scores[candidates.offsets[b]: candidates.offsets[b + 1]] for b in reps]) \
-        if len(reps) else np.zeros(0)
-    acc, hits = _rb_marginals(rep_cands, rep_scores, S, K, policy.epsilon_head, policy.epsilon_fill,
-                              int(n_samples), np.random.default_rng(seed))
     col = idx - candidates.offsets[page]  # position within its page (same within the representative)
-    u = rep_of[page]
-    out[ok] = acc[u[ok], shelf[ok], position[ok], col[ok]]
-    support[ok] = hits[u[ok], shelf[ok], position[ok], col[ok]]
+    # identical pages share one computation: unique queries per representative page
+    key = np.stack([rep_of[page[ok]], shelf[ok], position[ok], col[ok]], axis=1)
+    uq, inverse = np.unique(key, axis=0, return_inverse=True)
+    q_expl = candidates.explanation[candidates.offsets[reps[uq[:, 0]]] + uq[:, 3]]
+    p, hits = _rb_query_marginals(candidates, scores, S, K, policy.epsilon_head, policy.epsilon_fill,
+                                  int(n_samples), np.random.default_rng(seed), reps[uq[:, 0]], uq[:, 1], uq[:, 2],
+                                  uq[:, 3], q_expl)
+    out[ok] = p[inverse.ravel()]
+    support[ok] = hits[inverse.ravel()]
     return np.clip(out, 0.0, 1.0), support
+
+
+def examination_marginals(
+    policy: PagePolicy,
+    contexts: pd.DataFrame,
+    candidates: CandidateSet,
+    examination: np.ndarray,
+    n_samples: int = 100,
+    seed: int = 0,
+    scores: np.ndarray | None = None,
+) -> np.ndarray:
+    """Per candidate, its expected examination on the policy's page: E(c) = Σ_slots P(c at slot)·κ(slot)
+    for an (S, K) examination profile κ (position-based model; see ``bartops.ope.pipeline``).
+
+    Exact for ε = 0; otherwise Rao-Blackwellised Monte Carlo: over ``n_samples`` sampled prefixes, the
+    exact step probability of every candidate at every slot, weighted by κ, summed and averaged.  A card
+    has positive E wherever it can be placed at all (every candidate can head a shelf by exploration).
+    """
+    kappa = np.asarray(examination, np.float64)
+    S, K = policy.shelves, policy.cards
+    if kappa.shape != (S, K) or (kappa < 0).any():
+        raise ValueError(f"examination must be a non-negative ({S}, {K}) array, got shape {kappa.shape}")
+    if int(n_samples) < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    if scores is None:
+        scores = policy.scorer(contexts, candidates)
+    scores = np.asarray(scores, np.float64)
+    out = np.zeros(len(candidates))
+    if policy.epsilon_head == 0 and policy.epsilon_fill == 0:
+        built = build_pages(policy, contexts, candidates, np.random.default_rng(seed), scores=scores)
+        b, sh, k = np.nonzero(built.filled)
+        out[built.candidate[b, sh, k]] = kappa[sh, k]
+        return out
+    reps, rep_of = _page_keys(candidates, scores)
+    sub = candidates.subset(reps)
+    off = candidates.offsets
+    sub_scores = np.concatenate([scores[off[b]: off[b + 1]] for b in reps]) if len(reps) else np.zeros(0)
+    sub_off = sub.offsets
+    width = int(max(np.diff(sub_off).max(initial=0), 1))
+    col_of = np.arange(len(sub)) - sub_off[sub.page]
+    # a title the greedy page does not use is rare: its fills are estimated with the title forced
+    greedy = _construct(sub, sub_scores, S, K, 0.0, 0.0, np.random.default_rng(0))
+    heads = greedy.candidate[:, :, 0]
+    titled = pd.MultiIndex.from_arrays([np.nonzero(heads >= 0)[0], sub.explanation[heads[heads >= 0]]])
+    rare = pd.MultiIndex.from_arrays([sub.page, sub.explanation]).isin(titled) == False  # noqa: E712
+    rare_dense = np.zeros((sub.n_pages, width), bool)
+    rare_dense[sub.page, col_of] = rare
+    rng = np.random.default_rng(seed)
+    acc = _exposure_common(sub, sub_scores, S, K, policy.epsilon_head, policy.epsilon_fill, kappa, int(n_samples),
+                           rng, ~rare_dense)
+    if rare.any():
+        task_page, task_expl = np.unique(np.stack([sub.page[rare], sub.explanation[rare]]), axis=1)
+        acc_rare = _exposure_forced(sub, sub_scores, S, K, policy.epsilon_head, policy.epsilon_fill, kappa,
+                                    int(n_samples), rng, task_page, task_expl)
+        np.add.at(acc, task_page, acc_rare)
+    col = np.arange(len(candidates)) - off[candidates.page]
+    return acc[rep_of[candidates.page], col]
+
+
+def _replicated(cands: CandidateSet, scores: np.ndarray, r: int) -> tuple[CandidateSet, np.ndarray]:
+    """r stacked copies of a candidate set (copy j's pages after copy j−1's) and their scores."""
+    U = cands.n_pages
+    rep = CandidateSet((np.arange(r)[:, None] * U + cands.page[None, :]).ravel(), np.tile(cands.item_id, r),
+                       np.tile(cands.explanation, r), U * r, np.tile(cands.choosable, r))
+    return rep, np.tile(scores, r)
+
+
+def _step_probabilities(free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray, eps: float,
+                        keep: np.ndarray | None = None) -> np.ndarray:
+    """Exact ε-greedy probability of every remaining pair at this step, given the prefix (dense),
+    zero outside ``keep``."""
+    has = count > 0
+    kept = free if keep is None else free & keep
+    p = kept * (eps / np.maximum(count, 1))[:, None]
+    rows = np.flatnonzero(has)
+    p[rows, greedy_col[has]] += (1 - eps) * kept[rows, greedy_col[has]]
+    return p
+
+
+def _exposure_common(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float, eps_fill: float,
+                     kappa: np.ndarray, n_samples: int, rng: np.random.Generator,
+                     fill_mask: np.ndarray) -> np.ndarray:
+    """(pages, width) mean over sampled pages of Σ_steps κ·P(pair at step | prefix): every head step,
+    and the fill steps of pairs in ``fill_mask``.  Heads are drawn from a defensive mixture
+    (``HeadProposal``: every other sample explores the heads at HEAD_PROPOSAL_EPSILON), weighted."""
+    U = cands.n_pages
+    width = fill_mask.shape[1]
+    r = int(max(1, min(n_samples, _CELLS // max(U * width, 1))))
+    rep, rep_scores = _replicated(cands, scores, r)
+    mask = np.tile(fill_mask, (r, 1))
+    acc = np.zeros((U, width))
+    done = 0
+    while done < n_samples:
+        reps_now = min(r, n_samples - done)
+        alternative = np.repeat((done + np.arange(r)) % 2 == 1, U)  # every other sample
+        proposal = HeadProposal(HEAD_PROPOSAL_EPSILON, alternative, (n_samples + 1) // 2 / n_samples, np.ones(U * r))
+        heads = np.zeros((U * r, width))
+
+        def add(values: np.ndarray) -> None:
+            acc[:] += (values * proposal.weight[:, None]).reshape(r, U, width)[:reps_now].sum(axis=0)
+
+        def accumulate(s: int, k: int, free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray,
+                       eps: float) -> None:
+            if k == 0:  # the heads' weight is known only once all heads are drawn
+                heads[:] += kappa[s, k] * _step_probabilities(free, count, greedy_col, eps)
+                return
+            if s == 0 and k == 1:
+                add(heads)
+            add(kappa[s, k] * _step_probabilities(free, count, greedy_col, eps, mask))
+
+        _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, head_proposal=proposal)
+        if K == 1:
+            add(heads)
+        done += reps_now
+    return acc / n_samples
+
+
+def _exposure_forced(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float, eps_fill: float,
+                     kappa: np.ndarray, n_samples: int, rng: np.random.Generator, task_page: np.ndarray,
+                     task_expl: np.ndarray) -> np.ndarray:
+    """(tasks, width) fill part of the exposure of the pairs with explanation ``task_expl`` on page
+    ``task_page``: each sample forces that title on a uniformly drawn shelf s (``TitleForcing``) and
+    adds S · P(title_s | prefix) · Σ_k κ(s, k)·P(pair at (s, k) | prefix), whose mean over the shelf
+    draw and the prefix is Σ_s P(title_s) · E[fills of s | title_s]: the fill part, for a title however rare."""
+    sub = cands.subset(task_page)
+    sub_scores = np.concatenate([scores[cands.offsets[b]: cands.offsets[b + 1]] for b in task_page])
+    T = sub.n_pages
+    width = int(max(np.diff(sub.offsets).max(initial=0), 1))  # the dense width of these pages
+    in_task = np.zeros((T, width), bool)
+    col = np.arange(len(sub)) - sub.offsets[sub.page]
+    in_task[sub.page, col] = sub.explanation == task_expl[sub.page]
+    r = int(max(1, min(n_samples, _CELLS // max(T * width, 1))))
+    rep, rep_scores = _replicated(sub, sub_scores, r)
+    mask = np.tile(in_task, (r, 1))
+    acc = np.zeros((T, width))
+    done = 0
+    while done < n_samples:
+        reps_now = min(r, n_samples - done)
+        shelf = rng.integers(0, S, size=T * r)
+        force = TitleForcing(shelf, np.tile(task_expl, r), np.ones(T * r))
+
+        def accumulate(s: int, k: int, free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray,
+                       eps: float) -> None:
+            if k == 0:
+                return
+            w = np.where(shelf == s, S * force.weight, 0.0)
+            p = _step_probabilities(free, count, greedy_col, eps, mask) * (kappa[s, k] * w)[:, None]
+            acc[:] += p.reshape(r, T, -1)[:reps_now].sum(axis=0)
+
+        _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, force_title=force)
+        done += reps_now
+    full = np.zeros((T, int(max(np.diff(cands.offsets).max(initial=0), 1))))
+    full[:, :width] = acc / n_samples
+    return full
 
 
 def slot_marginal_probabilities(

@@ -23,6 +23,8 @@ class LoggedData:
     stratum: np.ndarray | None = None
     prediction: np.ndarray | None = None  # reward model for the logged action
     expected: np.ndarray | None = None  # reward model's expectation under the target policy
+    examination: np.ndarray | None = None  # κ of the logged slot (exposure weights, see ope.pipeline)
+    target_mass: np.ndarray | None = None  # the target's total examination of a group, on one row of it
 
     def __len__(self) -> int:
         return len(self.reward)
@@ -47,6 +49,8 @@ def check_inputs(
     stratum=None,
     prediction=None,
     expected=None,
+    examination=None,
+    target_mass=None,
 ) -> LoggedData:
     """Validate shapes and ranges and return a LoggedData; raise ValueError naming the problem."""
     r = _array("rewards", reward, None)
@@ -79,7 +83,9 @@ def check_inputs(
         _, s = np.unique(s_raw, return_inverse=True)
     pred = None if prediction is None else _array("predictions", prediction, n)
     exp = None if expected is None else _array("expected predictions", expected, n)
-    return LoggedData(r, p, np.minimum(q, 1.0), g, n_groups, s, pred, exp)
+    exam = None if examination is None else _array("examination", examination, n)
+    mass = None if target_mass is None else _array("target mass", target_mass, n)
+    return LoggedData(r, p, np.minimum(q, 1.0), g, n_groups, s, pred, exp, exam, mass)
 
 
 def check_same_logs(a: LoggedData, b: LoggedData) -> None:

@@ -164,9 +164,37 @@ def _padded(candidates: CandidateSet, scores: np.ndarray, max_width: int | None 
         score=dense(np.asarray(scores, np.float64), -np.inf, np.float64),
         item_group=dense(item_group, n_item_groups - 1, np.int64),
         expl_group=dense(expl_group, n_expl_groups - 1, np.int64),
+        explanation=dense(candidates.explanation, EMPTY, np.int64),
         n_item_groups=n_item_groups,
         n_expl_groups=n_expl_groups,
     )
+
+
+@dataclass
+class TitleForcing:
+    """Importance sampling of rare shelf titles: at head step ``shelf`` each page draws its head only
+    among pairs with explanation ``explanation[b]``, from the policy's own step distribution
+    restricted to them; ``weight[b]`` receives P(policy's head has that explanation | prefix), the
+    likelihood ratio of the forced draw (0 where no such pair remains; that page's draw is then free)."""
+
+    shelf: int | np.ndarray  # the forced shelf, for all pages or per page (B,)
+    explanation: np.ndarray  # (B,) explanation codes
+    weight: np.ndarray  # (B,) float64, written at the forced step (1 before it)
+
+
+@dataclass
+class HeadProposal:
+    """Defensive importance sampling of the shelf heads: pages with ``alternative[b]`` draw their heads
+    with exploration ``epsilon`` instead of the policy's (fills keep the policy's).  After the heads,
+    ``weight[b]`` receives the balance-heuristic ratio p(heads) / (a·p(heads) + (1−a)·p'(heads)),
+    a = share of all samples (over every call) drawn without the alternative, so that
+    E_mixture[weight · f] = E_policy[f] for any f of the page (multiple importance sampling); the
+    weight is at most 1/a."""
+
+    epsilon: float
+    alternative: np.ndarray  # (B,) bool
+    natural_share: float
+    weight: np.ndarray  # (B,) float64, written after the last head step
 
 
 def _construct(
@@ -179,11 +207,17 @@ def _construct(
     rng: np.random.Generator | None,
     forced: np.ndarray | None = None,
     observe: Callable[[int, int, np.ndarray, np.ndarray, np.ndarray, float], None] | None = None,
+    force_title: TitleForcing | None = None,
+    last_shelf: int | None = None,
+    head_proposal: HeadProposal | None = None,
 ) -> Pages:
     """The one page-construction loop.  ``forced`` (B, S, K) of candidate indices replays logs.
 
     ``observe(s, k, free, count, greedy_col, eps)``, if given, sees each step's dense (B, N) mask of
     remaining pairs, their count and the greedy column before the choice (used for marginals).
+    ``force_title`` draws one shelf's title by importance sampling (see ``TitleForcing``);
+    ``last_shelf`` stops after that shelf's fills (later slots stay empty).  ``head_proposal`` draws
+    the heads of some pages with another exploration rate and weights them (see ``HeadProposal``).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(candidates),):
@@ -207,7 +241,9 @@ def _construct(
         col_of[d["index"][d["valid"]]] = np.nonzero(d["valid"])[1]
         forced_col = np.where(forced >= 0, col_of[np.where(forced >= 0, forced, len(candidates))], EMPTY)
 
-    steps = [(s, 0) for s in range(S)] + [(s, k) for s in range(S) for k in range(1, K)]
+    log_ratio = np.zeros(B)  # log p'(heads) − log p(heads), for head_proposal
+    fill_shelves = S if last_shelf is None else min(S, last_shelf + 1)
+    steps = [(s, 0) for s in range(S)] + [(s, k) for s in range(fill_shelves) for k in range(1, K)]
     for s, k in steps:
         eps = epsilon_head if k == 0 else epsilon_fill
         free = d["choosable"] & ~item_used[d["item_group"]]
@@ -221,7 +257,10 @@ def _construct(
         if observe is not None:
             observe(s, k, free, count, greedy_col, eps)
         if forced is None:
-            explore = rng.random(B) < eps
+            if head_proposal is not None and k == 0:
+                explore = rng.random(B) < np.where(head_proposal.alternative, head_proposal.epsilon, eps)
+            else:
+                explore = rng.random(B) < eps
             uniform = rng.random(B)
             col = greedy_col.copy()
             if explore.any():  # the k-th remaining pair, k uniform over the count, for exploring pages
@@ -230,6 +269,11 @@ def _construct(
                 col[e] = (free[e].cumsum(axis=1) > draw[:, None]).argmax(axis=1)
             col[~has] = EMPTY
             explored = explore & has
+            if force_title is not None and k == 0:
+                at = np.broadcast_to(np.asarray(force_title.shelf) == s, (B,))
+                if at.any():
+                    col = _forced_title_choice(force_title, at, d["explanation"], free, count, greedy_col, eps, rng,
+                                               col)
         else:
             col = forced_col[:, s, k]
             explored = np.zeros(B, bool)
@@ -243,6 +287,13 @@ def _construct(
         out_expl[:, s, k] = explored
         out_greedy[:, s, k] = is_greedy
         out_eps[:, s, k] = eps
+        if head_proposal is not None and k == 0:
+            alt = head_proposal.epsilon
+            log_ratio += np.where(is_free, np.log(np.maximum((1 - alt) * is_greedy + alt / np.maximum(count, 1), 1e-300))
+                                  - np.log(np.maximum(prop, 1e-300)), 0.0)
+            if s == S - 1:
+                a = head_proposal.natural_share
+                head_proposal.weight[:] = 1.0 / (a + (1.0 - a) * np.exp(log_ratio))
         # the chosen card takes its item off the page's remaining pairs
         item_used[d["item_group"][rows[placed], col[placed]]] = True
         if k == 0:
@@ -250,6 +301,25 @@ def _construct(
             expl_used[g] = True
             title[rows[placed], s] = g
     return Pages(out_cand, out_prop, out_expl, out_greedy, out_eps)
+
+
+def _forced_title_choice(force: TitleForcing, at: np.ndarray, explanation: np.ndarray, free: np.ndarray,
+                         count: np.ndarray, greedy_col: np.ndarray, eps: float, rng: np.random.Generator,
+                         col: np.ndarray) -> np.ndarray:
+    """Head choice of the pages ``at`` restricted to pairs with the forced explanation, drawn from the
+    ε-greedy step distribution conditioned on that set; writes the set's probability into ``force.weight``."""
+    rows = np.arange(len(count))
+    in_set = free & (explanation == force.explanation[:, None])
+    n_set = in_set.sum(axis=1)
+    greedy_in = (count > 0) & in_set[rows, greedy_col]
+    mass = (1 - eps) * greedy_in + eps * n_set / np.maximum(count, 1)
+    force.weight[at] = np.where(n_set > 0, mass, 0.0)[at]
+    ok = (n_set > 0) & at
+    take_greedy = greedy_in & (rng.random(len(count)) * np.maximum(mass, 1e-300) < (1 - eps))
+    draw = np.minimum((rng.random(len(count)) * n_set).astype(np.int64), np.maximum(n_set - 1, 0))
+    uniform_col = (in_set.cumsum(axis=1) > draw[:, None]).argmax(axis=1)
+    forced_col = np.where(take_greedy, greedy_col, uniform_col)
+    return np.where(ok, forced_col, col)
 
 
 def build_pages(

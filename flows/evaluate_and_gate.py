@@ -19,7 +19,8 @@ from prefect.input import RunInput
 
 from bartops.config import load_params
 from bartops.gate import GateParams
-from bartops.gate.evaluate import evaluate_bundle, load_impressions, make_decision, markdown, validation_reports
+from bartops.gate.evaluate import make_decision, markdown, validation_reports
+from bartops.scale.pipeline import run_evaluation
 from bartops.registry import Registry
 
 
@@ -50,8 +51,7 @@ def evaluate_candidate(registry_root: str, version: str, impressions_dir: str, d
                        params: dict) -> dict:
     """OPE of the registered candidate against production, and the rule-based decision."""
     reg = Registry(Path(registry_root))
-    logs, files = load_impressions(Path(impressions_dir))
-    ev = evaluate_bundle(reg.path(version), params, reg, logs, Path(data_dir))
+    ev, files = run_evaluation(reg.path(version), params, reg, Path(impressions_dir), Path(data_dir))
     d = reg.path(version)
     decision = make_decision(ev, params, _json(d / "metrics.json"), validation_reports(files, Path(build_dir)),
                              _json(d / "lineage.json"), version)

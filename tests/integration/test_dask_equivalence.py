@@ -73,10 +73,21 @@ def parts(small_data_dir, settings):
     return page_partitions(small_data_dir / "incoming", settings.partition_rows)
 
 
-def test_training_rows_equal_and_stacked_predictions_close(client, features, parts, params, small_data_dir):
+@pytest.fixture(scope="module")
+def local_training(features, params, small_data_dir):
+    """The local stacked candidate (no baselines) and the data version of the batch."""
+    from bartops.features.logstats import load_impressions
+    from bartops.reward.train import train_reward_models
+
+    imp, version = load_impressions(small_data_dir / "incoming")
+    return train_reward_models(features, imp, {**params, "reward": {**params["reward"], "baselines": []}},
+                               data_version=version), version
+
+
+def test_training_rows_equal_and_stacked_predictions_close(client, features, parts, params, small_data_dir,
+                                                           local_training):
     from bartops.features.logstats import load_impressions, time_split
-    from bartops.reward.train import (RewardParams, classification_metrics, ips_weights, train_reward_models,
-                                      training_rows)
+    from bartops.reward.train import RewardParams, classification_metrics, ips_weights, training_rows
     from bartops.scale import train as st
 
     imp, _ = load_impressions(small_data_dir / "incoming")
@@ -85,7 +96,7 @@ def test_training_rows_equal_and_stacked_predictions_close(client, features, par
     train = time_split(imp["timestamp"], rp.validation_fraction)
     rows = training_rows(features, imp, train, rp.response_folds)
     y = imp["reward"].to_numpy()
-    local = train_reward_models(features, imp, {**params, "reward": {**params["reward"], "baselines": []}}).model
+    local = local_training[0].model
 
     result = st.train_reward_model_dask(client, features, parts, params)
     cut = pd.Timestamp(result.split["validation_from"])
@@ -175,6 +186,250 @@ def test_ope_partitioned_equals_local(client, small_sim, small_data_dir, parts):
     assert 0 < local["snips"].value < 8  # streams per page of a 48-card page: a sane estimate
 
 
+# ---------------------------------------------------------------------- the gate's evaluation (bartops evaluate)
+@pytest.fixture(scope="module")
+def eval_params(params) -> dict:
+    """The gate's evaluation with fewer Monte-Carlo samples (its cost; the equivalences do not depend on it)."""
+    return {**params, "ope": {**params["ope"], "n_boot": 200, "marginal_samples": 10, "target_samples": 2}}
+
+
+@pytest.fixture(scope="module")
+def gate_bundle(local_training, features, params, small_data_dir, tmp_path_factory) -> Path:
+    """A candidate bundle of the local model (ε-greedy as params.yaml says), trained before the cut."""
+    from bartops.features.store import save_features
+    from bartops.reward.pipeline import write_training_outputs
+
+    tmp = tmp_path_factory.mktemp("gate-bundle")
+    save_features(features, tmp / "features")
+    result, version = local_training
+    write_training_outputs(result, features, version, tmp / "features", small_data_dir / "incoming", tmp / "model",
+                           params, bundle_dir=tmp / "bundle")
+    return tmp / "bundle"
+
+
+@pytest.fixture(scope="module")
+def greedy_reference(gate_bundle, eval_params, small_data_dir, parts, tmp_path_factory):
+    """The greedy twin of the candidate (its pages are exact, no sampling), the partitions prepared in
+    this process (the same functions and seeds as on the workers), and the local evaluation
+    (``evaluate_policies`` as ``evaluate_bundle`` calls it) fed with those partitions' logging exposures."""
+    import json
+
+    from bartops.gate.evaluate import SIM_LOGGING_VERSION
+    from bartops.ope.pipeline import LoggingMarginals, evaluate_policies
+    from bartops.ope.slate import logged_pages
+    from bartops.scale import evaluate as se
+
+    bundle = tmp_path_factory.mktemp("greedy") / "bundle"
+    shutil.copytree(gate_bundle, bundle)
+    pol = json.loads((bundle / "policy.json").read_text())
+    (bundle / "policy.json").write_text(json.dumps({**pol, "epsilon_head": 0.0, "epsilon_fill": 0.0}))
+    setup = se.evaluation_setup(bundle, eval_params, None, small_data_dir, SIM_LOGGING_VERSION)
+    assert setup.holdout_from is not None and list(setup.targets) == ["candidate", "production"]
+    logs = pd.read_parquet(small_data_dir / "incoming" / "sim-seed3.parquet")
+    logs = logs[(pd.to_datetime(logs["timestamp"], utc=True) >= setup.holdout_from).to_numpy()].reset_index(drop=True)
+    lp = logged_pages(logs, setup.features.explanations)
+    scans = [se.scan_partition(p, setup.holdout_from) for p in parts]
+    keep, sample, n = se.row_plan(scans, [0] * len(parts), None, setup.cfg.seed, se.examination_rows())
+    assert n == len(lp) <= se.examination_rows()  # κ's sample is every row, in the local order: the local κ
+    loaded = [se.load_partition(p, setup, k, s) for p, k, s in zip(parts, keep, sample)]
+    sample_frame = se.examination_sample([s.sample for s in loaded], [0] * len(parts))
+    pd.testing.assert_frame_equal(sample_frame, logs)
+    kappa = se.examination_profile(sample_frame, setup)
+    states = [se.sample_partition(s, setup, kappa) for s in loaded]
+
+    def key(x):
+        return pd.MultiIndex.from_arrays([np.asarray(x.request_id)[x.page], x.shelf, x.position])
+
+    at = pd.MultiIndex.from_tuples(sum((list(key(s.logs)) for s in states), [])).get_indexer(key(lp))
+    assert (at >= 0).all() and len(at) == sum(len(s.logs) for s in states)
+    marg = LoggingMarginals(kappa, np.concatenate([s.marginals.exposure for s in states])[at])
+    policy, feats = setup.targets["candidate"]
+    targets = {"candidate": (policy, feats.candidates_for(lp.contexts)), "production": None}
+    local = evaluate_policies(lp, marg, targets, setup.cfg, setup.featurize, setup.kinds)
+    return {"setup": setup, "states": states, "lp": lp, "kappa": kappa, "targets": targets, "local": local}
+
+
+def _local_cross_fit(ref) -> dict:
+    """``cross_fit`` as ``evaluate_policies`` runs it for the greedy candidate: inputs and predictions."""
+    from bartops.ope.pipeline import sample_target_pages
+    from bartops.ope.reward import cross_fit
+    from bartops.policy.page import CandidateSet
+
+    lp, cfg, featurize = ref["lp"], ref["setup"].cfg, ref["setup"].featurize
+    policy, cands = ref["targets"]["candidate"]
+    tp = sample_target_pages(policy, lp, cands, cfg.target_samples, cfg.seed, ref["kappa"])
+    assert tp.m == 1  # greedy: one exact page per context
+    x_logged = featurize(lp.contexts, CandidateSet(lp.page, lp.item_id, lp.explanation, lp.n_pages,
+                                                   np.ones(len(lp), bool)), lp.shelf, lp.position)
+    x_t = featurize(lp.contexts, tp.cards, tp.shelf, tp.position)
+    first = np.full(lp.n_pages, -1, np.int64)
+    first[lp.page[::-1]] = np.arange(len(lp))[::-1]
+    pl, pt = cross_fit(x_logged, lp.reward, lp.page, x_t, first[tp.cards.page], cfg.folds, cfg.seed)
+    fold = (np.random.default_rng([cfg.seed, 7]).permutation(lp.n_pages) % cfg.folds)[lp.page]
+    return {"x_logged": x_logged, "x_t": x_t, "pl": pl, "pt": pt, "fold": fold, "fold_t": fold[first[tp.cards.page]]}
+
+
+def _assert_same(a, b, rel=1e-12):
+    assert (a.value, a.ci_low, a.ci_high, a.se) == pytest.approx((b.value, b.ci_low, b.ci_high, b.se), rel=rel,
+                                                                 abs=1e-12), a.estimator
+    assert (a.n_rows, a.n_groups, a.max_weight) == (b.n_rows, b.n_groups, b.max_weight)
+    assert a.ess == pytest.approx(b.ess, rel=1e-12)
+
+
+def _assert_same_result(dist: dict, local: dict, estimators=("ips", "snips", "dr"), candidate_per_kind=True):
+    """Everything ``evaluate_policies`` returns, to floating-point precision (``estimators`` of the
+    candidate and its differences; the on-policy production has no model)."""
+    for name in ("candidate", "production"):
+        for e in (estimators if name == "candidate" else ("ips", "snips", "dr")):
+            _assert_same(dist["estimates"][name][e], local["estimates"][name][e])
+        a, b = dist["diagnostics"][name], local["diagnostics"][name]
+        np.testing.assert_array_equal(np.sort(a["weights"]), np.sort(b["weights"]))
+        assert a.keys() == b.keys() and a["policy"] == b["policy"]
+        assert {k: v for k, v in a.items() if k not in ("weights", "policy")} == pytest.approx(
+            {k: v for k, v in b.items() if k not in ("weights", "policy")}, rel=1e-12)
+    for e in estimators:
+        _assert_same(dist["differences"]["production"][e], local["differences"]["production"][e])
+    a, b = dist["logging"], local["logging"]
+    assert a.keys() == b.keys() and a["examination"] == b["examination"]
+    assert {k: a[k] for k in a if k != "examination"} == pytest.approx({k: b[k] for k in b if k != "examination"},
+                                                                       rel=1e-12)
+    assert dist["per_kind"].keys() == local["per_kind"].keys()
+    for k, row in local["per_kind"].items():
+        keys = [c for c in row if candidate_per_kind or c != "candidate"]
+        assert {c: dist["per_kind"][k][c] for c in keys} == pytest.approx({c: row[c] for c in keys}, rel=1e-12), k
+
+
+def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_reference):
+    """The per-partition inputs and the reduction equal ``evaluate_policies`` to floating-point precision
+    when they get the same κ, exposures, target pages and reward model (trained as ``cross_fit`` trains it)."""
+    import xgboost as xgb
+
+    from bartops.scale import evaluate as se
+
+    ref, cf = greedy_reference, _local_cross_fit(greedy_reference)
+    setup, states = ref["setup"], ref["states"]
+    cfg = setup.cfg
+    models = []
+    for k in range(cfg.folds):  # cross_fit's boosters: the same rows in the same order, the same parameters
+        train = cf["fold"] != k
+        models.append(xgb.train({**se.cross_fit_params(cfg.seed), "nthread": 1},
+                                xgb.DMatrix(cf["x_logged"][train], label=ref["lp"].reward[train]),
+                                num_boost_round=se.CROSS_FIT_ROUNDS))
+    np.testing.assert_array_equal(se.predict_folds(models, cf["x_logged"], cf["fold"]), cf["pl"])
+    np.testing.assert_array_equal(se.predict_folds(models, cf["x_t"], cf["fold_t"]), cf["pt"])
+    summaries = [se.partition_summary(s) for s in states]
+    folds = se.page_fold_assignment(summaries, cfg.folds, cfg.seed)
+
+    def rows_sorted(x, y):
+        a = np.hstack([x, np.asarray(y, np.float64)[:, None]])
+        return a[np.lexsort(a.T[::-1])]
+
+    for k in range(cfg.folds):  # what fit_fold_models gives xgboost.dask: cross_fit's training rows of fold k
+        got = [(se._fold_part(s, f, k, "x"), se._fold_part(s, f, k, "y")) for s, f in zip(states, folds)]
+        np.testing.assert_array_equal(rows_sorted(np.vstack([g[0] for g in got]), np.concatenate([g[1] for g in got])),
+                                      rows_sorted(cf["x_logged"][cf["fold"] != k], ref["lp"].reward[cf["fold"] != k]))
+    results = [se.finish_partition(s, setup, f, models, ref["kappa"]) for s, f in zip(states, folds)]
+    _assert_same_result(se.reduce_results(results, setup, ref["kappa"]), ref["local"])
+
+
+def test_gate_evaluation_on_dask_equals_local_within_the_reward_model(client, parts, greedy_reference):
+    """On the cluster: the workers draw the same Monte Carlo as this process (the same partition seeds), so
+    κ and everything but DR equal the local evaluation given those draws; DR differs only through
+    xgboost.dask's reward model, by at most what its prediction differences allow."""
+    from bartops.scale import evaluate as se
+
+    ref, cf = greedy_reference, _local_cross_fit(greedy_reference)
+    ev = se.evaluate_partitions(client, parts, ref["setup"])
+    local = ref["local"]
+    assert (ev.n_rows, ev.n_pages) == (len(ref["lp"]), ref["lp"].n_pages)
+    np.testing.assert_array_equal(ev.examination, ref["kappa"])
+    _assert_same_result(ev.result, local, estimators=("ips", "snips"), candidate_per_kind=False)
+    # the fold models differ from cross_fit's (xgboost.dask merges per-worker quantile sketches and
+    # subsamples rows per worker; their training rows are cross_fit's, tested above): DR =
+    # (Σ_target q̂ + Σ_rows min(w, dr_clip)·(r − q̂)) / pages moves by at most what the prediction
+    # differences allow
+    d_logged = np.abs(se.predict_folds(ev.models, cf["x_logged"], cf["fold"]) - cf["pl"])
+    d_target = np.abs(se.predict_folds(ev.models, cf["x_t"], cf["fold_t"]) - cf["pt"])
+    cand = local["diagnostics"]["candidate"]["weights"]
+    bound = (d_target.sum() + (np.minimum(cand, ref["setup"].cfg.dr_clip) * d_logged).sum()) / ref["lp"].n_pages
+    for got, want in ((ev.result["estimates"]["candidate"]["dr"], local["estimates"]["candidate"]["dr"]),
+                      (ev.result["differences"]["production"]["dr"], local["differences"]["production"]["dr"])):
+        assert abs(got.value - want.value) <= bound + 1e-12, (got.value, want.value, bound)
+
+
+def test_gate_evaluation_draws_the_local_pages(small_data_dir, tmp_path):
+    """``ope.max_pages`` on partitions of two batch files: the same pages and rows as ``subsample_pages``
+    on the concatenated batches after the cut (it draws from the pages in file order)."""
+    from bartops.ope.pipeline import subsample_pages
+    from bartops.scale import evaluate as se
+    from bartops.scale.partitions import page_partitions
+
+    logs = pd.read_parquet(small_data_dir / "incoming" / "sim-seed3.parquet")
+    half = len(logs) // 2
+    for name, rows in (("a", logs.iloc[:half]), ("b", logs.iloc[half:])):
+        rows.to_parquet(tmp_path / f"{name}.parquet", index=False)
+    cut = pd.to_datetime(logs["timestamp"], utc=True).quantile(0.7)
+    after = logs[(pd.to_datetime(logs["timestamp"], utc=True) >= cut).to_numpy()]
+    want = subsample_pages(after, 60, 5)
+    parts = page_partitions(tmp_path, 4000)
+    scans = [se.scan_partition(p, cut) for p in parts]
+    keep, sample, n = se.row_plan(scans, [int(p.file.endswith("b.parquet")) for p in parts], 60, 5, 10**9)
+    assert len(parts) == 8 and n == len(want)
+    assert sorted(np.concatenate(keep)) == sorted(want["request_id"].astype(str).unique())
+    assert sum(len(s) for s in sample) == n  # below estimate_examination's rows: every row
+
+
+def test_gate_evaluation_on_dask_within_monte_carlo_noise_of_local(client, gate_bundle, eval_params, small_data_dir):
+    """`evaluate_bundle_dask` with the ε-greedy candidate against `evaluate_bundle`: κ and production
+    (on-policy, no Monte Carlo) equal; the candidate's IPS and SNIPS are other Monte-Carlo draws of the
+    local estimators (partition-seeded), so their difference from the local value is within a Student-t
+    bound on the difference of two draws (α = 0.001, K − 1 degrees of freedom), from the spread of K
+    replicate local draws."""
+    from dataclasses import replace
+
+    from scipy import stats
+
+    from bartops.gate.evaluate import SIM_LOGGING_VERSION, evaluate_bundle, logging_policy_for
+    from bartops.ope.pipeline import OPEConfig, evaluate_policies, logging_marginals
+    from bartops.ope.slate import logged_pages
+    from bartops.reward.policy import load_policy_bundle
+    from bartops.scale.evaluate import evaluate_bundle_dask
+
+    incoming = small_data_dir / "incoming"
+    dist = evaluate_bundle_dask(client, gate_bundle, eval_params, None, incoming, small_data_dir, 8000)
+    logs = pd.read_parquet(incoming / "sim-seed3.parquet")
+    local = evaluate_bundle(gate_bundle, eval_params, None, logs, small_data_dir)
+    same = [k for k in local if k != "result"]  # rows, pages, the cut, the config, production, logging version
+    assert {k: dist[k] for k in same} == {k: local[k] for k in same}
+    assert dist["backend"] == "dask" and dist["partitions"] == 4
+    for e in ("ips", "snips", "dr"):
+        _assert_same(dist["result"]["estimates"]["production"][e], local["result"]["estimates"]["production"][e])
+    assert dist["result"]["logging"]["examination"] == local["result"]["logging"]["examination"]
+
+    # K replicate local draws of the Monte Carlo (logging exposures, sampled candidate pages), κ fixed
+    cfg = replace(OPEConfig.from_dict(eval_params["ope"]), n_boot=10)
+    cut = pd.Timestamp(local["holdout_from"])
+    logs = logs[(pd.to_datetime(logs["timestamp"], utc=True) >= cut).to_numpy()].reset_index(drop=True)
+    candidate, features = load_policy_bundle(gate_bundle)
+    lp = logged_pages(logs, features.explanations)
+    logging, _ = logging_policy_for(SIM_LOGGING_VERSION, small_data_dir, None, eval_params["policy"])
+    cands = features.candidates_for(lp.contexts)  # the logging policy's too (the simulator's policy)
+    kappa = np.asarray(local["result"]["logging"]["examination"])  # the local κ (to 1e-4: the spread is the same)
+    K = 8
+    reps = []
+    for seed in range(1000, 1000 + K):
+        c = replace(cfg, seed=seed)
+        res = evaluate_policies(lp, logging_marginals(logging, lp, cands, c, kappa),
+                                {"candidate": (candidate, cands), "production": None}, c)
+        reps.append([res["estimates"]["candidate"][e].value for e in ("ips", "snips")])
+    sd = np.std(np.asarray(reps), axis=0, ddof=1)
+    t = stats.t.ppf(1 - 0.001 / 2, K - 1)
+    for i, e in enumerate(("ips", "snips")):
+        got = dist["result"]["estimates"]["candidate"][e].value
+        want = local["result"]["estimates"]["candidate"][e].value
+        assert abs(got - want) <= t * np.sqrt(2) * sd[i], (e, got, want, sd[i])
+
+
 def test_flow_runs_tasks_on_dask_against_the_session_api(prefect_api, client, features, small_data_dir, tmp_path,
                                                          params):
     from prefect import get_client
@@ -255,8 +510,9 @@ def test_validation_same_verdict_and_counts(client, small_data_dir, params, part
 
 
 def test_pipeline_commands_honour_the_dask_setting(small_data_dir, tmp_path):
-    """`BARTOPS_DASK_SCHEDULER=dask bartops features` then `bartops train` (what `dvc repro` runs), in a
-    project copy: the snapshot and the stacked model come from the Dask paths and the bundle loads."""
+    """`BARTOPS_DASK_SCHEDULER=dask bartops features`, `bartops train` and `bartops evaluate` (what `dvc
+    repro` runs), in a project copy: the snapshot and the stacked model come from the Dask paths, the
+    bundle loads, and the gate's evaluation runs on the partitions and writes its reports."""
     import json
     import subprocess
     import sys
@@ -266,17 +522,21 @@ def test_pipeline_commands_honour_the_dask_setting(small_data_dir, tmp_path):
     from bartops.reward.model import load_model
     from bartops.reward.policy import load_policy_bundle
 
-    project = copy_project(tmp_path, scale={"partition_rows": 8000, "memory_limit": "2GiB"})
+    project = copy_project(tmp_path, scale={"partition_rows": 8000, "memory_limit": "2GiB"},
+                           ope={"marginal_samples": 10, "target_samples": 2})
     (project / "data").mkdir(exist_ok=True)
     for name in ("items", "users", "explanations", "history"):
         shutil.copy(small_data_dir / f"{name}.parquet", project / "data")
     (project / "build" / "impressions").mkdir(parents=True)
     shutil.copy(small_data_dir / "incoming" / "sim-seed3.parquet", project / "build" / "impressions")
     env = {**os.environ, "BARTOPS_DASK_SCHEDULER": "dask"}
-    for step in ("features", "train"):
+    for step in ("features", "train", "evaluate"):
         run = subprocess.run([sys.executable, "-m", "bartops.cli", step], cwd=project, env=env, capture_output=True,
                              text=True, timeout=600)
         assert run.returncode == 0, f"bartops {step}: {run.stdout}\n{run.stderr}"
+    assert "evaluated on dask: 4 page-aligned partitions" in run.stdout
+    ope = json.loads((project / "build" / "reports" / "ope.json").read_text())
+    assert ope["decision"] in ("promote", "reject") and ope["logs"]["rows"] > 0 and len(ope["table"]) == 9
     report = json.loads((project / "build" / "reports" / "reward_metrics.json").read_text())
     assert report["backend"] == "dask" and report["split"]["partitions"] == 4 and report["features_response_current"]
     model = load_model(project / "build" / "model")

@@ -22,11 +22,13 @@ def evaluate(
                                                  "baseline (default: $BARTOPS_REGISTRY, else params paths.registry)"),
     params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
 ) -> None:
-    """Evaluate the candidate against production on the validated logs; write ope.json and policy_value.csv."""
+    """Evaluate the candidate against production on the validated logs; write ope.json and policy_value.csv.
+
+    With `scale:` dask (or BARTOPS_DASK_SCHEDULER) the evaluation runs on page-aligned partitions."""
     from bartops.config import load_params
-    from bartops.gate.evaluate import evaluate_bundle, load_impressions, make_decision, validation_reports, \
-        write_reports
+    from bartops.gate.evaluate import make_decision, validation_reports, write_reports
     from bartops.registry import Registry
+    from bartops.scale.pipeline import run_evaluation
 
     params = load_params(params_file)
     paths = params.get("paths", {})
@@ -34,9 +36,9 @@ def evaluate(
     bundle = Path(bundle or build / "bundle")
     root = Path(registry_root or os.environ.get("BARTOPS_REGISTRY") or paths.get("registry", "registry"))
     try:
-        logs, files = load_impressions(Path(impressions or paths.get("impressions", "build/impressions")))
         reg = Registry(root) if root.is_dir() else None
-        ev = evaluate_bundle(bundle, params, reg, logs, Path(paths.get("data", "data")))
+        impressions_dir = Path(impressions or paths.get("impressions", "build/impressions"))
+        ev, files = run_evaluation(bundle, params, reg, impressions_dir, Path(paths.get("data", "data")))
         read = lambda name: json.loads((bundle / name).read_text()) if (bundle / name).is_file() else None  # noqa: E731
         version = (read("policy.json") or {}).get("version")
         decision = make_decision(ev, params, read("metrics.json"), validation_reports(files, build),
@@ -49,4 +51,6 @@ def evaluate(
         typer.echo(f"{r['policy']:<24} {r['estimator']:<6} {r['value']:>9.4f}  [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
                    f"  ESS {r['ess']:.0f}")
     typer.echo(decision["summary"])
+    if ev.get("backend") == "dask":
+        typer.echo(f"evaluated on dask: {ev['partitions']} page-aligned partitions")
     typer.echo(f"wrote {ope_json} and {csv_path}")

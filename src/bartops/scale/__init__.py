@@ -1,8 +1,9 @@
 """Scale-out on Dask (optional extra ``bartops[dask]``): the heavy steps on partitioned data.
 
 ``scale:`` in params.yaml (or ``BARTOPS_DASK_SCHEDULER``) picks the backend; ``cluster`` gives the
-Prefect task runner and the ``distributed.Client``; ``train``, ``ope``, ``validate`` and
-``features`` are the partitioned counterparts of the local steps, equal to them on the same data.
+Prefect task runner and the ``distributed.Client``; ``train``, ``ope``, ``validate``, ``features``
+and ``evaluate`` (the gate's evaluation) are the partitioned counterparts of the local steps, equal to
+them on the same data (``evaluate``: up to Monte-Carlo draws, see its docs).
 Dask is imported lazily, so importing this package costs nothing without the extra.
 """
 

@@ -73,21 +73,40 @@ def read_partition(part: Partition, columns: list[str] | None = None, conform: b
     return frame
 
 
-def _stream(part: Partition, cols: list[str] | None, key: str, buckets_of) -> pd.DataFrame:
-    """The rows of ``part.file`` whose ``key`` falls in ``part.bucket``, streamed by record batches."""
+def read_partition_rows(part: Partition, columns: list[str] | None = None) -> tuple[pd.DataFrame, np.ndarray]:
+    """``columns`` (plus ``request_id``; None = all) of the partition's rows, as stored, and each row's
+    number in its file (0-based), which places the rows in the order of the concatenated batches."""
+    cols = None if columns is None else list(dict.fromkeys(["request_id", *columns]))
+    frame = _stream(part, cols, "request_id", page_folds, row_numbers=True)
+    return frame.drop(columns=[ROW]).reset_index(drop=True), frame[ROW].to_numpy(np.int64)
+
+
+ROW = "__file_row"
+
+
+def _stream(part: Partition, cols: list[str] | None, key: str, buckets_of, row_numbers: bool = False) -> pd.DataFrame:
+    """The rows of ``part.file`` whose ``key`` falls in ``part.bucket``, streamed by record batches
+    (with ``row_numbers``, their row number in the file as column ``ROW``)."""
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(part.file)
     frames = []
+    offset = 0
     for rb in pf.iter_batches(batch_size=READ_BATCH_ROWS, columns=cols):
         df = rb.to_pandas()
+        if row_numbers:
+            df[ROW] = np.arange(offset, offset + len(df), dtype=np.int64)
+        offset += len(df)
         if part.buckets > 1:
             df = df[buckets_of(df[key], part.buckets) == part.bucket]
         frames.append(df)
     if frames:
         return pd.concat(frames, ignore_index=True)
     empty = pf.schema_arrow.empty_table()
-    return (empty.select(cols) if cols is not None else empty).to_pandas()
+    out = (empty.select(cols) if cols is not None else empty).to_pandas()
+    if row_numbers:
+        out[ROW] = np.zeros(0, np.int64)
+    return out
 
 
 def user_buckets(user_id: pd.Series | np.ndarray, buckets: int) -> np.ndarray:

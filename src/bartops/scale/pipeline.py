@@ -6,7 +6,9 @@ and the impression logs on the cluster (``bartops.scale.features``) and finishes
 backend, with ``xgboost.dask`` on page-aligned partitions of the validated batches, and writes the
 same outputs (model, metrics JSON, policy bundle).  Inside a Prefect task that runs on a Dask worker
 (``DaskTaskRunner``) the step uses that worker's cluster; otherwise it connects to ``scale.scheduler``
-or starts a LocalCluster for the step.
+or starts a LocalCluster for the step.  ``run_evaluation`` is the gate's evaluation (``bartops evaluate``):
+``bartops.gate.evaluate.evaluate_bundle`` on the whole log, or ``bartops.scale.evaluate`` on
+page-aligned partitions.
 """
 
 from __future__ import annotations
@@ -77,3 +79,22 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
     return result, local.write_training_outputs(result, features, data_version, Path(features_dir),
                                                 Path(impressions_dir), Path(model_dir), params, metrics_path,
                                                 baselines_dir, bundle_dir, backend="dask")
+
+
+def run_evaluation(bundle_dir: Path, params: dict[str, Any], registry: Any, impressions_dir: Path,
+                   data_dir: Path) -> tuple[dict[str, Any], list[Path]]:
+    """(``bartops.gate.evaluate.evaluate_bundle``'s evaluation, the batch files) on the configured backend."""
+    from bartops.gate import evaluate as local
+
+    settings = scale_settings(params)
+    if not settings.dask:
+        logs, files = local.load_impressions(Path(impressions_dir))
+        return local.evaluate_bundle(Path(bundle_dir), params, registry, logs, Path(data_dir)), files
+    from bartops.scale.evaluate import evaluate_bundle_dask
+    from bartops.scale.partitions import batch_files
+
+    files = batch_files(Path(impressions_dir))
+    with scale_client(settings) as client:
+        ev = evaluate_bundle_dask(client, Path(bundle_dir), params, registry, files, Path(data_dir),
+                                  settings.partition_rows)
+    return ev, files

@@ -1,0 +1,522 @@
+"""The gate's evaluation (``bartops evaluate``) on Dask: the per-page work on page-aligned partitions.
+
+The local path is ``bartops.gate.evaluate.evaluate_bundle`` → ``bartops.ope.pipeline.evaluate_policies``
+on the whole log.  Here no worker holds more than its partitions (whole pages, ``bartops.scale.partitions``)
+and the driver at most ``estimate_examination``'s sample:
+
+0. ``scan_partition``: the policy versions of every row; after the candidate's training cut, each row's
+   page and row number in its file.  The driver checks one logging policy, draws the ``ope.max_pages``
+   pages with ``subsample_pages`` over the pages in file order, and orders the rows as the local path
+   does (batch files in order, rows in file order).
+1. ``load_partition`` (kept on its worker): the partition's pages (``logged_pages``), the reward-model
+   inputs of its logged cards, and its rows of the examination sample.
+2. driver: the examination profile κ = ``estimate_examination`` of the sample (all rows when there are
+   at most its ``max_rows``: then the local κ exactly; else the same fitted rows as locally, other probe
+   cards).
+3. ``sample_partition``: the logging policy's exposures (``logging_marginals``) and each target's pages
+   (``sample_target_pages``), Monte Carlo seeded by ``partition_seed``.
+4. ``fit_fold_models``: DR's cross-fitted reward model, one ``xgboost.dask`` booster per fold trained on
+   the other folds' logged cards of all partitions (``cross_fit``'s folds, rows and parameters).
+5. ``finish_partition``: every row's inputs as ``evaluate_policies`` builds them, per-page statistic sums
+   (``bartops.scale.ope.partition_statistics``), per-kind and diagnostic sums, the weights; then
+   ``reduce_results``: ``evaluate_many_partitioned`` / ``paired_difference_partitioned`` (the local
+   bootstrap's resamples) and the sums → the dict ``evaluate_policies`` returns.
+
+Seeding and equivalence.  A partition's Monte Carlo is seeded by ``ope.seed``, its batch file's name and
+its bucket, so a run is reproducible on the same batches and ``scale.partition_rows`` whatever the workers
+(and the fold models see the same rows per worker: partitions are pinned round-robin).  Given the same
+κ, exposures, target pages and reward model, everything equals ``evaluate_policies``'s result to
+floating-point precision (the same per-page sums and bootstrap resamples; tested).  Against a local run:
+κ is exact up to ``max_rows`` evaluated rows; the exposures and target pages are other Monte-Carlo draws
+of the same quantities (the local run draws every page from one generator, which no partition can
+reproduce), so the candidate's estimates differ by Monte-Carlo noise (a tolerance derived from
+replicate local draws is tested); DR's fold models come from ``xgboost.dask`` (merged quantile sketches,
+per-worker subsampling).  The on-policy production estimates involve none of these and are equal.
+"""
+
+from __future__ import annotations
+
+import inspect
+import zlib
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bartops.ope.estimators import DR, IPS, SNIPS, Estimator, weights
+from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, TargetPages, estimate_examination, logging_marginals,
+                                  sample_target_pages, subsample_pages)
+from bartops.ope.slate import LoggedPages, logged_pages
+from bartops.ope.validate import LoggedData, check_inputs
+from bartops.policy.page import CandidateSet, PagePolicy
+from bartops.scale.ope import (PartitionStatistics, evaluate_many_partitioned, paired_difference_partitioned,
+                               partition_statistics)
+from bartops.scale.partitions import Partition, page_partitions, read_partition_rows
+
+CROSS_FIT_ROUNDS = 80  # bartops.ope.reward.cross_fit's defaults (the tests train both and compare)
+CROSS_FIT_DEPTH = 5
+SCAN_COLUMNS = ["timestamp", "policy_version"]
+
+
+def cross_fit_params(seed: int, depth: int = CROSS_FIT_DEPTH) -> dict[str, Any]:
+    """``bartops.ope.reward.cross_fit``'s booster parameters, without ``nthread`` (the workers' threads)."""
+    return {"objective": "binary:logistic", "tree_method": "hist", "max_depth": depth, "eta": 0.15,
+            "min_child_weight": 5.0, "subsample": 0.8, "seed": seed, "verbosity": 0}
+
+
+def examination_rows() -> int:
+    """The rows ``estimate_examination`` fits its model on (its ``max_rows`` default)."""
+    return int(inspect.signature(estimate_examination).parameters["max_rows"].default)
+
+
+@dataclass(frozen=True)
+class EvaluationSetup:
+    """What every partition needs (sent once to each worker)."""
+
+    cfg: OPEConfig
+    holdout_from: pd.Timestamp | None
+    features: Any  # the candidate bundle's Features (reward-model inputs)
+    logging: PagePolicy
+    logging_features: Any  # Features whose candidates the logging policy draws from
+    targets: dict[str, tuple[PagePolicy, Any] | None]  # name → (policy, its Features); None = the logging policy
+    kinds: np.ndarray  # explanation code → kind label
+
+    def estimators(self) -> list[Estimator]:
+        """IPS, SNIPS and DR as ``evaluate_policies`` runs them (with a reward model)."""
+        return [IPS(self.cfg.clip), SNIPS(self.cfg.clip), DR(self.cfg.dr_clip)]
+
+    def featurize(self, contexts: pd.DataFrame, cards: CandidateSet, shelf, position) -> np.ndarray:
+        """The reward-model inputs ``evaluate_bundle`` uses (the candidate's snapshot)."""
+        from bartops.features.assemble import assemble_rows
+
+        return assemble_rows(self.features, contexts, cards, shelf, position)
+
+
+@dataclass(frozen=True)
+class PartitionState:
+    """A partition's pages, kept on its worker between the passes (Monte Carlo filled by pass 3)."""
+
+    part: Partition
+    logs: LoggedPages
+    x_logged: np.ndarray  # reward-model inputs of the logged cards (float32)
+    sample: pd.DataFrame  # its rows of the examination sample (raw, with their file row)
+    marginals: LoggingMarginals | None = None
+    targets: dict[str, TargetPages | None] | None = None
+
+
+# ---------------------------------------------------------------------- seeds and filters
+def partition_seed(seed: int, part: Partition) -> int:
+    """The partition's Monte-Carlo seed: ``ope.seed``, the batch file's name and the bucket (a 32-bit
+    draw of ``numpy.random.SeedSequence``), so it depends on neither the workers nor the run."""
+    key = [int(seed), zlib.crc32(Path(part.file).name.encode()), int(part.bucket), int(part.buckets)]
+    return int(np.random.SeedSequence(key).generate_state(1)[0])
+
+
+def _after(frame: pd.DataFrame, holdout_from: pd.Timestamp | None) -> np.ndarray:
+    if holdout_from is None:
+        return np.ones(len(frame), bool)
+    return (pd.to_datetime(frame["timestamp"], utc=True) >= holdout_from).to_numpy()
+
+
+# ---------------------------------------------------------------------- pass 0: scan
+def scan_partition(part: Partition, holdout_from: pd.Timestamp | None) -> dict[str, Any]:
+    """Policy versions of all rows; for the rows after the cut, their page (an index into the sorted
+    request ids ``ids``) and their row number in the file."""
+    frame, row = read_partition_rows(part, SCAN_COLUMNS)
+    keep = _after(frame, holdout_from)
+    ids, page = np.unique(frame["request_id"].astype(str).to_numpy()[keep], return_inverse=True)
+    return {"versions": sorted(set(frame["policy_version"].astype(str))), "ids": ids,
+            "page": page.astype(np.int64).ravel(), "file_row": row[keep]}
+
+
+def row_plan(scans: Sequence[dict[str, Any]], file_index: Sequence[int], max_pages: int | None, seed: int,
+             sample_rows: int) -> tuple[list[np.ndarray | None], list[np.ndarray], int]:
+    """(per partition the request ids to keep (None = all), per partition the file rows of the
+    examination sample, the rows evaluated).
+
+    The kept pages are ``subsample_pages``'s draw over the pages in order of first appearance in the
+    concatenated batches; the rows are numbered in that order too (file, then row in file), and the
+    sample is every row when there are at most ``sample_rows``, else ``estimate_examination``'s draw.
+    """
+    keep: list[np.ndarray | None] = [None] * len(scans)
+    kept_rows = [np.ones(len(s["page"]), bool) for s in scans]
+    if max_pages is not None:
+        ids = np.concatenate([s["ids"] for s in scans])
+        first = np.concatenate([_first_rows(s) for s in scans])
+        files = np.concatenate([np.full(len(s["ids"]), f) for s, f in zip(scans, file_index)])
+        order = np.lexsort((first, files))
+        chosen = set(subsample_pages(pd.DataFrame({"request_id": ids[order]}), max_pages, seed)["request_id"])
+        for i, s in enumerate(scans):
+            in_keep = np.asarray([x in chosen for x in s["ids"]], bool)
+            keep[i] = s["ids"][in_keep]
+            kept_rows[i] = in_keep[s["page"]]
+    rows = [s["file_row"][k] for s, k in zip(scans, kept_rows)]
+    n = int(sum(len(r) for r in rows))
+    owner = np.concatenate([np.full(len(r), i) for i, r in enumerate(rows)]) if n else np.zeros(0, np.int64)
+    file_row = np.concatenate(rows) if n else np.zeros(0, np.int64)
+    order = np.lexsort((file_row, np.asarray(file_index)[owner])) if n else np.zeros(0, np.int64)
+    pick = (np.arange(n) if n <= sample_rows else
+            np.sort(np.random.default_rng([seed, 13]).choice(n, size=sample_rows, replace=False)))
+    chosen_rows = order[pick]
+    sample = [np.sort(file_row[chosen_rows[owner[chosen_rows] == i]]) for i in range(len(scans))]
+    return keep, sample, n
+
+
+def _first_rows(scan: dict[str, Any]) -> np.ndarray:
+    first = np.full(len(scan["ids"]), np.iinfo(np.int64).max)
+    np.minimum.at(first, scan["page"], scan["file_row"])
+    return first
+
+
+# ---------------------------------------------------------------------- pass 1: load
+def load_partition(part: Partition, setup: EvaluationSetup, keep: np.ndarray | None, sample: np.ndarray
+                   ) -> PartitionState | None:
+    """The partition's pages after the cut (and within ``keep``), the logged cards' model inputs and
+    its rows of the examination sample (``sample``: file rows); None when no row remains."""
+    frame, row = read_partition_rows(part)
+    mask = _after(frame, setup.holdout_from)
+    if keep is not None:
+        mask = mask & frame["request_id"].astype(str).isin(set(keep)).to_numpy()
+    if not mask.any():
+        return None
+    in_sample = np.isin(row, sample) & mask
+    sample_frame = frame[in_sample].assign(_file_row=row[in_sample])
+    frame = frame[mask].reset_index(drop=True)
+    lp = logged_pages(frame, setup.features.explanations)
+    cards = CandidateSet(lp.page, lp.item_id, lp.explanation, lp.n_pages, np.ones(len(lp), bool))
+    x = np.asarray(setup.featurize(lp.contexts, cards, lp.shelf, lp.position), np.float32)
+    return PartitionState(part, lp, x, sample_frame)
+
+
+def loaded(state: PartitionState | None) -> bool:
+    """Whether the partition has rows to evaluate."""
+    return state is not None
+
+
+def sample_rows(state: PartitionState) -> pd.DataFrame:
+    """The partition's rows of the examination sample (raw, with ``_file_row``)."""
+    return state.sample
+
+
+def examination_sample(samples: Sequence[pd.DataFrame], file_index: Sequence[int]) -> pd.DataFrame:
+    """The partitions' sample rows in the local order (file, row in file)."""
+    frames = [s.assign(_file=f) for s, f in zip(samples, file_index) if len(s)]
+    both = pd.concat(frames, ignore_index=True).sort_values(["_file", "_file_row"], kind="stable")
+    return both.drop(columns=["_file", "_file_row"]).reset_index(drop=True)
+
+
+def examination_profile(sample: pd.DataFrame, setup: EvaluationSetup) -> np.ndarray:
+    """κ: ``estimate_examination`` on the sample's pages (what ``evaluate_bundle`` runs on the whole log)."""
+    lp = logged_pages(sample, setup.features.explanations)
+    return estimate_examination(lp, setup.featurize, setup.logging.shelves, setup.logging.cards, setup.cfg.seed)
+
+
+# ---------------------------------------------------------------------- pass 3: Monte Carlo
+def sample_partition(state: PartitionState, setup: EvaluationSetup, kappa: np.ndarray) -> PartitionState:
+    """The logging policy's exposures of the logged cards and each target's sampled pages, seeded by
+    ``partition_seed``."""
+    lp = state.logs
+    seed = partition_seed(setup.cfg.seed, state.part)
+    cfg = replace(setup.cfg, seed=seed)
+    marg = logging_marginals(setup.logging, lp, setup.logging_features.candidates_for(lp.contexts), cfg, kappa)
+    targets = {name: None if spec is None else
+               sample_target_pages(spec[0], lp, spec[1].candidates_for(lp.contexts), cfg.target_samples, seed, kappa)
+               for name, spec in setup.targets.items()}
+    return replace(state, sample=state.sample.iloc[:0], marginals=marg, targets=targets)
+
+
+def partition_summary(state: PartitionState) -> dict[str, Any]:
+    """What the driver needs of a partition: its pages (sorted request ids) with their rows and streams."""
+    lp = state.logs
+    return {"ids": np.asarray(lp.request_id).astype(str), "rows": np.bincount(lp.page, minlength=lp.n_pages),
+            "streams": np.bincount(lp.page, weights=lp.reward, minlength=lp.n_pages)}
+
+
+def page_fold_assignment(summaries: Sequence[dict[str, Any]], folds: int, seed: int) -> list[np.ndarray]:
+    """Per partition, each page's cross-fitting fold as ``cross_fit`` assigns it over the whole log:
+    ``default_rng([seed, 7]).permutation(pages) % folds`` over the pages in sorted request-id order."""
+    ids = np.concatenate([s["ids"] for s in summaries])
+    if len(np.unique(ids)) != len(ids):
+        raise ValueError("a page is split across partitions: partitions must hold whole page views")
+    fold = np.random.default_rng([seed, 7]).permutation(len(ids)) % folds
+    index = pd.Index(np.sort(ids))
+    return [fold[index.get_indexer(s["ids"])] for s in summaries]
+
+
+# ---------------------------------------------------------------------- pass 4: cross-fitted reward model
+def _fold_part(state: PartitionState, page_fold: np.ndarray, fold: int, what: str) -> np.ndarray:
+    """The partition's logged cards outside ``fold`` (model inputs, or rewards)."""
+    train = page_fold[state.logs.page] != fold
+    return state.x_logged[train] if what == "x" else state.logs.reward[train]
+
+
+def _width(state: PartitionState) -> int:
+    return int(state.x_logged.shape[1])
+
+
+def fit_fold_models(client, states: Sequence[Any], summaries: Sequence[dict[str, Any]],
+                    page_folds: Sequence[np.ndarray], cfg: OPEConfig) -> list[Any]:
+    """Per fold, ``cross_fit``'s model of the other folds' logged cards: an ``xgboost.dask`` booster, or
+    (as ``cross_fit`` does when those cards are one class or none) their mean reward as a float."""
+    import dask.array as da
+    import xgboost.dask as dxgb
+    from dask import delayed
+
+    rows = [np.bincount(f, weights=s["rows"], minlength=cfg.folds) for s, f in zip(summaries, page_folds)]
+    streams = [np.bincount(f, weights=s["streams"], minlength=cfg.folds) for s, f in zip(summaries, page_folds)]
+    width = client.submit(_width, states[0], pure=False).result()
+    models: list[Any] = []
+    for k in range(cfg.folds):
+        n_train = [int(r.sum() - r[k]) for r in rows]
+        n, y_sum = sum(n_train), sum(float(s.sum() - s[k]) for s in streams)
+        if n == 0 or y_sum == 0 or y_sum == n:  # no training cards, or one class (rewards are 0/1)
+            models.append(y_sum / n if n else sum(float(s.sum()) for s in streams) / sum(float(r.sum()) for r in rows))
+            continue
+        xs, ys = [], []
+        for st, pf, m in zip(states, page_folds, n_train):
+            if m:
+                xs.append(da.from_delayed(delayed(_fold_part)(st, pf, k, "x"), (m, width), np.float32))
+                ys.append(da.from_delayed(delayed(_fold_part)(st, pf, k, "y"), (m,), np.float64))
+        dtrain = dxgb.DaskQuantileDMatrix(client, da.concatenate(xs), da.concatenate(ys))
+        booster = dxgb.train(client, cross_fit_params(cfg.seed), dtrain, num_boost_round=CROSS_FIT_ROUNDS)["booster"]
+        booster.set_param({"nthread": 1})
+        models.append(booster)
+        del dtrain
+    return models
+
+
+def predict_folds(models: Sequence[Any], x: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each row's prediction by its fold's model (a float model is a constant)."""
+    out = np.zeros(len(x))
+    for k, model in enumerate(models):
+        at = fold == k
+        if at.any():
+            out[at] = model if isinstance(model, float) else model.inplace_predict(np.asarray(x[at], np.float32))
+    return out
+
+
+# ---------------------------------------------------------------------- pass 5: finish and reduce
+@dataclass(frozen=True)
+class PartitionResult:
+    """A partition's share of the evaluation: statistics per target and sums to reduce."""
+
+    rows: int
+    pages: int
+    statistics: dict[str, PartitionStatistics]
+    weights: dict[str, np.ndarray]  # unclipped weights per row (the decision's histogram and ESS)
+    sums: dict[str, dict[str, float]]  # per target: diagnostic numerators and denominators
+    per_kind: dict[str, dict[str, tuple[float, ...]]]  # per target: kind → partial sums
+    supported: int
+    min_exposure: float  # among supported rows (inf if none)
+
+
+def _first_row_of_page(logs: LoggedPages) -> np.ndarray:
+    first = np.full(logs.n_pages, -1, np.int64)
+    first[logs.page[::-1]] = np.arange(len(logs))[::-1]
+    return first
+
+
+def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: np.ndarray, models: Sequence[Any],
+                     kappa: np.ndarray) -> PartitionResult:
+    """The rows' inputs of every estimator as ``evaluate_policies`` builds them, and the partition's
+    per-page statistic sums, per-kind and diagnostic sums."""
+    cfg, lp, marginals = setup.cfg, state.logs, state.marginals
+    n = len(lp)
+    inside = (lp.shelf < kappa.shape[0]) & (lp.position < kappa.shape[1])
+    slot_exam = np.where(inside, kappa[np.minimum(lp.shelf, kappa.shape[0] - 1),
+                                       np.minimum(lp.position, kappa.shape[1] - 1)], 0.0)
+    supported = marginals.exposure > 0
+    p = np.where(supported, np.minimum(marginals.exposure, 1.0), 1.0)
+    first = _first_row_of_page(lp)
+    has = first >= 0
+    kinds = np.asarray(setup.kinds).astype(str)
+    kinds_row = kinds[lp.explanation]
+    row_fold = page_fold[lp.page]
+    pred_logged = predict_folds(models, state.x_logged, row_fold)
+    cap = cfg.dr_clip if cfg.dr_clip is not None else np.inf
+    ests = setup.estimators()
+    stats, w_out, sums, per_kind = {}, {}, {}, {}
+    for name, tp in state.targets.items():
+        if tp is None:  # the logging policy, on-policy: weight 1 everywhere
+            q = p.copy()
+            target_mass = np.bincount(lp.page, weights=slot_exam, minlength=lp.n_pages)
+            prediction, expected = np.zeros(n), np.zeros(n)
+            per_kind[name] = {k: (float(lp.reward[kinds_row == k].sum()), float((kinds_row == k).sum()))
+                              for k in np.unique(kinds_row)}
+            sums[name] = {"shown": float(n)}
+        else:
+            q = np.where(supported, tp.exposure, 0.0)
+            target_mass = np.bincount(tp.cards.page, weights=kappa[tp.shelf, tp.position], minlength=lp.n_pages) / tp.m
+            x_t = setup.featurize(lp.contexts, tp.cards, tp.shelf, tp.position)
+            pt = predict_folds(models, x_t, row_fold[first[tp.cards.page]])
+            prediction = pred_logged
+            dm_page = np.bincount(tp.cards.page, weights=pt, minlength=lp.n_pages) / tp.m
+            expected = np.zeros(n)
+            expected[first[has]] = dm_page[has]
+            tk = kinds[tp.cards.explanation]
+            parts: dict[str, tuple[float, ...]] = {k: (float(pt[tk == k].sum()), float((tk == k).sum()))
+                                                   for k in set(np.unique(kinds_row)) | set(np.unique(tk))}
+            for clip in (cfg.dr_clip, cfg.clip):  # evaluate_policies: dr_clip when the target shows cards, else clip
+                corr = weights(LoggedData(lp.reward, p, q, lp.page, lp.n_pages), clip) * (lp.reward - prediction)
+                parts = {k: v + (float(corr[kinds_row == k].sum()),) for k, v in parts.items()}
+            per_kind[name] = parts  # kind → (Σ q̂ of its target cards, its target cards, Σ correction ×2)
+            sums[name] = {"shown": len(tp.cards) / tp.m, "cards": float(len(tp.cards)), "m": float(tp.m),
+                          "exposure": float(tp.exposure.sum()), "unsupported": float(tp.exposure[~supported].sum())}
+        mass_row = np.zeros(n)
+        mass_row[first[has]] = target_mass[has]
+        d = check_inputs(lp.reward, p, q, lp.page, None, prediction, expected, examination=slot_exam,
+                         target_mass=mass_row)
+        stats[name] = partition_statistics(ests, d, lp.request_id)
+        w_all = weights(d, None)
+        w_out[name] = w_all
+        sums[name].update(covered=float((np.minimum(w_all, cap) * slot_exam).sum()), mass=float(target_mass.sum()),
+                          clipped=float((w_all > cap).sum()))
+    min_exposure = float(marginals.exposure[supported].min()) if supported.any() else np.inf
+    return PartitionResult(n, lp.n_pages, stats, w_out, sums, per_kind, int(supported.sum()), min_exposure)
+
+
+def _one(stats: PartitionStatistics, i: int) -> PartitionStatistics:
+    """The statistics of the i-th estimator only."""
+    lo = sum(stats.widths[:i])
+    return PartitionStatistics(stats.request_id, stats.sums[:, lo: lo + stats.widths[i]], stats.moments[i: i + 1],
+                               (stats.widths[i],))
+
+
+def reduce_results(results: Sequence[PartitionResult], setup: EvaluationSetup, kappa: np.ndarray) -> dict[str, Any]:
+    """The dict ``evaluate_policies`` returns, from the partitions' results."""
+    cfg = setup.cfg
+    ests = setup.estimators()
+    names = list(setup.targets)
+    n = sum(r.rows for r in results)
+    n_pages = sum(r.pages for r in results)
+    estimates = {name: evaluate_many_partitioned(ests, [r.statistics[name] for r in results], cfg.n_boot, cfg.level,
+                                                 cfg.seed) for name in names}
+    differences = {other: {e.name: paired_difference_partitioned(
+        e, [_one(r.statistics[names[0]], i) for r in results], [_one(r.statistics[other], i) for r in results],
+        cfg.n_boot, cfg.level, cfg.seed) for i, e in enumerate(ests)} for other in names[1:]}
+    diag: dict[str, dict[str, Any]] = {}
+    per_kind_parts: dict[str, dict[str, tuple[float, float]]] = {}
+    for name in names:
+        s = {k: sum(r.sums[name][k] for r in results) for k in results[0].sums[name]}
+        kinds = sorted(set().union(*[set(r.per_kind[name]) for r in results]))
+        if setup.targets[name] is None:
+            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0}
+            per_kind_parts[name] = {k: tuple(sum(r.per_kind[name].get(k, (0.0, 0.0))[j] for r in results)
+                                             for j in (0, 1)) for k in kinds}
+        else:
+            m = results[0].sums[name]["m"]
+            diag[name] = {"policy": setup.targets[name][0].version, "target_samples": int(m),
+                          "unsupported_share": float(s["unsupported"] / max(s["exposure"], 1e-300))}
+            col = 2 if s["cards"] > 0 else 3  # evaluate_policies caps the per-kind weights at dr_clip iff it has a DM
+            parts = {}
+            for k in kinds:
+                got = [r.per_kind[name][k] for r in results if k in r.per_kind[name]]
+                dm, cards = sum(g[0] for g in got), sum(g[1] for g in got)
+                parts[k] = ((dm / m if cards else 0.0) + sum(g[col] for g in got), cards / m)
+            per_kind_parts[name] = parts
+        diag[name].update({"weights": np.concatenate([r.weights[name] for r in results]),
+                           "support_share": min(1.0, s["covered"] / max(s["mass"], 1e-300)),
+                           "clipped_share": float(s["clipped"] / n), "cards_per_page": s["shown"] / n_pages})
+    per_kind: dict[str, dict[str, float]] = {}
+    for k in sorted(set().union(*[set(v) for v in per_kind_parts.values()])):
+        row = {}
+        for name, parts in per_kind_parts.items():
+            total, cards = parts.get(k, (0.0, 0.0))
+            row[name] = total / cards if cards > 0 else 0.0  # streams per shown card of this kind
+            row[f"{name}_cards_per_page"] = cards / n_pages
+        per_kind[k] = row
+    supported = sum(r.supported for r in results)
+    min_exposure = min(r.min_exposure for r in results)
+    return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "diagnostics": diag,
+            "logging": {"examination": np.round(kappa, 4).tolist(), "supported_share": float(supported / n),
+                        "min_exposure": float(min_exposure) if supported else 0.0}}
+
+
+# ---------------------------------------------------------------------- the whole evaluation
+def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, logging_version: str) -> EvaluationSetup:
+    """The candidate bundle, the logging policy and production, as ``evaluate_bundle`` chooses them."""
+    from bartops.gate.evaluate import logging_policy_for, training_cut
+    from bartops.reward.policy import load_policy_bundle
+
+    cfg = OPEConfig.from_dict(params.get("ope"))
+    holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
+    candidate, features = load_policy_bundle(Path(bundle_dir))
+    logging, log_feats = logging_policy_for(logging_version, Path(data_dir), registry, params["policy"])
+    targets: dict[str, Any] = {"candidate": (candidate, features)}
+    production = registry.production() if registry is not None else None
+    targets["production"] = (None if production is None or production == logging_version
+                             else load_policy_bundle(registry.path(production)))
+    return EvaluationSetup(cfg, holdout_from, features, logging, log_feats or features, targets,
+                           features.explanations["kind"].astype(str).to_numpy())
+
+
+@dataclass(frozen=True)
+class PartitionedEvaluation:
+    """``evaluate_policies``'s result, κ, the cross-fitted fold models, and the rows and pages evaluated."""
+
+    result: dict[str, Any]
+    examination: np.ndarray
+    models: list[Any]
+    n_rows: int
+    n_pages: int
+
+
+def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSetup,
+                        scans: Sequence[dict[str, Any]] | None = None) -> PartitionedEvaluation:
+    """The evaluation of the partitions' pages after ``setup.holdout_from`` on the cluster (module docs);
+    ``scans``: their ``scan_partition`` results, if already gathered."""
+    cfg = setup.cfg
+    files = list(dict.fromkeys(p.file for p in parts))
+    file_index = [files.index(p.file) for p in parts]
+    if scans is None:
+        scans = client.gather(client.map(scan_partition, parts, holdout_from=setup.holdout_from, pure=False))
+    keep, sample, n = row_plan(scans, file_index, cfg.max_pages, cfg.seed, examination_rows())
+    if n == 0:
+        raise ValueError("logs are empty: nothing to evaluate")
+    workers = sorted(client.scheduler_info()["workers"])
+    setup_f = client.scatter(setup, broadcast=True, hash=False)
+    # pinned round-robin: the same placement on every run, so xgboost.dask sees the same rows per worker
+    where = [dict(workers=[workers[i % len(workers)]], allow_other_workers=True, pure=False) for i in range(len(parts))]
+    states = [client.submit(load_partition, p, setup_f, k, s, **w) for p, k, s, w in zip(parts, keep, sample, where)]
+    live = [i for i, ok in enumerate(client.gather([client.submit(loaded, f, pure=False) for f in states])) if ok]
+    states, where = [states[i] for i in live], [where[i] for i in live]
+    samples = client.gather([client.submit(sample_rows, f, pure=False) for f in states])
+    kappa = examination_profile(examination_sample(samples, [file_index[i] for i in live]), setup)
+    del samples
+    states = [client.submit(sample_partition, f, setup_f, kappa, **w) for f, w in zip(states, where)]
+    summaries = client.gather([client.submit(partition_summary, s, pure=False) for s in states])
+    folds = page_fold_assignment(summaries, cfg.folds, cfg.seed)
+    models = fit_fold_models(client, states, summaries, folds, cfg)
+    models_f = client.scatter(models, broadcast=True, hash=False)
+    results = client.gather([client.submit(finish_partition, s, setup_f, f, models_f, kappa, pure=False)
+                             for s, f in zip(states, folds)])
+    del states
+    return PartitionedEvaluation(reduce_results(results, setup, kappa), kappa, models, sum(r.rows for r in results),
+                                 sum(r.pages for r in results))
+
+
+def evaluate_bundle_dask(client, bundle_dir: Path, params: dict, registry, impressions: Path | Sequence[Path],
+                         data_dir: Path, partition_rows: int) -> dict:
+    """``bartops.gate.evaluate.evaluate_bundle`` on page-aligned partitions of the validated batches
+    (module docs): the same dict, plus ``backend`` and ``partitions``."""
+    from bartops.gate.evaluate import training_cut
+
+    parts = page_partitions(impressions, partition_rows)
+    cfg = OPEConfig.from_dict(params.get("ope"))
+    holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
+    scans = client.gather(client.map(scan_partition, parts, holdout_from=holdout_from, pure=False))
+    versions = sorted(set().union(*[s["versions"] for s in scans]))
+    if len(versions) != 1:
+        raise ValueError(f"the logs mix policies {versions}; evaluate on logs of one logging policy")
+    if holdout_from is not None and sum(len(s["page"]) for s in scans) == 0:
+        raise ValueError(f"no logged impressions after the candidate's training cut {holdout_from}: "
+                         "nothing it has not been trained on to evaluate it with")
+    setup = evaluation_setup(Path(bundle_dir), params, registry, Path(data_dir), versions[0])
+    ev = evaluate_partitions(client, parts, setup, scans)
+    production = registry.production() if registry is not None else None
+    return {"result": ev.result, "production": production, "logging_version": versions[0], "config": asdict(cfg),
+            "n_pages": ev.n_pages, "n_rows": ev.n_rows,
+            "holdout_from": None if holdout_from is None else holdout_from.isoformat(),
+            "backend": "dask", "partitions": len(parts)}

@@ -119,6 +119,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="repeats of the speed measurement (median)")
     ap.add_argument("--clip", type=float, nargs="*", default=None,
                     help="also evaluate the weighted model at these clips (weighting evidence)")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="after the speed runs, profile one more run of the timed region (cProfile) and print "
+                         "its N costliest bartops / XGBoost / scikit-learn calls (not part of the medians)")
     args = ap.parse_args()
     s = setup(max(args.sizes), args.contexts)
     params, world, data = s.params, s.world, s.data
@@ -168,6 +171,16 @@ def main() -> None:
         d = xgb.QuantileDMatrix(x, label=y, weight=w, base_margin=base_margin, feature_names=list(FEATURE_NAMES))
         xgb.train(rp.booster_params(seed), d, num_boost_round=rp.num_boost_round)
         bare.append(time.perf_counter() - t0)
+    if args.profile:
+        import cProfile
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        train_reward_models(features(imp), imp, only_weighted)
+        prof.disable()
+        print("\nprofile of one more run of the timed region (features + weighted training), by cumulative time")
+        pstats.Stats(prof).sort_stats("cumulative").print_stats(r"bartops|xgboost/(core|training)|sklearn", args.profile)
     med = {k: statistics.median(o[k] for o in ours) for k in ours[0]}
     speed = [{"what": f"features + weighted training, {len(imp):,} impressions", "median_s": med["total_s"]},
              {"what": "  of which feature building", "median_s": med["features_s"]},

@@ -116,6 +116,90 @@ def test_one_assembly_path_batch_request_and_logs(small_sim, feats):
         assert np.array_equal(offline[i], one)
 
 
+def test_rows_do_not_depend_on_the_assembly_block_or_the_hour_shortcut(small_sim, feats, monkeypatch):
+    """Blocks of rows (``ROW_BLOCK``) give the same bits as one block; the local hour is ``local_hour``'s."""
+    import bartops.features.assemble as assemble
+    from bartops.context import REGIONS, local_hour
+
+    logged = small_sim.impressions.iloc[:5000].reset_index(drop=True)
+    whole = assemble_impressions(feats, logged)
+    monkeypatch.setattr(assemble, "ROW_BLOCK", 777)  # blocks of every size, the last one short
+    assert np.array_equal(assemble_impressions(feats, logged), whole)
+    # hours across years, both sides of the epoch, every region's offset
+    rng = np.random.default_rng(2)
+    ts = pd.Series(pd.to_datetime(rng.integers(-2 * 10**9, 2 * 10**9, 400), unit="s", utc=True))
+    ctx = pd.DataFrame({"user_id": np.full(400, int(feats.user_ids[0])), "platform": "ios",
+                        "region": rng.choice(list(REGIONS), 400), "timestamp": ts})
+    one = CandidateSet(page=np.arange(400), item_id=np.full(400, int(feats.item_ids[0])),
+                       explanation=np.zeros(400, np.int64), n_pages=400, choosable=np.ones(400, bool))
+    rows = assemble_rows(feats, ctx, one)
+    assert np.array_equal(rows[:, FEATURE_NAMES.index("local_hour")], local_hour(ts, ctx["region"]))
+
+
+def _reference_candidate_table(users, items, history, explanations, now, params):
+    """The candidate table's specification in pandas joins (the implementation works on arrays)."""
+    code = pd.Series(np.arange(len(explanations)), index=explanations["explanation_id"].to_numpy())
+    h = history.merge(items[["item_id", "artist_id", "genre", "mood"]], on="item_id", how="inner")
+    by_pop = items.sort_values(["popularity", "item_id"], ascending=[False, True])
+    parts = []
+    for column, kind, k, n in (("artist_id", "artist", params.top_artists, params.items_per_artist),
+                               ("genre", "genre", params.top_genres, params.items_per_genre),
+                               ("mood", "mood", params.top_moods, params.items_per_mood)):
+        counts = h.groupby(["user_id", column]).size().rename("plays").reset_index()
+        counts = counts.sort_values(["user_id", "plays", column], ascending=[True, False, True])
+        top = counts.groupby("user_id", sort=False).head(k)[["user_id", column]]
+        fallback = h[column].value_counts().sort_index().sort_values(ascending=False, kind="stable").index[:k]
+        cold = users.loc[~users["user_id"].isin(top["user_id"]), ["user_id"]].merge(
+            pd.DataFrame({column: list(fallback)}), how="cross")
+        pairs = pd.concat([top, cold]).merge(by_pop.groupby(column, sort=False).head(n)[[column, "item_id"]], on=column)
+        pairs["explanation"] = code.loc[kind + ":" + pairs[column].astype(str)].to_numpy()
+        parts.append(pairs[["user_id", "explanation", "item_id"]])
+    from bartops.features.candidates import regional_popularity
+
+    top_region = (regional_popularity(items).sort_values(["region", "regional_popularity", "item_id"],
+                                                         ascending=[True, False, True])
+                  .groupby("region", sort=False).head(params.items_per_region))
+    pairs = users[["user_id", "region"]].astype({"region": str}).merge(top_region[["region", "item_id"]], on="region")
+    pairs["explanation"] = code.loc["region:" + pairs["region"]].to_numpy()
+    parts.append(pairs[["user_id", "explanation", "item_id"]])
+    release = pd.to_datetime(items["release_date"], utc=True)
+    fresh = items[(release <= now) & (release > now - pd.Timedelta(days=params.new_release_days))]
+    fresh = fresh.sort_values(["popularity", "item_id"], ascending=[False, True]).head(params.items_new)
+    parts.append(users[["user_id"]].merge(fresh[["item_id"]], how="cross").assign(explanation=int(code.loc["new"])))
+    out = pd.concat([p[["user_id", "explanation", "item_id"]] for p in parts], ignore_index=True).astype(np.int64)
+    return out.drop_duplicates().sort_values(["user_id", "explanation", "item_id"], ignore_index=True)
+
+
+def test_candidate_tables_equal_their_pandas_specification(small_sim, feats):
+    from bartops.context import REGIONS
+    from bartops.features.candidates import CandidateParams, candidate_table, cold_start_table
+
+    w, now = small_sim.world, pd.Timestamp(feats.params["now"])
+    # shuffled catalog, a user subset (the history also has users the table lacks), a sample of plays
+    items = w.items.sample(frac=1, random_state=1)
+    users = w.users.sample(frac=0.6, random_state=2)
+    history = small_sim.history.sample(frac=0.5, random_state=3)
+    for params in (CandidateParams(), CandidateParams(top_artists=0, top_genres=3, items_per_mood=10_000,
+                                                      items_new=0, items_per_region=7)):
+        want = _reference_candidate_table(users, items, history, w.explanations, now, params)
+        pd.testing.assert_frame_equal(candidate_table(users, items, history, w.explanations, now, params), want)
+        # cold start: a user per region (id -1 - region code) without plays of their own, so the whole
+        # history's top keys; the history is given to another user so that it still counts
+        pseudo = pd.DataFrame({"user_id": -1 - np.arange(len(REGIONS)), "region": list(REGIONS)})
+        want = _reference_candidate_table(pseudo, items, history.assign(user_id=10**9), w.explanations, now, params)
+        cold = cold_start_table(items, history, w.explanations, now, params)
+        got = pd.DataFrame({"user_id": -1 - pd.Index(list(REGIONS)).get_indexer(cold["region"].astype(str)),
+                            "explanation": cold["explanation"], "item_id": cold["item_id"]})
+        pd.testing.assert_frame_equal(got.sort_values(["user_id", "explanation", "item_id"], ignore_index=True),
+                                      want[want.user_id < 0].reset_index(drop=True))
+    # a play-count table gives the pairs of its repeated rows
+    counts = history.groupby(["user_id", "item_id"]).size().rename("plays").reset_index()
+    pd.testing.assert_frame_equal(cold_start_table(items, counts, w.explanations, now),
+                                  cold_start_table(items, history, w.explanations, now))
+    with pytest.raises(KeyError, match="new"):
+        candidate_table(users, items, history, w.explanations[w.explanations.kind != "new"], now)
+
+
 def test_snapshot_roundtrip_and_tamper_detection(small_sim, feats, tmp_path):
     out = save_features(feats, tmp_path / "f")
     back = load_features(out)
@@ -209,6 +293,30 @@ def test_training_rows_equal_per_fold_assembly_and_work_on_partitions(small_sim,
         rows_from_tables(feats, imp, train, tables[:-1], 4)
     with pytest.raises(ValueError, match="train mask"):
         training_rows(feats, imp, train[:-1], folds=4)
+
+
+def test_grouping_by_counting_or_sorting_gives_the_same_tables():
+    """``group_codes`` equals ``np.unique`` for dense and for sparse keys, so user ids of any size give
+    the same response tables (the sums over rows in order are bit-identical)."""
+    from bartops.features.arrays import group_codes
+    from bartops.features.logstats import response_table, response_tables
+
+    rng = np.random.default_rng(7)
+    for key in (rng.integers(-50, 50, 5000), rng.integers(0, 2**40, 5000), np.zeros(0, np.int64)):
+        want = np.unique(key, return_inverse=True)
+        got = group_codes(key)
+        assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1].ravel())
+    n = 20_000
+    user, kind = rng.integers(0, 300, n), rng.integers(0, 5, n)
+    shelf, position, reward = rng.integers(0, 6, n), rng.integers(0, 8, n), (rng.random(n) < 0.2).astype(float)
+    sources = [rng.random(n) < 0.7, np.ones(n, bool), np.zeros(n, bool)]
+    dense = response_tables(user, kind, shelf, position, reward, sources)
+    sparse = response_tables(user * 10**9, kind, shelf, position, reward, sources)
+    for s, d, sp in zip(sources, dense, sparse):
+        pd.testing.assert_frame_equal(d, sp.assign(user_id=sp.user_id // 10**9))
+        if s.any():
+            pd.testing.assert_frame_equal(d, response_table(user[s], kind[s], shelf[s], position[s], reward[s]))
+    assert len(dense[2]) == 0
 
 
 def test_snapshot_response_matches_counts_and_cold_users_get_the_prior(small_sim, feats, tmp_path):

@@ -176,6 +176,28 @@ def test_weights_split_and_calibration_error():
     assert expected_calibration_error(y, np.clip(q + 0.1, 0, 1)) == pytest.approx(0.1, abs=0.01)
 
 
+def test_metrics_and_blocked_log_odds_equal_their_direct_forms():
+    """``log_loss``/``roc_auc`` equal scikit-learn's (ties included); blocked log-odds equal one pass."""
+    from sklearn.metrics import log_loss as sk_log_loss
+    from sklearn.metrics import roc_auc_score
+
+    from bartops.reward.model import LogisticModel
+    from bartops.reward.train import log_loss, roc_auc
+
+    rng = np.random.default_rng(4)
+    q = rng.uniform(0.01, 0.6, 50_000)
+    y = (rng.random(len(q)) < q).astype(int)
+    for p in (q, np.round(q, 2)):  # distinct scores, then heavy ties
+        assert log_loss(y, p) == pytest.approx(sk_log_loss(y, p), rel=1e-12)
+        assert roc_auc(y, p) == pytest.approx(roc_auc_score(y, p), rel=1e-12)
+    assert roc_auc(y, np.full(len(y), 0.3)) == 0.5 and roc_auc(y, y + 0.0) == 1.0
+    rows = rng.normal(size=(40_000, 7)).astype(np.float32)
+    m = LogisticModel(rng.normal(size=7), 0.3, rng.normal(size=7), rng.uniform(0.5, 2, 7))
+    one = rows.astype(np.float64) @ (m.coef / m.scale) + (m.intercept - float(m.mean @ (m.coef / m.scale)))
+    np.testing.assert_allclose(m.decision(rows, block=999), one, rtol=0, atol=1e-12)
+    assert np.array_equal(m.decision(rows[:5]), m.decision(rows, block=3)[:5])
+
+
 def test_baselines_fit_on_a_capped_sample_while_the_candidate_sees_every_row(feats, small_sim):
     cap = 2_000
     params = {**PARAMS, "reward": {**PARAMS["reward"], "num_boost_round": 20, "baseline_rows": cap,

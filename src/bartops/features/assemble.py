@@ -14,7 +14,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from bartops.context import PLATFORMS, REGIONS, local_hour, platform_code, region_code
+from bartops.context import PLATFORMS, REGION_UTC_OFFSET_HOURS, REGIONS, platform_code, region_code
 from bartops.features.candidates import EXPLANATION_KINDS
 from bartops.features.store import Features
 from bartops.policy.page import CandidateSet
@@ -23,6 +23,7 @@ AUDIO = ("danceability", "energy", "valence", "acousticness", "tempo")
 HOUR_AUDIO = ("energy", "valence", "danceability")  # audio × time-of-day interactions
 HOUR_AUDIO_NAMES: tuple[str, ...] = tuple(f"{a}_x_hour_{f}" for a in HOUR_AUDIO for f in ("sin", "cos"))
 EMB_PRODUCTS = 8  # user_emb[k] · item_emb[k] of the leading components (0 beyond features.embedding_dim)
+ROW_BLOCK = 16384  # rows assembled at a time (a block's columns stay in cache)
 FEATURE_NAMES: tuple[str, ...] = (
     *(f"platform_{p}" for p in PLATFORMS),
     *(f"region_{r}" for r in REGIONS),
@@ -80,11 +81,14 @@ def assemble_rows(
     candidates: CandidateSet,
     shelf: int | np.ndarray = 0,
     position: int | np.ndarray = 0,
+    response: np.ndarray | None = None,
 ) -> np.ndarray:
     """Model input rows, float32 of shape (len(candidates), len(FEATURE_NAMES)).
 
     ``contexts`` has columns user_id, platform, region, timestamp (one row per page);
-    ``shelf``/``position`` are one slot for all rows or one per candidate.
+    ``shelf``/``position`` are one slot for all rows or one per candidate.  ``response``: the
+    logged-response columns (``RESPONSE_NAMES``, shape (n, 4)) if computed already (training rows
+    get them out of fold: ``bartops.reward.train``); by default ``response_columns`` of the snapshot.
     """
     missing = [c for c in CONTEXT_COLUMNS if c not in contexts.columns]
     if missing:
@@ -93,24 +97,23 @@ def assemble_rows(
         raise ValueError(f"candidates describe {candidates.n_pages} pages but contexts has {len(contexts)} rows")
     n = len(candidates)
     page = candidates.page
-    out = np.zeros((n, len(FEATURE_NAMES)), np.float32, order="F")  # column writes are contiguous
     col = {name: i for i, name in enumerate(FEATURE_NAMES)}
     if n == 0:
-        return out
+        return np.zeros((0, len(FEATURE_NAMES)), np.float32)
+    if response is not None and np.shape(response) != (n, len(RESPONSE_NAMES)):
+        raise ValueError(f"response must have shape ({n}, {len(RESPONSE_NAMES)}), got {np.shape(response)}")
 
     # context (computed per page, then spread to candidates)
     plat = platform_code(contexts["platform"])[page]
     reg_ctx = region_code(contexts["region"])
     reg = reg_ctx[page]
-    out[np.arange(n), col["platform_ios"] + plat] = 1.0
-    out[np.arange(n), col["region_SE"] + reg] = 1.0
     ts = pd.to_datetime(pd.Series(contexts["timestamp"]).reset_index(drop=True), utc=True)
-    hour = local_hour(ts, contexts["region"].to_numpy())[page]
-    out[:, col["local_hour"]] = hour
-    out[:, col["hour_sin"]] = np.sin(2 * np.pi * hour / 24)
-    out[:, col["hour_cos"]] = np.cos(2 * np.pi * hour / 24)
-    out[:, col["shelf"]] = _slot(shelf, n, "shelf")
-    out[:, col["position"]] = _slot(position, n, "position")
+    ts_ns = ts.dt.tz_convert(None).to_numpy("datetime64[ns]").astype(np.int64)
+    # local hour (bartops.context.local_hour) from the integer UTC hour and the region's offset
+    offset = np.array([REGION_UTC_OFFSET_HOURS[r] for r in REGIONS], np.int64)[reg_ctx]
+    hour = ((ts_ns // 3_600_000_000_000 % 24 + offset) % 24)[page]
+    shelf = _slot(shelf, n, "shelf")
+    position = _slot(position, n, "position")
 
     # explanation kind
     kinds = {k: i for i, k in enumerate(EXPLANATION_KINDS)}
@@ -121,51 +124,78 @@ def assemble_rows(
     if kind_of.isna().any():
         raise ValueError(f"unknown explanation kind(s) {sorted(set(features.explanations['kind'][kind_of.isna()]))}")
     kind_code = kind_of.to_numpy(np.int64)[expl]
-    out[np.arange(n), col["kind_artist"] + kind_code] = 1.0
 
-    # user and user–item
+    # user and item rows (the lookups below run per block of rows)
     user = contexts["user_id"].to_numpy(np.int64)[page]
     upos, known = features.user_index(user)
     ipos = features.item_index(candidates.item_id)
+    item_id = np.asarray(candidates.item_id, np.int64)
     items = features.items
-    out[:, col["user_known"]] = known
-    out[:, col["user_log_plays"]] = np.where(known, np.log1p(features.user_plays[upos]), 0.0)
-    artist = items["artist_id"].to_numpy(np.int64)[ipos]
+    artist_of = items["artist_id"].to_numpy(np.int64)
     genre_code, _ = features.code_of("genre")
     mood_code, _ = features.code_of("mood")
-    out[:, col["artist_affinity"]] = features.pair_value("user_artist", user, artist)
-    out[:, col["genre_affinity"]] = features.pair_value("user_genre", user, genre_code[ipos])
-    out[:, col["mood_affinity"]] = features.pair_value("user_mood", user, mood_code[ipos])
-    out[:, col["cluster_affinity"]] = features.pair_value("user_cluster", user, features.cluster[ipos])
-    out[:, col["user_item_plays"]] = features.pair_value("user_item", user, candidates.item_id)
-    ue = np.where(known[:, None], features.user_emb[upos], 0.0).astype(np.float32)
-    ie = features.item_emb[ipos]
-    dot = np.einsum("ij,ij->i", ue, ie)
-    norm = np.linalg.norm(ue, axis=1) * np.linalg.norm(ie, axis=1)
-    out[:, col["emb_dot"]] = dot
-    out[:, col["emb_cos"]] = np.where(norm > 0, dot / np.where(norm > 0, norm, 1), 0.0)
-    k = min(EMB_PRODUCTS, ue.shape[1])
-    out[:, col["emb_prod_0"]:col["emb_prod_0"] + k] = ue[:, :k] * ie[:, :k]
-
-    # item
     stats = features.item_stats
-    out[:, col["log_popularity"]] = stats["log_popularity"].to_numpy()[ipos]
-    out[:, col["home_region"]] = features.home_region_code()[ipos] == reg
-    out[:, col["item_log_plays"]] = np.log1p(stats["plays"].to_numpy()[ipos])
-    ts_ns = ts.dt.tz_convert(None).to_numpy("datetime64[ns]").astype(np.int64)
+    log_popularity = stats["log_popularity"].to_numpy()
+    item_plays = stats["plays"].to_numpy()
+    home_region = features.home_region_code()
     release_ns = features.release_ns()
-    out[:, col["item_age_days"]] = (ts_ns[page] - release_ns[ipos]) / 86_400e9
-    for a in AUDIO:
-        if a in items.columns:
-            out[:, col[a]] = items[a].to_numpy(np.float64)[ipos]
-
-    # logged response of the user to the explanation kind (bartops.features.logstats)
-    out[:, RESPONSE_COLUMNS] = response_columns(features, user, kind_code)
-
-    # time of day × audio
+    audio = [(col[a], items[a].to_numpy(np.float64)) for a in AUDIO if a in items.columns]
+    hour_audio = hour_audio_values(features)
+    k = min(EMB_PRODUCTS, features.user_emb.shape[1])
     first = col[HOUR_AUDIO_NAMES[0]]
-    out[:, first:first + len(HOUR_AUDIO_NAMES)] = hour_audio_columns(hour_audio_values(features)[ipos], hour)
-    return np.ascontiguousarray(out)
+
+    # rows are filled a block at a time: each column of a block is contiguous (column-major block),
+    # then the block is copied into the row-major result, so no large temporaries or transposes
+    out = np.empty((n, len(FEATURE_NAMES)), np.float32)
+    # (a row stride of a power of two bytes would alias in cache and slow the block copy several times)
+    block = np.empty((len(FEATURE_NAMES), min(n, ROW_BLOCK) + 16), np.float32)
+    for lo in range(0, n, ROW_BLOCK):
+        b = slice(lo, min(lo + ROW_BLOCK, n))
+        m = b.stop - lo
+        blk = block[:, :m]
+        blk[...] = 0.0
+        ones = np.arange(m)
+        blk[col["platform_ios"] + plat[b], ones] = 1.0
+        blk[col["region_SE"] + reg[b], ones] = 1.0
+        h = hour[b]
+        blk[col["local_hour"]] = h
+        blk[col["hour_sin"]] = np.sin(2 * np.pi * h / 24)
+        blk[col["hour_cos"]] = np.cos(2 * np.pi * h / 24)
+        blk[col["shelf"]] = shelf[b]
+        blk[col["position"]] = position[b]
+        blk[col["kind_artist"] + kind_code[b], ones] = 1.0
+
+        u, up, kn, ip = user[b], upos[b], known[b], ipos[b]
+        blk[col["user_known"]] = kn
+        blk[col["user_log_plays"]] = np.where(kn, np.log1p(features.user_plays[up]), 0.0)
+        blk[col["artist_affinity"]] = features.pair_value("user_artist", u, artist_of[ip])
+        blk[col["genre_affinity"]] = features.pair_value("user_genre", u, genre_code[ip])
+        blk[col["mood_affinity"]] = features.pair_value("user_mood", u, mood_code[ip])
+        blk[col["cluster_affinity"]] = features.pair_value("user_cluster", u, features.cluster[ip])
+        blk[col["user_item_plays"]] = features.pair_value("user_item", u, item_id[b])
+        ue = np.where(kn[:, None], features.user_emb[up], 0.0).astype(np.float32)
+        ie = features.item_emb[ip]
+        dot = np.einsum("ij,ij->i", ue, ie)
+        norm = np.linalg.norm(ue, axis=1) * np.linalg.norm(ie, axis=1)
+        blk[col["emb_dot"]] = dot
+        blk[col["emb_cos"]] = np.where(norm > 0, dot / np.where(norm > 0, norm, 1), 0.0)
+        blk[col["emb_prod_0"]:col["emb_prod_0"] + k] = (ue[:, :k] * ie[:, :k]).T
+
+        # item
+        blk[col["log_popularity"]] = log_popularity[ip]
+        blk[col["home_region"]] = home_region[ip] == reg[b]
+        blk[col["item_log_plays"]] = np.log1p(item_plays[ip])
+        blk[col["item_age_days"]] = (ts_ns[page[b]] - release_ns[ip]) / 86_400e9
+        for c, values in audio:
+            blk[c] = values[ip]
+
+        # logged response of the user to the explanation kind (bartops.features.logstats)
+        blk[RESPONSE_COLUMNS] = (response_columns(features, u, kind_code[b]) if response is None
+                                 else response[b]).T
+        # time of day × audio
+        blk[first:first + len(HOUR_AUDIO_NAMES)] = hour_audio_columns(hour_audio[ip], h).T
+        out[b] = blk.T
+    return out
 
 
 def response_columns(features: Features, user_id: np.ndarray, kind_code: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from bartops.context import REGIONS
+from bartops.features.arrays import group_codes
 from bartops.policy.page import CandidateSet
 
 EXPLANATION_KINDS: tuple[str, ...] = ("artist", "genre", "mood", "region", "new")
@@ -54,10 +55,161 @@ def explanation_table(items: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["explanation_id", "kind", "key", "title"])
 
 
-def _top_k_per_user(history: pd.DataFrame, column: str, k: int) -> pd.DataFrame:
-    counts = history.groupby(["user_id", column], observed=True).size().rename("plays").reset_index()
-    counts = counts.sort_values(["user_id", "plays", column], ascending=[True, False, True])
-    return counts.groupby("user_id", sort=False).head(k)[["user_id", column]]
+def _explanation_codes(explanations: pd.DataFrame, ids: list[str]) -> np.ndarray:
+    """Row of each explanation id in ``explanations`` (-1 where it has none)."""
+    return pd.Index(explanations["explanation_id"].astype(str)).get_indexer(pd.Index(ids, dtype=object))
+
+
+def _require(codes: np.ndarray, ids: list[str], used: np.ndarray) -> None:
+    """KeyError naming the explanation ids that used keys lack."""
+    missing = sorted({ids[k] for k in np.unique(used) if codes[k] < 0})
+    if missing:
+        raise KeyError(f"explanation id(s) {missing[:5]} are not in the explanation table")
+
+
+def _group_ranks(group: np.ndarray) -> np.ndarray:
+    """0, 1, 2, … within each run of equal values of a grouped (sorted) array."""
+    n = len(group)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    first = np.r_[True, group[1:] != group[:-1]]
+    return np.arange(n) - np.maximum.accumulate(np.where(first, np.arange(n), 0))
+
+
+def _expand(owner: np.ndarray, key: np.ndarray, start: np.ndarray, count: np.ndarray,
+            members: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(owner, member) pairs: each (owner, key) row joined with ``members[start[key]:start[key] + count[key]]``."""
+    n = count[key]
+    total = int(n.sum())
+    offset = np.arange(total) - np.repeat(np.cumsum(n) - n, n)
+    return np.repeat(owner, n), members[np.repeat(start[key], n) + offset]
+
+
+def _pools(key: np.ndarray, n_keys: int, by_pop: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(start, count, item rows): the ``n`` most popular catalog rows of each key, in popularity order."""
+    k = key[by_pop]
+    order = np.argsort(k, kind="stable")
+    rows, grouped = by_pop[order], k[order]
+    return np.searchsorted(grouped, np.arange(n_keys)), np.minimum(np.bincount(grouped, minlength=n_keys), n), rows
+
+
+def _top_keys(play_user: np.ndarray, play_key: np.ndarray, plays: np.ndarray, n_keys: int, k: int
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """(user, key) of each user's ``k`` most played keys (ties: lower key first)."""
+    users, uinv = group_codes(play_user)
+    pairs, pinv = group_codes(uinv * n_keys + play_key)
+    count = np.bincount(pinv, weights=plays, minlength=len(pairs))
+    user, key = pairs // n_keys, pairs % n_keys
+    order = np.lexsort((key, -count, user))
+    keep = order[_group_ranks(user[order]) < k]
+    return users[user[keep]], key[keep]
+
+
+def _global_top(play_key: np.ndarray, plays: np.ndarray, n_keys: int, k: int) -> np.ndarray:
+    """The ``k`` most played keys of the whole history (ties: lower key first)."""
+    present = np.nonzero(np.bincount(play_key, minlength=n_keys) > 0)[0]
+    count = np.bincount(play_key, weights=plays, minlength=n_keys)[present]
+    return present[np.lexsort((present, -count))][:k]
+
+
+def candidate_pairs(
+    user_id: np.ndarray,
+    region: np.ndarray,
+    items: pd.DataFrame,
+    plays: pd.DataFrame,
+    explanations: pd.DataFrame,
+    now: pd.Timestamp,
+    params: CandidateParams = CandidateParams(),
+    own_history: bool = True,
+) -> pd.DataFrame:
+    """``candidate_table`` of users given as arrays, from a play-count table ``plays`` (user_id, item_id,
+    plays): each user's top keys, or with ``own_history=False`` every user gets the global top keys
+    (the cold-start pairs).  Users the history has but ``user_id`` lacks keep their artist, genre and
+    mood pairs, as in ``candidate_table``.
+    """
+    user_id = np.asarray(user_id, np.int64)
+    item_ids = items["item_id"].to_numpy(np.int64)
+    by_id = np.argsort(item_ids, kind="stable")
+    p_item = plays["item_id"].to_numpy(np.int64)
+    pos = np.minimum(np.searchsorted(item_ids[by_id], p_item), max(len(item_ids) - 1, 0))
+    ok = item_ids[by_id][pos] == p_item if len(item_ids) else np.zeros(len(p_item), bool)
+    p_row = by_id[pos[ok]]  # catalog row of each play of a catalog item
+    p_user = plays["user_id"].to_numpy(np.int64)[ok]
+    p_count = plays["plays"].to_numpy(np.float64)[ok]
+    by_pop = (items[["popularity", "item_id"]].reset_index(drop=True)  # catalog rows, most popular first
+              .sort_values(["popularity", "item_id"], ascending=[False, True]).index.to_numpy(np.int64))
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+
+    for column, kind, k, n in (("artist_id", "artist", params.top_artists, params.items_per_artist),
+                               ("genre", "genre", params.top_genres, params.items_per_genre),
+                               ("mood", "mood", params.top_moods, params.items_per_mood)):
+        vocab, key = np.unique(items[column].to_numpy(), return_inverse=True)
+        key = key.astype(np.int64)
+        ids = [f"{kind}:{v}" for v in vocab]
+        codes = _explanation_codes(explanations, ids)
+        fallback = _global_top(key[p_row], p_count, len(vocab), k)
+        if own_history:
+            top_user, top_key = _top_keys(p_user, key[p_row], p_count, len(vocab), k)
+        else:
+            top_user, top_key = np.zeros(0, np.int64), np.zeros(0, np.int64)
+        cold = user_id[~np.isin(user_id, top_user)]
+        owner = np.concatenate([top_user, np.repeat(cold, len(fallback))])
+        chosen = np.concatenate([top_key, np.tile(fallback, len(cold))]).astype(np.int64)
+        _require(codes, ids, chosen)
+        start, count, rows = _pools(key, len(vocab), by_pop, n)
+        u, item_row = _expand(owner, chosen, start, count, rows)
+        parts.append((u, np.repeat(codes[chosen], count[chosen]), item_ids[item_row]))
+
+    region_pop = regional_popularity(items)
+    top_region = (
+        region_pop.sort_values(["region", "regional_popularity", "item_id"], ascending=[True, False, True])
+        .groupby("region", sort=False).head(params.items_per_region)
+    )
+    rcode = pd.Index(list(REGIONS)).get_indexer(top_region["region"].to_numpy())
+    rorder = np.argsort(rcode, kind="stable")
+    rstart = np.searchsorted(rcode[rorder], np.arange(len(REGIONS)))
+    rcount = np.bincount(rcode, minlength=len(REGIONS))
+    user_region = pd.Index(list(REGIONS)).get_indexer(pd.Index(np.asarray(region, dtype=object).astype(str)))
+    has = user_region >= 0
+    ids = [f"region:{r}" for r in REGIONS]
+    codes = _explanation_codes(explanations, ids)
+    _require(codes, ids, user_region[has][rcount[user_region[has]] > 0])
+    u, item = _expand(user_id[has], user_region[has], rstart, rcount, top_region["item_id"].to_numpy(np.int64)[rorder])
+    parts.append((u, np.repeat(codes[user_region[has]], rcount[user_region[has]]), item))
+
+    release = pd.to_datetime(items["release_date"], utc=True)
+    fresh = items[(release <= now) & (release > now - pd.Timedelta(days=params.new_release_days))]
+    fresh = fresh.sort_values(["popularity", "item_id"], ascending=[False, True]).head(params.items_new)
+    new_code = _explanation_codes(explanations, ["new"])
+    _require(new_code, ["new"], np.zeros(1, np.int64))
+    fresh_ids = fresh["item_id"].to_numpy(np.int64)
+    parts.append((np.repeat(user_id, len(fresh_ids)), np.full(len(user_id) * len(fresh_ids), new_code[0]),
+                  np.tile(fresh_ids, len(user_id))))
+
+    u, e, i = (np.concatenate([np.asarray(p[j], np.int64) for p in parts]) for j in range(3))
+    return _unique_sorted(u, e, i)
+
+
+def _distinct(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values (a sort and a neighbour comparison)."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if len(x) else x
+
+
+def _unique_sorted(user: np.ndarray, expl: np.ndarray, item: np.ndarray) -> pd.DataFrame:
+    """Distinct (user_id, explanation, item_id) rows sorted by all three columns."""
+    if len(user) == 0:
+        return pd.DataFrame({c: np.zeros(0, np.int64) for c in ("user_id", "explanation", "item_id")})
+    (uu, ur), (iu, ir) = group_codes(user), group_codes(item)
+    ne = int(expl.max()) + 1
+    if expl.min() >= 0 and len(uu) * ne * len(iu) < 2 ** 62:  # one integer key per row
+        key = _distinct((ur * ne + expl) * len(iu) + ir)
+        return pd.DataFrame({"user_id": uu[key // (ne * len(iu))], "explanation": key // len(iu) % ne,
+                             "item_id": iu[key % len(iu)]})
+    order = np.lexsort((item, expl, user))
+    u, e, i = user[order], expl[order], item[order]
+    keep = np.r_[True, (u[1:] != u[:-1]) | (e[1:] != e[:-1]) | (i[1:] != i[:-1])]
+    return pd.DataFrame({"user_id": u[keep], "explanation": e[keep], "item_id": i[keep]})
 
 
 def candidate_table(
@@ -70,52 +222,16 @@ def candidate_table(
 ) -> pd.DataFrame:
     """Long table (user_id, explanation, item_id) of every user's candidate pairs, canonical order.
 
-    ``explanation`` is the integer code (row of ``explanations``).  Users without history get the
-    globally most played artists, genres and moods instead of their own.
+    ``explanation`` is the integer code (row of ``explanations``).  A user gets their most played
+    ``top_artists`` artists (``top_genres`` genres, ``top_moods`` moods; ties to the lower key) with
+    each key's most popular items, their region's popular items and the new releases; users without
+    history get the globally most played artists, genres and moods instead of their own.
+    ``history`` has one row per play (user_id, item_id).
     """
-    code = pd.Series(np.arange(len(explanations)), index=explanations["explanation_id"].to_numpy())
-    h = history.merge(items[["item_id", "artist_id", "genre", "mood"]], on="item_id", how="inner")
-    by_pop = items.sort_values(["popularity", "item_id"], ascending=[False, True])
-    parts = []
-
-    def per_key(top: pd.DataFrame, column: str, kind: str, n: int, fallback: list) -> None:
-        cold = users.loc[~users["user_id"].isin(top["user_id"]), ["user_id"]]
-        cold = cold.merge(pd.DataFrame({column: fallback}), how="cross")
-        chosen = pd.concat([top, cold], ignore_index=True)
-        pool = by_pop.groupby(column, sort=False).head(n)[[column, "item_id"]]
-        pairs = chosen.merge(pool, on=column)
-        pairs["explanation"] = code.loc[kind + ":" + pairs[column].astype(str)].to_numpy()
-        parts.append(pairs[["user_id", "explanation", "item_id"]])
-
-    def global_top(column: str, k: int) -> list:
-        return h[column].value_counts().sort_index().sort_values(ascending=False, kind="stable").index[:k].tolist()
-
-    per_key(_top_k_per_user(h, "artist_id", params.top_artists), "artist_id", "artist",
-            params.items_per_artist, global_top("artist_id", params.top_artists))
-    per_key(_top_k_per_user(h, "genre", params.top_genres), "genre", "genre",
-            params.items_per_genre, global_top("genre", params.top_genres))
-    per_key(_top_k_per_user(h, "mood", params.top_moods), "mood", "mood",
-            params.items_per_mood, global_top("mood", params.top_moods))
-
-    region_pop = regional_popularity(items)
-    top_region = (
-        region_pop.sort_values(["region", "regional_popularity", "item_id"], ascending=[True, False, True])
-        .groupby("region", sort=False).head(params.items_per_region)
-    )
-    pairs = users[["user_id", "region"]].merge(top_region[["region", "item_id"]], on="region")
-    pairs["explanation"] = code.loc["region:" + pairs["region"].astype(str)].to_numpy()
-    parts.append(pairs[["user_id", "explanation", "item_id"]])
-
-    release = pd.to_datetime(items["release_date"], utc=True)
-    fresh = items[(release <= now) & (release > now - pd.Timedelta(days=params.new_release_days))]
-    fresh = fresh.sort_values(["popularity", "item_id"], ascending=[False, True]).head(params.items_new)
-    pairs = users[["user_id"]].merge(fresh[["item_id"]], how="cross")
-    pairs["explanation"] = int(code.loc["new"])
-    parts.append(pairs[["user_id", "explanation", "item_id"]])
-
-    out = pd.concat(parts, ignore_index=True).astype(np.int64)
-    out = out.drop_duplicates().sort_values(["user_id", "explanation", "item_id"], ignore_index=True)
-    return out
+    plays = pd.DataFrame({"user_id": history["user_id"].to_numpy(np.int64),
+                          "item_id": history["item_id"].to_numpy(np.int64), "plays": 1.0})
+    return candidate_pairs(users["user_id"].to_numpy(np.int64), users["region"].to_numpy(), items, plays,
+                           explanations, now, params)
 
 
 def regional_popularity(items: pd.DataFrame) -> pd.DataFrame:
@@ -164,12 +280,22 @@ def cold_start_table(
     """(region, explanation, item_id): the candidates of a user the table does not know, per region.
 
     The same pairs ``candidate_table`` gives a user without history: the region's popular items,
-    new releases, and the globally most played artists, genres and moods.
+    new releases, and the globally most played artists, genres and moods.  ``history`` has one row
+    per play (user_id, item_id), or a ``plays`` column counting them.
     """
-    pseudo = pd.DataFrame({"user_id": -1 - np.arange(len(REGIONS), dtype=np.int64),
-                           "region": pd.array(list(REGIONS), dtype="string")})
-    # global top keys come from the whole history; a pseudo user has none of its own
-    table = candidate_table(pseudo, items, history, explanations, now, params)
-    table = table[table["user_id"] < 0]
-    table["region"] = pd.array(np.array(REGIONS, dtype=object)[-1 - table["user_id"].to_numpy()], dtype="string")
-    return table[["region", "explanation", "item_id"]].reset_index(drop=True)
+    plays = pd.DataFrame({"user_id": history["user_id"].to_numpy(np.int64),
+                          "item_id": history["item_id"].to_numpy(np.int64),
+                          "plays": history["plays"].to_numpy(np.float64) if "plays" in history else 1.0})
+    return cold_start_pairs(items, plays, explanations, now, params)
+
+
+def cold_start_pairs(items: pd.DataFrame, plays: pd.DataFrame, explanations: pd.DataFrame, now: pd.Timestamp,
+                     params: CandidateParams = CandidateParams()) -> pd.DataFrame:
+    """``cold_start_table`` from a play-count table (user_id, item_id, plays)."""
+    pseudo = -1 - np.arange(len(REGIONS), dtype=np.int64)
+    table = candidate_pairs(pseudo, np.array(REGIONS, dtype=object), items, plays, explanations, now, params,
+                            own_history=False)  # the pseudo users only: no user has plays of its own
+    return pd.DataFrame({"region": pd.array(np.array(REGIONS, dtype=object)[-1 - table["user_id"].to_numpy()],
+                                            dtype="string"),
+                         "explanation": table["explanation"].to_numpy(np.int64),
+                         "item_id": table["item_id"].to_numpy(np.int64)})

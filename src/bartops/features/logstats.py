@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bartops.features.arrays import group_codes
 from bartops.features.candidates import EXPLANATION_KINDS
 from bartops.logs.schema import SchemaError, conform_impressions
 
@@ -62,6 +63,52 @@ def _cell_rates(rates: pd.DataFrame, kind: np.ndarray, shelf: np.ndarray, positi
     return rates["rate"].to_numpy(np.float64)[pos]
 
 
+def response_tables(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, position: np.ndarray,
+                    reward: np.ndarray, sources: list[np.ndarray]) -> list[pd.DataFrame]:
+    """``[response_table(user_id[s], kind[s], shelf[s], position[s], reward[s]) for s in sources]``
+    (boolean row masks), with the rows grouped by user × kind and by cell once for all of them.
+
+    Sums run over the rows in order, as ``response_table``'s, so the tables are equal bit for bit.
+    """
+    user_id = np.asarray(user_id, np.int64)
+    kind = np.asarray(kind, np.int64)
+    reward = np.asarray(reward, np.float64)
+    shelf = np.asarray(shelf, np.int64)
+    position = np.asarray(position, np.int64)
+    n = len(user_id)
+    if not (len(kind) == len(shelf) == len(position) == len(reward) == n):
+        raise ValueError("response_table: user_id, kind, shelf, position and reward must have equal lengths")
+    sources = [np.asarray(src, bool) for src in sources]
+    if any(src.shape != (n,) for src in sources):
+        raise ValueError(f"response_tables: every source must be a boolean mask of the {n} rows")
+    used = np.logical_or.reduce(sources) if sources else np.zeros(n, bool)
+    K = len(EXPLANATION_KINDS)
+    if ((kind < 0) | (kind >= K))[used].any():
+        raise ValueError(f"kind codes must lie in [0, {len(EXPLANATION_KINDS)})")
+    width = int(position[used].max()) + 1 if used.any() else 1
+    _, cell = group_codes((shelf * width + position) * K + kind)
+    keys, group = group_codes(user_id * K + kind)
+    n_cells = int(cell.max()) + 1 if n else 0
+    out = []
+    for src in sources:
+        if not src.any():
+            out.append(empty_user_kind())
+            continue
+        c, g, r = cell[src], group[src], reward[src]
+        with np.errstate(invalid="ignore", divide="ignore"):  # cells without rows in this source are not used
+            rate = np.bincount(c, weights=r, minlength=n_cells) / np.bincount(c, minlength=n_cells)
+        shows = np.bincount(g, minlength=len(keys))
+        present = shows > 0
+        out.append(pd.DataFrame({
+            "user_id": keys[present] // K,
+            "kind": keys[present] % K,
+            "shows": shows[present].astype(np.float64),
+            "streams": np.bincount(g, weights=r, minlength=len(keys))[present],
+            "expected": np.bincount(g, weights=rate[c], minlength=len(keys))[present],
+        }))
+    return out
+
+
 def response_table(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, position: np.ndarray,
                    reward: np.ndarray, rates: pd.DataFrame | None = None) -> pd.DataFrame:
     """(user_id, kind, shows, streams, expected) from logged impressions given as arrays.
@@ -79,18 +126,11 @@ def response_table(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, pos
         raise ValueError("response_table: user_id, kind, shelf, position and reward must have equal lengths")
     if (kind < 0).any() or (kind >= len(EXPLANATION_KINDS)).any():
         raise ValueError(f"kind codes must lie in [0, {len(EXPLANATION_KINDS)})")
+    if rates is None:
+        return response_tables(user_id, kind, shelf, position, reward, [np.ones(len(user_id), bool)])[0]
     K = len(EXPLANATION_KINDS)
-    shelf = np.asarray(shelf, np.int64)
-    position = np.asarray(position, np.int64)
-    if rates is not None:
-        expected = _cell_rates(rates, kind, shelf, position)
-    else:
-        cell = (shelf * (int(position.max()) + 1) + position) * K + kind
-        _, cinv = np.unique(cell, return_inverse=True)
-        rate = np.bincount(cinv, weights=reward) / np.bincount(cinv)
-        expected = rate[cinv]
-    key = user_id * K + kind
-    ukeys, inv = np.unique(key, return_inverse=True)
+    expected = _cell_rates(rates, kind, np.asarray(shelf, np.int64), np.asarray(position, np.int64))
+    ukeys, inv = group_codes(user_id * K + kind)
     return pd.DataFrame({
         "user_id": ukeys // K,
         "kind": ukeys % K,
@@ -134,8 +174,10 @@ def page_folds(request_id: np.ndarray | pd.Series, folds: int) -> np.ndarray:
     """Deterministic fold (0..folds-1) of each row from a hash of its page view (request_id)."""
     if int(folds) != folds or folds < 2:
         raise ValueError(f"folds must be an integer of at least 2, got {folds!r}")
-    h = pd.util.hash_array(np.asarray(request_id, dtype=object).astype(str), categorize=True)
-    return (h % np.uint64(folds)).astype(np.int64)
+    values = request_id if isinstance(request_id, pd.Series) else np.asarray(request_id, dtype=object)
+    inverse, distinct = pd.factorize(values, use_na_sentinel=False)  # hash each page view once
+    h = pd.util.hash_array(np.asarray(distinct, dtype=object).astype(str), categorize=True)
+    return (h % np.uint64(folds)).astype(np.int64)[inverse]
 
 
 def load_impressions(directory: Path) -> tuple[pd.DataFrame, str]:
@@ -171,7 +213,8 @@ def time_split(timestamp: pd.Series, validation_fraction: float) -> np.ndarray:
     """
     ts = pd.to_datetime(pd.Series(timestamp), utc=True).dt.tz_convert(None).to_numpy()  # datetime64, not objects
     k = min(int(len(ts) * (1 - validation_fraction)), len(ts) - 1)
-    cut = np.partition(ts, k)[k]
+    nat = np.isnat(ts)
+    cut = np.partition(ts, k)[k] if nat.any() else np.partition(ts.view(np.int64), k)[k].astype(ts.dtype)
     train = ts < cut
     if train.all() or not train.any():
         raise ValueError("time-based split left the training or validation part empty: "

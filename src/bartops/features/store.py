@@ -23,9 +23,9 @@ import scipy.sparse as sp
 from bartops.context import REGIONS, region_code
 from bartops.features.candidates import (
     CandidateParams,
-    candidate_table,
+    candidate_pairs,
     candidates_for_requests,
-    cold_start_table,
+    cold_start_pairs,
     explanation_table,
     regional_popularity,
 )
@@ -38,6 +38,7 @@ from bartops.features.logstats import (
     load_impressions,
     time_split,
 )
+from bartops.features.arrays import native_threads
 from bartops.policy.page import CandidateSet
 
 FORMAT_VERSION = 2  # 2: adds user_kind (response to explanation kinds from the impression logs)
@@ -487,10 +488,19 @@ def features_from_history_sums(
     explanations: pd.DataFrame | None = None,
 ) -> Features:
     """The snapshot from the catalog, users and the history's ``history_sums`` (the local finishing:
-    affinities, SVD embeddings, k-means clusters, similar items, item statistics, candidate tables)."""
+    affinities, SVD embeddings, k-means clusters, similar items, item statistics, candidate tables).
+
+    Runs with one native thread (``native_threads``): faster at these sizes, and core-count free.
+    """
     missing = [c for c in HISTORY_SUM_COLUMNS if c not in sums.columns]
     if missing:
         raise ValueError(f"history sums lack column(s) {missing}")
+    with native_threads():
+        return _features_from_history_sums(items, users, sums, now, params, seed, explanations)
+
+
+def _features_from_history_sums(items: pd.DataFrame, users: pd.DataFrame, sums: pd.DataFrame, now: pd.Timestamp,
+                                params: FeatureParams, seed: int, explanations: pd.DataFrame | None) -> Features:
     items, users = _check_catalog(items, users)
     explanations = explanation_table(items) if explanations is None else explanations.reset_index(drop=True)
     item_ids = items["item_id"].to_numpy(np.int64)
@@ -500,19 +510,20 @@ def features_from_history_sums(
     h = sums[sums["item_id"].isin(item_ids) & sums["user_id"].isin(user_ids)]
     h = h.merge(items[["item_id", "artist_id", "genre", "mood"]], on="item_id", how="inner")
 
-    # affinities (shares of decayed plays)
+    # affinities (shares of decayed plays); genre and mood as codes of their sorted names
+    ui = np.searchsorted(user_ids, h["user_id"].to_numpy(np.int64))
+    ii = np.searchsorted(item_ids, h["item_id"].to_numpy(np.int64))
     user_artist = _affinity(h, "artist_id")
-    genre_codes = {g: i for i, g in enumerate(np.unique(items["genre"].astype(str)))}
-    mood_codes = {m: i for i, m in enumerate(np.unique(items["mood"].astype(str)))}
-    hg = h.assign(genre=h["genre"].astype(str).map(genre_codes).astype(np.int64),
-                  mood=h["mood"].astype(str).map(mood_codes).astype(np.int64))
+    genre_names, genre_of_item = np.unique(items["genre"].astype(str).to_numpy(), return_inverse=True)
+    mood_names, mood_of_item = np.unique(items["mood"].astype(str).to_numpy(), return_inverse=True)
+    genre_codes = {g: i for i, g in enumerate(genre_names)}
+    mood_codes = {m: i for i, m in enumerate(mood_names)}
+    hg = h[["user_id", "w"]].assign(genre=genre_of_item.astype(np.int64)[ii], mood=mood_of_item.astype(np.int64)[ii])
     user_genre = _affinity(hg, "genre")
     user_mood = _affinity(hg, "mood")
     user_item = h[["user_id", "item_id", "w"]].rename(columns={"w": "plays"}).reset_index(drop=True)
 
     # embeddings, clusters, similar items
-    ui = np.searchsorted(user_ids, h["user_id"].to_numpy(np.int64))
-    ii = np.searchsorted(item_ids, h["item_id"].to_numpy(np.int64))
     user_emb, item_emb = co_listening_embeddings(ui, ii, h["w"].to_numpy(), len(user_ids), len(item_ids),
                                                  params.embedding_dim, seed)
     content = content_matrix(items)
@@ -540,11 +551,10 @@ def features_from_history_sums(
     })
     user_plays = np.bincount(ui, weights=plays, minlength=len(user_ids)).astype(np.float64)
 
-    # candidates count plays per user and key: one (user_id, item_id) row per play
-    play_rows = pd.DataFrame({"user_id": np.repeat(sums["user_id"].to_numpy(np.int64), sums["plays"].to_numpy()),
-                              "item_id": np.repeat(sums["item_id"].to_numpy(np.int64), sums["plays"].to_numpy())})
-    cand = candidate_table(users, items, play_rows, explanations, now=now, params=params.candidates)
-    cold = cold_start_table(items, play_rows, explanations, now=now, params=params.candidates)
+    # candidates count plays per user and key (the play counts of every user × item pair of the history)
+    cand = candidate_pairs(users["user_id"].to_numpy(np.int64), users["region"].to_numpy(), items, sums,
+                           explanations, now=now, params=params.candidates)
+    cold = cold_start_pairs(items, sums, explanations, now=now, params=params.candidates)
 
     return Features(
         items=items, explanations=explanations, users=users[["user_id", "region"]].copy(),
@@ -569,7 +579,8 @@ def with_response_stats(features: Features, impressions: pd.DataFrame, data_vers
     if validation_fraction is not None and len(impressions):
         train = time_split(impressions["timestamp"], validation_fraction)
         before = pd.to_datetime(impressions["timestamp"], utc=True)[~train].min().isoformat()
-        impressions = impressions[train]
+        columns = [c for c in ("user_id", "explanation_id", "shelf", "position", "reward") if c in impressions]
+        impressions = impressions.loc[train, columns]  # only the columns the table reads
     table = impressions_response_table(features.explanations, impressions)
     return features.with_user_kind(table, {"rows": int(len(impressions)), "data_version": data_version,
                                            "before": before})

@@ -23,10 +23,11 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from bartops.features.assemble import (FEATURE_NAMES, RESPONSE_COLUMNS, assemble_rows, feature_schema_hash,
+from bartops.features.arrays import native_threads
+from bartops.features.assemble import (FEATURE_NAMES, RESPONSE_NAMES, assemble_rows, feature_schema_hash,
                                        impression_inputs, response_columns)
 from bartops.features.candidates import EXPLANATION_KINDS
-from bartops.features.logstats import load_impressions, page_folds, response_table, time_split
+from bartops.features.logstats import load_impressions, page_folds, response_tables, time_split
 from bartops.features.store import Features
 from bartops.reward.model import LogisticModel, PopularityModel, RewardModel
 
@@ -128,9 +129,13 @@ def ips_weights(propensity: np.ndarray, clip: float | None, normalize: bool) -> 
 
 
 # ---------------------------------------------------------------------- metrics
-def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float | int]]:
-    """Equal-frequency bins of the predictions: mean prediction, observed rate and rows of each."""
-    order = np.argsort(p, kind="stable")
+def calibration_bins(y: np.ndarray, p: np.ndarray, bins: int = 10,
+                     order: np.ndarray | None = None) -> list[dict[str, float | int]]:
+    """Equal-frequency bins of the predictions: mean prediction, observed rate and rows of each.
+
+    ``order``: ``np.argsort(p, kind="stable")`` if computed already.
+    """
+    order = np.argsort(p, kind="stable") if order is None else order
     return [{"predicted": float(p[b].mean()), "observed": float(y[b].mean()), "count": int(len(b))}
             for b in np.array_split(order, min(bins, len(y))) if len(b)]
 
@@ -139,23 +144,48 @@ def expected_calibration_error(y: np.ndarray, p: np.ndarray, bins: int = 10) -> 
     """ECE over equal-frequency bins: Σ_b (n_b/n)·|mean(y_b) − mean(p_b)|."""
     if len(y) == 0:
         return float("nan")
-    return float(sum(b["count"] * abs(b["observed"] - b["predicted"]) for b in calibration_bins(y, p, bins)) / len(y))
+    return _ece(calibration_bins(y, p, bins), len(y))
+
+
+def _ece(bins: list[dict[str, float | int]], n: int) -> float:
+    return float(sum(b["count"] * abs(b["observed"] - b["predicted"]) for b in bins) / n)
+
+
+def log_loss(y: np.ndarray, p: np.ndarray) -> float:
+    """Mean negative log-likelihood of 0/1 labels ``y`` under probabilities ``p`` in (0, 1)."""
+    return float(-np.mean(np.where(np.asarray(y) == 1, np.log(p), np.log1p(-p))))
+
+
+def roc_auc(y: np.ndarray, p: np.ndarray, order: np.ndarray | None = None) -> float:
+    """Area under the ROC curve of scores ``p`` for 0/1 labels ``y`` (both classes present): the
+    Mann–Whitney statistic with tied scores at their average rank, which equals the trapezoidal area
+    ``sklearn.metrics.roc_auc_score`` computes.  ``order``: ``np.argsort(p, kind="stable")`` if known.
+    """
+    order = np.argsort(p, kind="stable") if order is None else order
+    ps, ys = np.asarray(p)[order], np.asarray(y)[order]
+    first = np.r_[True, ps[1:] != ps[:-1]]
+    start = np.nonzero(first)[0]
+    mean_rank = (start + np.r_[start[1:], len(ps)] + 1) / 2.0  # ranks start+1 … end of each tie group
+    n_pos = float(ys.sum())
+    n_neg = len(ys) - n_pos
+    rank_sum = float(mean_rank[np.cumsum(first) - 1][ys == 1].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
 def classification_metrics(y: np.ndarray, p: np.ndarray, bins: int = 10) -> dict[str, float | int | None]:
     """Log loss, AUC (None for one class), ECE, rows and mean label/prediction."""
-    from sklearn.metrics import log_loss, roc_auc_score
-
     y = np.asarray(y, np.int64)
     p = np.clip(np.asarray(p, np.float64), 1e-7, 1 - 1e-7)
     if len(y) == 0:
         return {"rows": 0, "log_loss": None, "auc": None, "ece": None, "mean_reward": None, "mean_prediction": None}
+    order = np.argsort(p, kind="stable")
+    calibration = calibration_bins(y, p, bins, order)
     return {
         "rows": int(len(y)),
-        "log_loss": float(log_loss(y, p, labels=[0, 1])),
-        "auc": float(roc_auc_score(y, p)) if 0 < y.sum() < len(y) else None,
-        "ece": expected_calibration_error(y, p, bins),
-        "calibration": calibration_bins(y, p, bins),
+        "log_loss": log_loss(y, p),
+        "auc": roc_auc(y, p, order) if 0 < y.sum() < len(y) else None,
+        "ece": _ece(calibration, len(y)),
+        "calibration": calibration,
         "mean_reward": float(y.mean()),
         "mean_prediction": float(p.mean()),
     }
@@ -201,8 +231,7 @@ def _train_mask(train: np.ndarray, n: int) -> np.ndarray:
 
 def _tables(codes: LoggedCodes, train: np.ndarray, folds: int) -> list[pd.DataFrame]:
     sources = [train & (codes.fold != k) for k in range(folds)] + [train]
-    return [response_table(codes.user[s], codes.kind[s], codes.shelf[s], codes.position[s], codes.reward[s])
-            for s in sources]
+    return response_tables(codes.user, codes.kind, codes.shelf, codes.position, codes.reward, sources)
 
 
 def _rows(features: Features, impressions: pd.DataFrame, codes: LoggedCodes, train: np.ndarray,
@@ -210,14 +239,13 @@ def _rows(features: Features, impressions: pd.DataFrame, codes: LoggedCodes, tra
     if len(tables) != folds + 1:
         raise ValueError(f"expected {folds + 1} response tables (one per fold, then all training rows), got {len(tables)}")
     contexts, cands, shelf, position = impression_inputs(features, impressions, codes.explanation)
-    # every column once; the response columns (the snapshot's table) are then replaced per fold
-    rows = assemble_rows(features, contexts, cands, shelf, position)
+    # the response columns of each row from its table (the targets partition the rows), the rest once
+    response = np.empty((len(impressions), len(RESPONSE_NAMES)), np.float32)
     targets = [train & (codes.fold == k) for k in range(folds)] + [~train]
     for table, target in zip(tables, targets):
         if target.any():
-            rows[target, RESPONSE_COLUMNS] = response_columns(features.with_user_kind(table), codes.user[target],
-                                                              codes.kind[target])
-    return rows
+            response[target] = response_columns(features.with_user_kind(table), codes.user[target], codes.kind[target])
+    return assemble_rows(features, contexts, cands, shelf, position, response)
 
 
 def fold_response_tables(features: Features, impressions: pd.DataFrame, train: np.ndarray,
@@ -286,6 +314,14 @@ def fit_stack_margin(rows: np.ndarray, y: np.ndarray, params: RewardParams, seed
     return LogisticModel.fit(rows, y, C=params.logistic_C, seed=seed)
 
 
+def _take(rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``rows[mask]``; a view when the mask is one contiguous run (time-sorted logs: the training prefix)."""
+    idx = np.flatnonzero(mask)
+    if len(idx) and idx[-1] - idx[0] + 1 == len(idx):
+        return rows[idx[0]:idx[-1] + 1]
+    return rows[mask]
+
+
 @dataclass
 class TrainingResult:
     """The candidate model, the fitted baselines and every model's validation metrics."""
@@ -315,14 +351,14 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
     if y[train].min() == y[train].max():  # the rest of check_training_set holds for every row already
         raise ValueError(f"training part of the time-based split has only one class (every reward is "
                          f"{int(y[train][0])}): a stream model cannot be fitted")
-    codes = LoggedCodes.of(features, impressions, rp.response_folds)
-    kind = np.asarray(EXPLANATION_KINDS, dtype=object)[codes.kind]
-    rows = _rows(features, impressions, codes, train, _tables(codes, train, rp.response_folds), rp.response_folds)
-    tr_rows, tr_y = rows[train], y[train]
-    w = ips_weights(impressions["propensity"].to_numpy()[train], rp.clip, rp.normalize) \
-        if rp.weighting == "ips" else None
-    margin = fit_stack_margin(tr_rows, tr_y, rp, seed)
-    tr_margin = None if margin is None else margin.decision(tr_rows)
+    with native_threads():  # numpy and scikit-learn steps; XGBoost below keeps its own threads
+        codes = LoggedCodes.of(features, impressions, rp.response_folds)
+        rows = _rows(features, impressions, codes, train, _tables(codes, train, rp.response_folds), rp.response_folds)
+        tr_rows, tr_y = _take(rows, train), y[train]
+        w = ips_weights(impressions["propensity"].to_numpy()[train], rp.clip, rp.normalize) \
+            if rp.weighting == "ips" else None
+        margin = fit_stack_margin(tr_rows, tr_y, rp, seed)
+        tr_margin = None if margin is None else margin.decision(tr_rows)
     booster = _fit_booster(tr_rows, tr_y, w, tr_margin, rp, seed)
     cutoff = pd.to_datetime(impressions["timestamp"], utc=True)[valid].min()
     model_params = {**asdict(rp), "seed": seed, "booster": rp.booster_params(seed),
@@ -346,7 +382,8 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
     if "popularity" in rp.baselines:
         baselines["popularity"] = PopularityModel.fit(impressions["item_id"].to_numpy()[train], tr_y, rp.popularity_prior)
 
-    va_rows, va_y, va_kind = rows[valid], y[valid], kind[valid]
+    va_rows, va_y = _take(rows, valid), y[valid]
+    va_kind = np.asarray(EXPLANATION_KINDS, dtype=object)[codes.kind[valid]]
     metrics: dict[str, Any] = {}
     for name, m in {model.name: model, **baselines}.items():
         if isinstance(m, PopularityModel):

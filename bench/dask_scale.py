@@ -238,6 +238,9 @@ def main() -> None:
             print(f"{mode} failed:\n{res.stderr[-2000:]}", file=sys.stderr)
             continue
         runs.append({**json.loads(res.stdout.strip().splitlines()[-1]), "wall_s": wall})
+        partial = data / "runs-partial.json"  # each finished mode survives an interrupted run
+        partial.with_suffix(".tmp").write_text(json.dumps(runs, indent=1))
+        partial.with_suffix(".tmp").replace(partial)
     rows = []
     local = next((r for r in runs if r["mode"] == "local" and "steps" in r), None)
     for r in runs:

@@ -180,10 +180,30 @@ def sample_target_pages(policy: PagePolicy, logs: LoggedPages, candidates: Candi
     return TargetPages(m, exposure / m, cards, np.concatenate(sh), np.concatenate(po))
 
 
-def _first_row_of_page(logs: LoggedPages) -> np.ndarray:
+def first_row_of_page(logs: LoggedPages) -> np.ndarray:
+    """Per page, the index of its first logged row (−1 for a page without rows)."""
     first = np.full(logs.n_pages, -1, np.int64)
     first[logs.page[::-1]] = np.arange(len(logs))[::-1]
     return first
+
+
+def on_first_rows(per_page: np.ndarray, first: np.ndarray, n_rows: int) -> np.ndarray:
+    """A per-page value as a per-row column: on each page's first row, 0 elsewhere (so group sums give it back)."""
+    out = np.zeros(n_rows)
+    has = first >= 0
+    out[first[has]] = per_page[has]
+    return out
+
+
+def logged_row_terms(logs: LoggedPages, exposure: np.ndarray, kappa: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per logged row, whatever the target: κ of its slot (0 outside the profile), whether its card has
+    E₀ > 0 (support), and the weights' denominator E₀ (capped at 1; 1 where unsupported, weight 0 there)."""
+    inside = (logs.shelf < kappa.shape[0]) & (logs.position < kappa.shape[1])
+    slot_exam = np.where(inside, kappa[np.minimum(logs.shelf, kappa.shape[0] - 1),
+                                       np.minimum(logs.position, kappa.shape[1] - 1)], 0.0)
+    supported = exposure > 0
+    return slot_exam, supported, np.where(supported, np.minimum(exposure, 1.0), 1.0)
 
 
 def evaluate_policies(
@@ -206,12 +226,8 @@ def evaluate_policies(
     if len(marginals.exposure) != n:
         raise ValueError(f"marginals have {len(marginals.exposure)} rows but the logs have {n}")
     kappa = marginals.examination
-    inside = (logs.shelf < kappa.shape[0]) & (logs.position < kappa.shape[1])
-    slot_exam = np.where(inside, kappa[np.minimum(logs.shelf, kappa.shape[0] - 1),
-                                       np.minimum(logs.position, kappa.shape[1] - 1)], 0.0)
-    supported = marginals.exposure > 0
-    p = np.where(supported, np.minimum(marginals.exposure, 1.0), 1.0)
-    first = _first_row_of_page(logs)
+    slot_exam, supported, p = logged_row_terms(logs, marginals.exposure, kappa)
+    first = first_row_of_page(logs)
     x_logged = None
     if featurize is not None:
         logged_cards = CandidateSet(logs.page, logs.item_id, logs.explanation, logs.n_pages, np.ones(n, bool))
@@ -252,9 +268,7 @@ def evaluate_policies(
                 pred_logged = pl if pred_logged is None else pred_logged
                 prediction = pred_logged
                 dm_page = np.bincount(tp.cards.page, weights=pt, minlength=logs.n_pages) / tp.m
-                expected = np.zeros(n)
-                has = first >= 0
-                expected[first[has]] = dm_page[has]
+                expected = on_first_rows(dm_page, first, n)
                 if tk is not None:
                     dm_kind = {k: float(pt[tk == k].sum() / tp.m) for k in shown_kind}
             if kinds_row is not None:
@@ -263,11 +277,8 @@ def evaluate_policies(
                 per_kind_parts[name] = {
                     k: ((dm_kind or {}).get(k, 0.0) + float(corr[kinds_row == k].sum()), shown_kind.get(k, 0.0))
                     for k in set(np.unique(kinds_row)) | set(shown_kind)}
-        mass_row = np.zeros(n)
-        has = first >= 0
-        mass_row[first[has]] = target_mass[has]
         data[name] = check_inputs(logs.reward, p, q, logs.page, None, prediction, expected,
-                                  examination=slot_exam, target_mass=mass_row)
+                                  examination=slot_exam, target_mass=on_first_rows(target_mass, first, n))
         w_all = weights(data[name], None)
         cap = cfg.dr_clip if cfg.dr_clip is not None else np.inf
         covered = float((np.minimum(w_all, cap) * slot_exam).sum())

@@ -46,8 +46,9 @@ import numpy as np
 import pandas as pd
 
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimator, weights
-from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, TargetPages, estimate_examination, logging_marginals,
-                                  sample_target_pages, subsample_pages)
+from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, TargetPages, estimate_examination, first_row_of_page,
+                                  logged_row_terms, logging_marginals, on_first_rows, sample_target_pages,
+                                  subsample_pages)
 from bartops.ope.slate import LoggedPages, logged_pages
 from bartops.ope.validate import LoggedData, check_inputs
 from bartops.policy.page import CandidateSet, PagePolicy
@@ -312,25 +313,14 @@ class PartitionResult:
     min_exposure: float  # among supported rows (inf if none)
 
 
-def _first_row_of_page(logs: LoggedPages) -> np.ndarray:
-    first = np.full(logs.n_pages, -1, np.int64)
-    first[logs.page[::-1]] = np.arange(len(logs))[::-1]
-    return first
-
-
 def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: np.ndarray, models: Sequence[Any],
                      kappa: np.ndarray) -> PartitionResult:
     """The rows' inputs of every estimator as ``evaluate_policies`` builds them, and the partition's
     per-page statistic sums, per-kind and diagnostic sums."""
     cfg, lp, marginals = setup.cfg, state.logs, state.marginals
     n = len(lp)
-    inside = (lp.shelf < kappa.shape[0]) & (lp.position < kappa.shape[1])
-    slot_exam = np.where(inside, kappa[np.minimum(lp.shelf, kappa.shape[0] - 1),
-                                       np.minimum(lp.position, kappa.shape[1] - 1)], 0.0)
-    supported = marginals.exposure > 0
-    p = np.where(supported, np.minimum(marginals.exposure, 1.0), 1.0)
-    first = _first_row_of_page(lp)
-    has = first >= 0
+    slot_exam, supported, p = logged_row_terms(lp, marginals.exposure, kappa)
+    first = first_row_of_page(lp)
     kinds = np.asarray(setup.kinds).astype(str)
     kinds_row = kinds[lp.explanation]
     row_fold = page_fold[lp.page]
@@ -353,8 +343,7 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
             pt = predict_folds(models, x_t, row_fold[first[tp.cards.page]])
             prediction = pred_logged
             dm_page = np.bincount(tp.cards.page, weights=pt, minlength=lp.n_pages) / tp.m
-            expected = np.zeros(n)
-            expected[first[has]] = dm_page[has]
+            expected = on_first_rows(dm_page, first, n)
             tk = kinds[tp.cards.explanation]
             parts: dict[str, tuple[float, ...]] = {k: (float(pt[tk == k].sum()), float((tk == k).sum()))
                                                    for k in set(np.unique(kinds_row)) | set(np.unique(tk))}
@@ -364,10 +353,8 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
             per_kind[name] = parts  # kind → (Σ q̂ of its target cards, its target cards, Σ correction ×2)
             sums[name] = {"shown": len(tp.cards) / tp.m, "cards": float(len(tp.cards)), "m": float(tp.m),
                           "exposure": float(tp.exposure.sum()), "unsupported": float(tp.exposure[~supported].sum())}
-        mass_row = np.zeros(n)
-        mass_row[first[has]] = target_mass[has]
         d = check_inputs(lp.reward, p, q, lp.page, None, prediction, expected, examination=slot_exam,
-                         target_mass=mass_row)
+                         target_mass=on_first_rows(target_mass, first, n))
         stats[name] = partition_statistics(ests, d, lp.request_id)
         w_all = weights(d, None)
         w_out[name] = w_all

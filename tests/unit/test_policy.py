@@ -257,3 +257,33 @@ def test_exposure_marginals_agree_with_page_frequencies():
     greedy = dataclasses.replace(policy, epsilon_head=0.0, epsilon_fill=0.0)
     exact = examination_marginals(greedy, ctx, cands, kappa)
     assert set(np.round(exact, 6)) <= set(np.round(kappa.ravel(), 6)) | {0.0}
+
+
+def test_exposure_marginals_of_needed_cards_only():
+    """``needed`` skips the forced-title passes of titles no needed card carries: the needed cards'
+    exposures still agree with page frequencies (same tolerance as above), cards under a skipped rare
+    title are NaN, and cards under the greedy title are unaffected (same random stream)."""
+    from bartops.ope.slate import examination_marginals
+
+    ctx, cands, scores = tiny_context(1)
+    # one shelf: title 0 is the greedy one, titles 1 and 2 are shown only by exploration
+    policy = PagePolicy(fixed_scorer(scores), shelves=1, cards=3, epsilon_head=0.2, epsilon_fill=0.3)
+    kappa = np.array([[1.0, 0.7, 0.5]])
+    full = examination_marginals(policy, ctx, cands, kappa, n_samples=400, seed=0)
+    needed = cands.explanation != 2
+    runs = np.array([examination_marginals(policy, ctx, cands, kappa, n_samples=400, seed=s, needed=needed)
+                     for s in range(8)])
+    assert np.isnan(runs[:, ~needed]).all() and np.isfinite(runs[:, needed]).all()
+    np.testing.assert_array_equal(runs[0, cands.explanation == 0], full[cands.explanation == 0])
+    n, freq_n = len(cands), 40_000
+    shelf, position = np.zeros(3 * n, np.int64), np.repeat([0, 1, 2], n)
+    freq, _ = slot_marginals(policy, ctx, cands, np.zeros(3 * n, np.int64), shelf, position,
+                             np.tile(cands.item_id, 3), np.tile(cands.explanation, 3), n_samples=freq_n, seed=9)
+    k = kappa[shelf, position]
+    exposure = np.bincount(np.tile(np.arange(n), 3), weights=k * freq, minlength=n)[needed]
+    se = np.sqrt(runs[:, needed].var(axis=0, ddof=1) / len(runs)
+                 + np.bincount(np.tile(np.arange(n), 3), weights=k ** 2 * freq * (1 - freq), minlength=n)[needed]
+                 / freq_n)
+    assert np.all(np.abs(runs[:, needed].mean(axis=0) - exposure) <= 4.5 * se + 1e-4)
+    with pytest.raises(ValueError, match="needed must have one flag per candidate"):
+        examination_marginals(policy, ctx, cands, kappa, needed=needed[:-1])

@@ -137,8 +137,11 @@ def logging_marginals(logging: PagePolicy, logs: LoggedPages, candidates: Candid
     """E₀ of each logged card under the logging policy (Rao-Blackwellised MC, ``ope.slate``), for the
     examination profile ``examination`` (from ``estimate_examination``; None = every slot alike)."""
     kappa = np.ones((logging.shelves, logging.cards)) if examination is None else np.asarray(examination, float)
-    e0 = examination_marginals(logging, logs.contexts, candidates, kappa, cfg.marginal_samples, cfg.seed)
     idx = _locate(candidates, logs.page, logs.explanation, logs.item_id)
+    logged = np.zeros(len(candidates), bool)
+    logged[idx[idx >= 0]] = True
+    e0 = examination_marginals(logging, logs.contexts, candidates, kappa, cfg.marginal_samples, cfg.seed,
+                               needed=logged)
     exposure = np.where(idx >= 0, e0[np.maximum(idx, 0)], 0.0)
     return LoggingMarginals(kappa, exposure)
 

@@ -280,6 +280,7 @@ def examination_marginals(
     n_samples: int = 100,
     seed: int = 0,
     scores: np.ndarray | None = None,
+    needed: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per candidate, its expected examination on the policy's page: E(c) = Σ_slots P(c at slot)·κ(slot)
     for an (S, K) examination profile κ (position-based model; see ``bartops.ope.pipeline``).
@@ -287,6 +288,8 @@ def examination_marginals(
     Exact for ε = 0; otherwise Rao-Blackwellised Monte Carlo: over ``n_samples`` sampled prefixes, the
     exact step probability of every candidate at every slot, weighted by κ, summed and averaged.  A card
     has positive E wherever it can be placed at all (every candidate can head a shelf by exploration).
+    ``needed`` (bool per candidate) limits the costly forced-title passes to the titles of needed cards
+    (e.g. the logged ones); other cards under a rare title then get NaN.
     """
     kappa = np.asarray(examination, np.float64)
     S, K = policy.shelves, policy.cards
@@ -317,6 +320,16 @@ def examination_marginals(
     rare = pd.MultiIndex.from_arrays([sub.page, sub.explanation]).isin(titled) == False  # noqa: E712
     rare_dense = np.zeros((sub.n_pages, width), bool)
     rare_dense[sub.page, col_of] = rare
+    col = np.arange(len(candidates)) - off[candidates.page]
+    if needed is not None:
+        needed = np.asarray(needed, bool)
+        if needed.shape != (len(candidates),):
+            raise ValueError(f"needed must have one flag per candidate ({len(candidates)}), got {needed.shape}")
+        wanted = np.zeros((sub.n_pages, width), bool)
+        wanted[rep_of[candidates.page[needed]], col[needed]] = True
+        pairs = pd.MultiIndex.from_arrays([sub.page, sub.explanation])
+        skipped = rare & ~pairs.isin(pairs[rare & wanted[sub.page, col_of]])
+        rare = rare & ~skipped
     rng = np.random.default_rng(seed)
     acc = _exposure_common(sub, sub_scores, S, K, policy.epsilon_head, policy.epsilon_fill, kappa, int(n_samples),
                            rng, ~rare_dense)
@@ -325,7 +338,8 @@ def examination_marginals(
         acc_rare = _exposure_forced(sub, sub_scores, S, K, policy.epsilon_head, policy.epsilon_fill, kappa,
                                     int(n_samples), rng, task_page, task_expl)
         np.add.at(acc, task_page, acc_rare)
-    col = np.arange(len(candidates)) - off[candidates.page]
+    if needed is not None and skipped.any():
+        acc[sub.page[skipped], col_of[skipped]] = np.nan
     return acc[rep_of[candidates.page], col]
 
 

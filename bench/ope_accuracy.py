@@ -1,21 +1,24 @@
 """Off-policy estimator accuracy against the simulator's truth, interval coverage, gate safety, speed.
 
-    python -m bench.ope_accuracy [--sizes 10000,100000,1000000] [--seeds 30] [--coverage-size 20000]
+    python -m bench.ope_accuracy [--sizes 10000,100000,1000000] [--coverage 20000:60,100000:30] [--workers 2]
 
 1. Relative error of IPS, SNIPS and DR (``bartops.ope.pipeline``) for candidates close to the
    ε = 0.1 logging policy (its greedy version), moderately different (logging score + 1 × true
    relevance) and very different (+ 30 × true relevance ≈ the oracle), plus a worse one (− 1 ×), at
    each log size; the gate's decision (default params) for each against the truth.
-2. Coverage of the 95 % intervals of each estimator over ``--seeds`` log seeds at a small size.
-   The truth is each policy's value over a large fresh sample of contexts (``population_truth``),
-   the estimand of the page bootstrap; coverage of the value on the logged contexts is reported too.
+2. Coverage of the 95 % intervals of each estimator over many log seeds at each ``--coverage`` size
+   (impressions:seeds), with a Wilson interval for the coverage itself.  The truth is each policy's
+   value over 100k fresh page views (``population_truth``, standard error reported), the estimand of
+   the page bootstrap; coverage of the value on the logged contexts is reported too.
 3. Speed: IPS + SNIPS + DR with 1,000 bootstrap resamples on 1M rows (48 per page), median of 3.
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import time
+from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
@@ -27,22 +30,28 @@ from bartops.ope.pipeline import OPEConfig, estimate_examination, evaluate_polic
 from bartops.ope.simulated import SimFeaturizer, blended
 from bartops.ope.slate import logged_pages
 from bartops.sim import SimParams, World, simulate, true_value
-from bartops.sim.simulate import logging_policy, simulate_impressions
+from bartops.sim.simulate import logging_policy, sample_contexts, simulate_impressions
 
 WORLD = SimParams(impressions=1000, users=1500, artists=150, items=2500, genres=10, moods=5)
 CANDIDATES = {"close": 0.0, "moderate": 1.0, "very different": 30.0, "worse": -1.0}
 
 
-def population_truth(world, sim, log, impressions: int = 400_000, seed: int = 12345) -> dict[str, float]:
-    """True value per page view of the logging policy and each candidate over a large fresh sample of
-    contexts (≈ 8k pages at 400k impressions): the estimand, the value on future traffic."""
-    logs = simulate_impressions(world, sim.history, sim.candidates, log, impressions, np.random.default_rng([seed, 7]))
-    lp = logged_pages(logs, world.explanations)
-    cands = candidates_for_requests(sim.candidates, lp.contexts["user_id"].to_numpy())
-    out = {"logging": true_value(world, log, lp.contexts, cands, n_samples=4)[0]}
-    for name, weight in CANDIDATES.items():
-        out[name] = true_value(world, blended(log, world, weight, name), lp.contexts, cands)[0]
-    return out
+def population_truth(world, sim, log, pages: int = 100_000, seed: int = 12345, chunk: int = 10_000
+                     ) -> tuple[dict[str, float], dict[str, float]]:
+    """True value per page view of the logging policy and each candidate over ``pages`` fresh contexts
+    (the estimand: the value on future traffic), and its standard error over contexts (from the spread
+    of equal chunks' means).  Candidates are greedy, so each context's value is exact."""
+    rng = np.random.default_rng([seed, 7])
+    chunks: dict[str, list[float]] = {"logging": [], **{name: [] for name in CANDIDATES}}
+    for _ in range(max(1, pages // chunk)):
+        ctx = sample_contexts(world, chunk, rng)
+        cands = candidates_for_requests(sim.candidates, ctx["user_id"].to_numpy())
+        chunks["logging"].append(true_value(world, log, ctx, cands, n_samples=4, seed=len(chunks["logging"]))[0])
+        for name, weight in CANDIDATES.items():
+            chunks[name].append(true_value(world, blended(log, world, weight, name), ctx, cands)[0])
+    value = {k: float(np.mean(v)) for k, v in chunks.items()}
+    se = {k: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan") for k, v in chunks.items()}
+    return value, se
 
 
 def evaluate_all(world, sim, log, logs, cfg, gate: GateParams, population: dict[str, float],
@@ -69,6 +78,7 @@ def evaluate_all(world, sim, log, logs, cfg, gate: GateParams, population: dict[
                "truth_logged_contexts": conditional, "true_lift_logged_contexts": conditional - v_log}
         for e, est in res["estimates"]["candidate"].items():
             row[f"{e}_rel_err"] = (est.value - truth) / truth
+            row[f"{e}_interval"] = [est.ci_low, est.ci_high]
             row[f"{e}_covers"] = bool(est.ci_low <= truth <= est.ci_high)
             row[f"{e}_covers_logged_contexts"] = bool(est.ci_low <= conditional <= est.ci_high)
         row["support_share"] = res["diagnostics"]["candidate"]["support_share"]
@@ -91,20 +101,51 @@ def speed(n_rows: int = 1_000_000, repeats: int = 3) -> dict:
     return {"rows": n_rows, "pages": int(group.max() + 1), "n_boot": 1000, "median_s": med, "times_s": times}
 
 
+def setup():
+    """The benchmark's world, its history and candidates, and the ε = 0.1 logging policy."""
+    world = World.generate(WORLD, seed=11)
+    sim = simulate(world, 500, 6, 8, 0.1, 0.1, seed=11)
+    return world, sim, logging_policy(world, sim.history, 6, 8, 0.1, 0.1)
+
+
+_WORKER: dict = {}
+
+
+def coverage_seed(seed: int, size: int, population: dict[str, float]) -> list[dict]:
+    """Every candidate's estimates on one fresh log of ``size`` impressions (log seed ``seed``)."""
+    if not _WORKER:
+        _WORKER["setup"] = setup()
+    world, sim, log = _WORKER["setup"]
+    logs = simulate_impressions(world, sim.history, sim.candidates, log, size, np.random.default_rng([seed, 2]))
+    cfg = OPEConfig(n_boot=200, marginal_samples=100)
+    return [{"seed": seed, **r} for r in evaluate_all(world, sim, log, logs, cfg, GateParams(), population,
+                                                      truth_samples=4)]
+
+
+def wilson(hits: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (here: a coverage over seeds)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = hits / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000")
-    ap.add_argument("--seeds", type=int, default=30)
-    ap.add_argument("--coverage-size", type=int, default=20000)
+    ap.add_argument("--coverage", default="20000:60,100000:30", help="impressions:seeds, comma-separated")
     ap.add_argument("--n-boot", type=int, default=500)
+    ap.add_argument("--truth-pages", type=int, default=100_000)
+    ap.add_argument("--workers", type=int, default=2, help="processes for the coverage seeds")
     args = ap.parse_args()
     t0 = time.time()
-    world = World.generate(WORLD, seed=11)
-    sim = simulate(world, 500, 6, 8, 0.1, 0.1, seed=11)
-    log = logging_policy(world, sim.history, 6, 8, 0.1, 0.1)
+    world, sim, log = setup()
     gate = GateParams()  # the shipped defaults (DR, margin 0, min ESS 100, support share 0.5)
-    population = population_truth(world, sim, log)
-    print("population values:", {k: round(v, 4) for k, v in population.items()}, flush=True)
+    population, population_se = population_truth(world, sim, log, args.truth_pages)
+    print("population values (± s.e.):", {k: f"{v:.4f} ± {population_se[k]:.4f}" for k, v in population.items()},
+          f"({time.time() - t0:.0f} s)", flush=True)
     cfg = OPEConfig(n_boot=args.n_boot, marginal_samples=100)
     accuracy = []
     for size in [int(s) for s in args.sizes.split(",") if s]:
@@ -117,23 +158,32 @@ def main() -> None:
             "decision"]
     print("\n## Relative error vs truth (and the gate's decision)\n")
     print(table([{c: r[c] for c in cols} for r in accuracy]))
-    cov_rows = []
-    cfg_c = OPEConfig(n_boot=200, marginal_samples=100)
-    for seed in range(args.seeds):
-        logs = simulate_impressions(world, sim.history, sim.candidates, log, args.coverage_size,
-                                    np.random.default_rng([seed, 2]))
-        cov_rows += [{"seed": seed, **r} for r in evaluate_all(world, sim, log, logs, cfg_c, gate, population,
-                                                                         truth_samples=4)]
+    cov_rows: list[dict] = []
     coverage = []
-    for name in CANDIDATES:
-        rs = [r for r in cov_rows if r["candidate"] == name]
-        coverage.append({"candidate": name, "seeds": len(rs),
-                         **{f"{e}_coverage": float(np.mean([r[f"{e}_covers"] for r in rs])) for e in ("ips", "snips", "dr")},
-                         "dr_coverage_logged_contexts": float(np.mean([r["dr_covers_logged_contexts"] for r in rs])),
-                         "dr_mean_rel_err": float(np.mean([r["dr_rel_err"] for r in rs])),
-                         "promoted": int(sum(r["decision"] == "promote" for r in rs)),
-                         "unsafe_promotions": int(sum(r["unsafe"] for r in rs))})
-    print(f"\n## Coverage of 95% intervals over {args.seeds} seeds at {args.coverage_size:,} impressions\n")
+    for spec in [c for c in args.coverage.split(",") if c]:
+        size, seeds = (int(x) for x in spec.split(":"))
+        ts = time.time()
+        rows_now: list[dict] = []
+        # spawn, not fork: the parent has run XGBoost's OpenMP threads
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for rows in pool.map(coverage_seed, range(seeds), [size] * seeds, [population] * seeds):
+                rows_now += [{"impressions": size, **r} for r in rows]
+        print(f"coverage at {size:,}: {seeds} seeds in {time.time() - ts:.0f} s ({args.workers} processes)", flush=True)
+        cov_rows += rows_now
+        for name in CANDIDATES:
+            rs = [r for r in rows_now if r["candidate"] == name]
+            row = {"impressions": size, "candidate": name, "seeds": len(rs)}
+            for e in ("ips", "snips", "dr"):
+                hits = int(sum(r[f"{e}_covers"] for r in rs))
+                row[f"{e}_coverage"] = hits / len(rs)
+                if e == "dr":
+                    row["dr_coverage_95ci"] = "[{:.2f}, {:.2f}]".format(*wilson(hits, len(rs)))
+            row.update({"dr_coverage_logged_contexts": float(np.mean([r["dr_covers_logged_contexts"] for r in rs])),
+                        "dr_mean_rel_err": float(np.mean([r["dr_rel_err"] for r in rs])),
+                        "promoted": int(sum(r["decision"] == "promote" for r in rs)),
+                        "unsafe_promotions": int(sum(r["unsafe"] for r in rs))})
+            coverage.append(row)
+    print("\n## Coverage of 95% intervals (seeds at each size)\n")
     print(table(coverage))
     unsafe = sum(r["unsafe"] for r in accuracy + cov_rows)
     print(f"\nGate: {len(accuracy) + len(cov_rows)} decisions, unsafe promotions (true value below production): {unsafe}")
@@ -141,7 +191,7 @@ def main() -> None:
     print(f"\n## Speed: IPS+SNIPS+DR, 1,000 resamples, {sp['rows']:,} rows: median {sp['median_s']:.2f} s (floor < 10 s)")
     path = save("ope_accuracy", {"accuracy": accuracy, "coverage": coverage, "coverage_runs": cov_rows,
                                  "unsafe_promotions": int(unsafe), "speed": sp, "population_truth": population,
-                                 "args": vars(args),
+                                 "population_truth_se": population_se, "args": vars(args),
                                  "wall_s": time.time() - t0})
     print(f"\nsaved {path} ({time.time() - t0:.0f} s)")
 

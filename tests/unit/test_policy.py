@@ -287,3 +287,15 @@ def test_exposure_marginals_of_needed_cards_only():
     assert np.all(np.abs(runs[:, needed].mean(axis=0) - exposure) <= 4.5 * se + 1e-4)
     with pytest.raises(ValueError, match="needed must have one flag per candidate"):
         examination_marginals(policy, ctx, cands, kappa, needed=needed[:-1])
+
+
+def test_identical_pages_get_independent_exposure_draws():
+    """A user's repeat visits (identical candidates and scores) must not share Monte-Carlo draws: a
+    shared error would be common to all those pages, and the page bootstrap could not see it."""
+    from bartops.ope.slate import examination_marginals
+
+    ctx, cands, scores = tiny_context(3)
+    policy = PagePolicy(fixed_scorer(scores[:12]), shelves=2, cards=3, epsilon_head=0.2, epsilon_fill=0.3)
+    e = examination_marginals(policy, ctx, cands, np.array([[1.0, 0.7, 0.5], [0.6, 0.4, 0.3]]), n_samples=20,
+                              seed=0).reshape(3, 12)
+    assert not np.allclose(e[0], e[1]) and not np.allclose(e[1], e[2])

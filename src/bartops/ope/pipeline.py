@@ -18,8 +18,11 @@ over all slots is what makes this workable for slates: a card the target shows a
 by every logged page that showed it anywhere, not only at (2, 3) (on the simulator at 100k
 impressions, a "very different" candidate's cards match a logged card at the same slot 1 % of the
 time, somewhere on the page 25 %).  E₀ is a Rao-Blackwellised Monte-Carlo average of exact step
-probabilities with defensive importance sampling of the shelf heads (``ope.slate``); its error
-biases 1/E₀ upward, so use enough samples (``ope.marginal_samples``; measured in bench/ope_accuracy).
+probabilities with defensive importance sampling of the shelf heads (``ope.slate``).  Every page has
+its own draws, so the Monte-Carlo error is independent across pages and part of each page's term: the
+page bootstrap's variance includes it (draws shared by a user's identical repeat visits made 100k-
+impression intervals far too narrow).  The error still biases 1/E₀ upward, so use enough samples
+(``ope.marginal_samples``; measured in bench/ope_accuracy).
 
 Estimators (value = expected streams per page view; pages are the bootstrap units):
 

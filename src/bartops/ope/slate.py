@@ -139,23 +139,6 @@ def products(conditional: np.ndarray, lp: LoggedPages, shelves: int, cards: int)
     return prefix, page
 
 
-def _page_keys(candidates: CandidateSet, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Representative page of each group of pages with identical candidates and scores, and the map."""
-    off = candidates.offsets
-    seen: dict[bytes, int] = {}
-    rep_of = np.empty(candidates.n_pages, np.int64)
-    reps = []
-    for b in range(candidates.n_pages):
-        lo, hi = off[b], off[b + 1]
-        key = (candidates.item_id[lo:hi].tobytes() + b"|" + candidates.explanation[lo:hi].tobytes() + b"|"
-               + candidates.choosable[lo:hi].tobytes() + b"|" + np.asarray(scores[lo:hi]).tobytes())
-        if key not in seen:
-            seen[key] = len(reps)
-            reps.append(b)
-        rep_of[b] = seen[key]
-    return np.asarray(reps, np.int64), rep_of
-
-
 def _rb_query_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float,
                         eps_fill: float, n_samples: int, rng: np.random.Generator, q_page: np.ndarray,
                         q_shelf: np.ndarray, q_position: np.ndarray, q_col: np.ndarray,
@@ -258,9 +241,8 @@ def slot_marginals_with_support(
         out[ok] = built.candidate[page[ok], shelf[ok], position[ok]] == idx[ok]
         support[ok] = np.where(out[ok] > 0, int(n_samples), 0)
         return out, support
-    reps, rep_of = _page_keys(candidates, scores)
-    col = idx - candidates.offsets[page]  # position within its page (same within the representative)
-    # identical pages share one computation: unique queries per representative page
+    reps = rep_of = np.arange(candidates.n_pages)  # own draws per page: MC errors independent across pages
+    col = idx - candidates.offsets[page]  # position within its page
     key = np.stack([rep_of[page[ok]], shelf[ok], position[ok], col[ok]], axis=1)
     uq, inverse = np.unique(key, axis=0, return_inverse=True)
     q_expl = candidates.explanation[candidates.offsets[reps[uq[:, 0]]] + uq[:, 3]]
@@ -306,7 +288,9 @@ def examination_marginals(
         b, sh, k = np.nonzero(built.filled)
         out[built.candidate[b, sh, k]] = kappa[sh, k]
         return out
-    reps, rep_of = _page_keys(candidates, scores)
+    # every page gets its own draws, even where pages are identical (a user's repeat visits): shared
+    # draws would give those pages one common Monte-Carlo error, which the page bootstrap cannot see
+    reps = rep_of = np.arange(candidates.n_pages)
     sub = candidates.subset(reps)
     off = candidates.offsets
     sub_scores = np.concatenate([scores[off[b]: off[b + 1]] for b in reps]) if len(reps) else np.zeros(0)

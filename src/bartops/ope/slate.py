@@ -241,13 +241,13 @@ def slot_marginals_with_support(
         out[ok] = built.candidate[page[ok], shelf[ok], position[ok]] == idx[ok]
         support[ok] = np.where(out[ok] > 0, int(n_samples), 0)
         return out, support
-    reps = rep_of = np.arange(candidates.n_pages)  # own draws per page: MC errors independent across pages
+    # each page its own draws (repeat visits too): MC errors independent across pages
     col = idx - candidates.offsets[page]  # position within its page
-    key = np.stack([rep_of[page[ok]], shelf[ok], position[ok], col[ok]], axis=1)
+    key = np.stack([page[ok], shelf[ok], position[ok], col[ok]], axis=1)
     uq, inverse = np.unique(key, axis=0, return_inverse=True)
-    q_expl = candidates.explanation[candidates.offsets[reps[uq[:, 0]]] + uq[:, 3]]
+    q_expl = candidates.explanation[candidates.offsets[uq[:, 0]] + uq[:, 3]]
     p, hits = _rb_query_marginals(candidates, scores, S, K, policy.epsilon_head, policy.epsilon_fill,
-                                  int(n_samples), np.random.default_rng(seed), reps[uq[:, 0]], uq[:, 1], uq[:, 2],
+                                  int(n_samples), np.random.default_rng(seed), uq[:, 0], uq[:, 1], uq[:, 2],
                                   uq[:, 3], q_expl)
     out[ok] = p[inverse.ravel()]
     support[ok] = hits[inverse.ravel()]
@@ -290,10 +290,7 @@ def examination_marginals(
         return out
     # every page gets its own draws, even where pages are identical (a user's repeat visits): shared
     # draws would give those pages one common Monte-Carlo error, which the page bootstrap cannot see
-    reps = rep_of = np.arange(candidates.n_pages)
-    sub = candidates.subset(reps)
-    off = candidates.offsets
-    sub_scores = np.concatenate([scores[off[b]: off[b + 1]] for b in reps]) if len(reps) else np.zeros(0)
+    sub, sub_scores, off = candidates, scores, candidates.offsets
     sub_off = sub.offsets
     width = int(max(np.diff(sub_off).max(initial=0), 1))
     col_of = np.arange(len(sub)) - sub_off[sub.page]
@@ -310,7 +307,7 @@ def examination_marginals(
         if needed.shape != (len(candidates),):
             raise ValueError(f"needed must have one flag per candidate ({len(candidates)}), got {needed.shape}")
         wanted = np.zeros((sub.n_pages, width), bool)
-        wanted[rep_of[candidates.page[needed]], col[needed]] = True
+        wanted[candidates.page[needed], col[needed]] = True
         pairs = pd.MultiIndex.from_arrays([sub.page, sub.explanation])
         skipped = rare & ~pairs.isin(pairs[rare & wanted[sub.page, col_of]])
         rare = rare & ~skipped
@@ -324,7 +321,7 @@ def examination_marginals(
         np.add.at(acc, task_page, acc_rare)
     if needed is not None and skipped.any():
         acc[sub.page[skipped], col_of[skipped]] = np.nan
-    return acc[rep_of[candidates.page], col]
+    return acc[candidates.page, col]
 
 
 def _replicated(cands: CandidateSet, scores: np.ndarray, r: int) -> tuple[CandidateSet, np.ndarray]:

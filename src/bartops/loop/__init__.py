@@ -1,0 +1,1 @@
+"""The living loop: simulated listeners against the live stack, round after round."""

@@ -1,0 +1,87 @@
+"""One row per round of the living loop, as a CSV that DVC plots and the dashboard's Loop page read."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import uuid
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+ROUNDS_FILE = "rounds.csv"
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """What one loop round served, learned and decided, scored against the simulator's truth.
+
+    Values are expected streams per page view.  ``round`` 0 is the policy live before the first
+    round's traffic; its decision fields are empty.
+    """
+
+    round: int
+    live_version: str  # the production version that served this round's pages
+    page_views: int  # pages served (and requested) this round
+    true_value: float  # the live policy's true value (simulator) per page view
+    true_value_se: float  # Monte-Carlo standard error of true_value
+    logging_value: float  # the simulator's logging policy, same contexts
+    oracle_value: float  # the oracle (true stream probability as score, ε = 0), same contexts
+    oracle_share: float  # true_value / oracle_value
+    online_rate: float  # observed streams per page view this round
+    online_rate_lo: float  # 95 % interval of online_rate (pages resampled: normal approximation)
+    online_rate_hi: float
+    candidate_version: str  # the candidate trained after this round's traffic ("" if none)
+    decision: str  # promote | reject | "" (no candidate)
+    dr_lift: float  # DR estimate of candidate − production (nan when not evaluated)
+    dr_lift_lo: float
+    dr_lift_hi: float
+    true_lift: float  # the candidate's true value − the live policy's (nan when unknown)
+    served: int  # cards in the pages the listeners received
+    logged: int  # cards in the service's impression logs for these pages
+    joined: int  # cards in the joined, reward-labelled batch
+    accepted: int  # cards of that batch accepted by validation
+    seconds: float  # wall time of the round
+
+
+def write_rounds(records: list[RoundRecord], path: str | Path) -> Path:
+    """Write all rounds to ``path`` (temporary file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    names = [f.name for f in fields(RoundRecord)]
+    try:
+        with open(tmp, "w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=names)
+            w.writeheader()
+            for r in records:
+                w.writerow(asdict(r))
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_rounds(path: str | Path) -> list[RoundRecord]:
+    """The rounds in ``path`` ([] when it does not exist); a malformed file raises naming it."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    out = []
+    with open(path, newline="", encoding="utf-8") as fh:
+        for i, row in enumerate(csv.DictReader(fh), start=2):
+            try:
+                out.append(RoundRecord(**{f.name: _parse(f.type, row[f.name]) for f in fields(RoundRecord)}))
+            except (KeyError, ValueError, TypeError) as exc:
+                raise ValueError(f"{path}: line {i} is not a loop round ({type(exc).__name__}: {exc})") from None
+    return out
+
+
+def _parse(kind: str, text: str):
+    if kind == "int":
+        return int(text)
+    if kind == "float":
+        return float(text) if text not in ("", "nan") else math.nan
+    return text

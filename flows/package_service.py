@@ -1,4 +1,8 @@
-"""Prefect flow `package-service`: store a promoted registry version as a BentoML model and build its Bento."""
+"""Prefect flow `package-service`: store a promoted registry version as a BentoML model and build its Bento.
+
+Both steps are idempotent (``bartops.serving.package``): packaging a version that is already
+packaged, with the same sources, returns the stored model and Bento without building.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ from prefect.artifacts import create_markdown_artifact
 
 from bartops.config import load_params
 from bartops.registry import Registry
-from bartops.serving.package import build_bento, default_bentoml_home, store_bundle_as_bentoml_model
+from bartops.serving.package import default_bentoml_home, ensure_bento, store_bundle_as_bentoml_model
 
 
 @task(cache_policy=None)
@@ -20,9 +24,10 @@ def store_model(bundle_dir: str, version: str, bentoml_home: str) -> str:
 
 
 @task(cache_policy=None)
-def build(model_tag: str, project_dir: str, bentoml_home: str) -> str:
-    """``bentoml build --arg model_tag=…``; returns the Bento tag."""
-    return build_bento(model_tag, Path(project_dir), bentoml_home)
+def build(model_tag: str, project_dir: str, bentoml_home: str) -> dict:
+    """The model's Bento: the stored one for the same bundle and sources, else ``bentoml build`` from a minimal context."""
+    result = ensure_bento(model_tag, Path(project_dir), bentoml_home)
+    return {"bento": result.tag, "built": result.built}
 
 
 @flow(name="package-service")
@@ -40,11 +45,13 @@ def package_service(version: str | None = None, registry: str | None = None, pro
     create_markdown_artifact(
         key="package-service",
         markdown=(f"### Packaged policy `{version}`\n\n| | |\n|---|---|\n| BentoML model | `{tag}` |\n"
-                  f"| Bento | `{bento}` |\n| BENTOML_HOME | `{home}` |\n\n"
-                  f"Serve it: `BENTOML_HOME={home} bentoml serve {bento} --port 3000`"),
+                  f"| Bento | `{bento['bento']}` ({'built now' if bento['built'] else 'already built'}) |\n"
+                  f"| BENTOML_HOME | `{home}` |\n\n"
+                  f"Serve it: `BENTOML_HOME={home} bentoml serve {bento['bento']} --port 3000`"),
         description=f"Bento for policy {version}",
     )
-    return {"version": version, "model_tag": tag, "bento": bento, "bentoml_home": home}
+    return {"version": version, "model_tag": tag, "bento": bento["bento"], "built": bento["built"],
+            "bentoml_home": home}
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -36,23 +36,23 @@ def join(
 def package(
     version: Optional[str] = typer.Argument(None, help="registry version (default: production)"),
     registry: Optional[Path] = typer.Option(None, help="registry root (default: params paths.registry)"),
-    build: bool = typer.Option(True, help="also `bentoml build` the Bento"),
+    build: bool = typer.Option(True, help="also build the Bento (a no-op when it is already built)"),
     params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
 ) -> None:
-    """Store a registry version as a BentoML model (BENTOML_HOME, default build/bentoml) and build the Bento."""
-    import os
+    """Store a registry version as a BentoML model (BENTOML_HOME, default build/bentoml) and build its Bento.
 
+    Idempotent: a version already packaged from the same sources returns its stored Bento.
+    """
     from bartops.registry import Registry
-    from bartops.serving.package import build_bento, default_bentoml_home, store_bundle_as_bentoml_model
+    from bartops.serving.package import package_version
 
     params = load_params(params_file)
     reg = Registry(registry or Path(params["paths"]["registry"]))
     version = version or reg.production()
     if version is None:
         raise typer.BadParameter("no version given and the registry has no production version")
-    home = default_bentoml_home(Path.cwd())
-    os.environ.setdefault("BENTOML_HOME", str(home))
-    tag = store_bundle_as_bentoml_model(reg.path(version), version, bentoml_home=home)
-    typer.echo(f"model: {tag}")
-    if build:
-        typer.echo(f"bento: {build_bento(tag, Path.cwd(), home)}  (BENTOML_HOME={home})")
+    result = package_version(reg.path(version), version, Path.cwd(), build=build)
+    typer.echo(f"model: {result.model_tag}")
+    if result.bento:
+        typer.echo(f"bento: {result.bento}  ({'built' if result.built else 'already built'}; "
+                   f"BENTOML_HOME={result.bentoml_home})")

@@ -99,3 +99,35 @@ def gate_decision(status: str, flow_run_id: str | None = None, lift: float = 0.0
     if flow_run_id:
         out["flow_run_id"] = flow_run_id
     return out
+
+
+def loop_records(mismatch_round: int | None = 4) -> list:
+    """A realistic six-round loop file's records: the live policy climbs from 72 % to 90 % of an oracle of
+    ~7.6 streams per page view (logging policy ~5.5); round 0 serves no traffic; ``mismatch_round`` loses
+    64 cards in validation."""
+    from bartops.loop.record import RoundRecord
+
+    nan = math.nan
+    oracle = [7.61, 7.58, 7.63, 7.60, 7.57, 7.62]
+    logging = [5.52, 5.49, 5.55, 5.50, 5.47, 5.53]
+    share = [0.720, 0.722, 0.801, 0.848, 0.852, 0.900]
+    live = ["v1", "v1", "v2", "v3", "v3", "v5"]
+    cand = ["", "v2", "v3", "v4", "v5", "v6"]
+    decision = ["", "promote", "promote", "reject", "promote", "reject"]
+    dr = [nan, 0.58, 0.36, -0.02, 0.31, 0.05]
+    true_lift = [nan, 0.61, 0.35, -0.04, 0.37, 0.02]
+    out = []
+    for r in range(6):
+        tv = share[r] * oracle[r]
+        pv = 0 if r == 0 else 2000
+        cards = pv * 48
+        online = nan if r == 0 else tv + (-0.06, 0.09, -0.03, 0.05, -0.08, 0.04)[r]
+        half = nan if r == 0 else 0.13
+        out.append(RoundRecord(
+            round=r, live_version=live[r], page_views=pv, true_value=tv, true_value_se=0.012,
+            logging_value=logging[r], oracle_value=oracle[r], oracle_share=share[r], online_rate=online,
+            online_rate_lo=online - half, online_rate_hi=online + half, candidate_version=cand[r],
+            decision=decision[r], dr_lift=dr[r], dr_lift_lo=dr[r] - 0.12, dr_lift_hi=dr[r] + 0.12,
+            true_lift=true_lift[r], served=cards, logged=cards, joined=cards,
+            accepted=cards - 64 if r == mismatch_round else cards, seconds=0.4 if r == 0 else 41.0 + 3 * r))
+    return out

@@ -3,7 +3,9 @@
 Routes: ``/`` (candidates, their gate status, production and its history), ``/candidates/{version}``
 (OPE table, gate rules, plots, validation, lineage, home-page preview, and the review form for a
 version awaiting approval), ``POST /candidates/{version}/review`` (resume the paused gate flow run),
-``/api/candidates`` and ``/api/candidates/{version}`` (the same view models as JSON), ``/healthz``.
+``/api/candidates`` and ``/api/candidates/{version}`` (the same view models as JSON), ``/loop`` (the
+living loop's rounds: a chart and a table from ``<paths.build>/loop/rounds.csv``), ``/api/loop`` (those
+rounds as JSON), ``/healthz``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from bartops.dashboard.views import (
     candidate_rows,
     preview_for_bundle,
     production_view,
+    read_loop,
     submit_review,
 )
 from bartops.registry import Registry, RegistryError
@@ -65,17 +68,32 @@ def _environment() -> Environment:
     return env
 
 
+def default_loop_file() -> Path:
+    """``<paths.build>/loop/rounds.csv`` from params.yaml (``build/loop/rounds.csv`` without one)."""
+    from bartops.config import load_params
+    from bartops.loop.record import ROUNDS_FILE
+
+    try:
+        build = load_params().get("paths", {}).get("build", "build")
+    except (FileNotFoundError, ValueError):
+        build = "build"
+    return Path(build) / "loop" / ROUNDS_FILE
+
+
 def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None,
                resume: Callable[..., Any] | None = None, preview_users: int = 3, seed: int = 0,
-               preview_timestamp: str | None = None, reviewer: str | None = None) -> FastAPI:
+               preview_timestamp: str | None = None, reviewer: str | None = None,
+               loop_file: Path | None = None) -> FastAPI:
     """The dashboard app over the registry at ``registry_root``.
 
     ``bundle_loader(bundle_dir) -> (PagePolicy, Features)`` defaults to
     ``bartops.reward.policy.load_policy_bundle``; ``resume(flow_run_id, run_input=...)`` defaults to
     ``prefect.flow_runs.resume_flow_run`` against the configured Prefect API.  The preview shows
-    ``preview_users`` known users plus one new user, sampled and paged with ``seed``.
+    ``preview_users`` known users plus one new user, sampled and paged with ``seed``.  The Loop page
+    reads ``loop_file`` (default: ``default_loop_file()``) on every request.
     """
     registry = Registry(Path(registry_root))
+    loop_path = Path(loop_file) if loop_file is not None else default_loop_file()
     loader = bundle_loader or _default_loader
     resume_fn = resume or _default_resume
     default_reviewer = reviewer or _user_name()
@@ -159,6 +177,22 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
         d = detail_or_404(version)
         d["ope"] = [{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in r.items()} for r in d["ope"]]
         return JSONResponse(d)
+
+    def loop_model() -> dict:
+        return read_loop(loop_path, registered=[r["version"] for r in registry.list()])
+
+    @app.get("/loop", response_class=HTMLResponse)
+    def loop(request: Request) -> HTMLResponse:
+        model = loop_model()
+        chart = svg.loop_svg(model["rows"], model["logging_value"], model["oracle_value"]) if model["rows"] else ""
+        return render("loop.html", request, loop=model, chart=chart)
+
+    @app.get("/api/loop")
+    def api_loop() -> JSONResponse:
+        model = loop_model()
+        if model["error"]:
+            return JSONResponse({"detail": model["error"], "file": model["file"]}, status_code=500)
+        return JSONResponse(model["rounds"])
 
     @app.get("/healthz")
     def healthz() -> dict:

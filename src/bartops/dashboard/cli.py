@@ -16,8 +16,10 @@ def dashboard(
                                             help="registry folder (default: $BARTOPS_REGISTRY, else params paths.registry)"),
     preview_users: int = typer.Option(3, help="known users in the home-page preview (plus one new user)"),
     seed: int = typer.Option(0, help="seed of the preview's users and pages"),
+    loop_file: Optional[Path] = typer.Option(
+        None, "--loop-file", help="the loop's rounds CSV (default: <params paths.build>/loop/rounds.csv)"),
 ) -> None:
-    """Serve the review dashboard (candidates, gate evidence, previews, approve/reject)."""
+    """Serve the review dashboard (candidates, gate evidence, previews, approve/reject, the loop's rounds)."""
     from bartops.dashboard.app import serve
 
     if registry is None:
@@ -32,4 +34,4 @@ def dashboard(
             except FileNotFoundError:
                 registry = Path("registry")
     typer.echo(f"review dashboard: http://{host}:{port}/  (registry {registry.resolve()})")
-    serve(registry, host=host, port=port, preview_users=preview_users, seed=seed)
+    serve(registry, host=host, port=port, preview_users=preview_users, seed=seed, loop_file=loop_file)

@@ -51,11 +51,16 @@ BASE = """<!doctype html>
   .card .p { color: #6e7681; font-size: 11px; } .card.explored { outline: 1px dashed #d29922; }
   pre { background: #f6f8fa; padding: 8px; border-radius: 6px; overflow-x: auto; font-size: 12px; max-height: 360px; }
   details summary { cursor: pointer; color: #0969da; }
+  #rounds td { white-space: nowrap; }
+  td.mismatch { background: #ffebe9; color: #a40e26; font-weight: 600; }
+  .sub { color: #6e7781; font-size: 12px; }
+  code.cmd { background: #f6f8fa; padding: 1px 5px; border-radius: 4px; }
 </style>
 </head>
 <body>
 <header><a href="/">bartops review</a>
   <span>production: {% if production %}<a class="prod" href="/candidates/{{ production }}">{{ production }}</a>{% else %}<span class="na">none</span>{% endif %}</span>
+  <a href="/loop" id="loop-link">loop</a>
 </header>
 <main>
 {% if flash %}<div class="flash {{ 'err' if flash_error else 'ok' }}" id="flash">{{ flash }}</div>{% endif %}
@@ -242,5 +247,79 @@ ERROR = """{% extends "base.html" %}
 {% block content %}<h1>{{ heading }}</h1><p>{{ message }}</p><p><a href="/">back to the candidates</a></p>{% endblock %}
 """
 
+LOOP = """{% extends "base.html" %}{% import "macros.html" as m %}
+{% block title %}loop · bartops review{% endblock %}
+{% macro f(x, d=3) -%}
+{%- if x is none -%}<span class="na">–</span>{%- else -%}{{ ("%." ~ d ~ "f")|format(x) }}{%- endif -%}
+{%- endmacro %}
+{% block content %}
+<h1>Loop</h1>
+<p class="sub">Simulated listeners against the live service, one row per round, scored against the simulator's truth
+(values are streams per page view). Read from <code>{{ loop.file }}</code>.</p>
+{% if loop.error %}
+<div class="flash err" id="loop-error"><b>The loop file cannot be read.</b><br>{{ loop.error }}</div>
+{% elif not loop.exists %}
+<div class="flash" id="loop-empty" style="background:#f6f8fa;border:1px solid #d0d7de">
+<b>No loop rounds yet:</b> <code>{{ loop.file }}</code> does not exist.<br>
+Run <code class="cmd">make loop</code> or <code class="cmd">bartops loop --rounds 5</code> to play simulated listeners
+against the live service round after round; each round adds a row here.</div>
+{% elif not loop.rows %}
+<p class="na" id="loop-empty"><code>{{ loop.file }}</code> holds no rounds yet.</p>
+{% else %}
+{% set last = loop.latest %}
+<p id="loop-summary">{{ loop.rows|length }} round{{ "s" if loop.rows|length != 1 }}.
+Round {{ last.round }}: live <b>{{ last.live_version or "–" }}</b>, true value <b>{{ f(last.true_value) }}</b>
+{%- if last.oracle_share is not none %} ({{ "%.1f"|format(100 * last.oracle_share) }}% of the oracle){% endif %};
+oracle {{ f(loop.oracle_value) }}, logging policy {{ f(loop.logging_value) }} (means over rounds).
+{{ loop.promotions }} promoted, {{ loop.rejections }} rejected.
+{% if loop.mismatched_rounds %}<span class="fail">The card counts (served, logged, joined, accepted) differ in
+round{{ "s" if loop.mismatched_rounds|length != 1 }} {{ loop.mismatched_rounds|join(", ") }}.</span>{% endif %}</p>
+<figure id="loop-chart">{{ chart|safe }}
+<figcaption style="max-width:760px">Per round: the live policy's true value per page view (simulator, whiskers ±2 s.e.)
+and the streams per page view observed online (band: its 95% interval). Dashed: the oracle and the logging policy,
+means over the rounds' contexts.</figcaption></figure>
+
+<h2>Rounds</h2>
+<table id="rounds">
+<thead>
+<tr><th rowspan="2">round</th><th rowspan="2">live version</th><th rowspan="2">page views</th>
+<th rowspan="2">true value</th><th rowspan="2">share of oracle</th><th rowspan="2">online rate [95% CI]</th>
+<th rowspan="2">candidate</th>
+<th rowspan="2">decision</th><th rowspan="2">DR lift [95% CI]</th><th rowspan="2">true lift</th>
+<th colspan="4">cards: served = logged = joined = accepted</th><th rowspan="2">seconds</th></tr>
+<tr><th>served</th><th>logged</th><th>joined</th><th>accepted</th></tr>
+</thead><tbody>
+{% for r in loop.rows %}
+<tr data-round="{{ r.round }}"{% if not r.counts_match %} class="mismatch"{% endif %}>
+<td class="num">{{ r.round }}</td>
+<td>{% if r.live_registered %}<a href="/candidates/{{ r.live_version }}">{{ r.live_version }}</a>
+{%- else %}{{ r.live_version or f(none) }}{% endif %}</td>
+<td class="num">{{ m.num(r.page_views, 0) }}</td>
+<td class="num true-value">{{ f(r.true_value) }}
+{%- if r.true_value_se %} <span class="sub">± {{ f(2 * r.true_value_se) }}</span>{% endif %}</td>
+<td class="num">{% if r.oracle_share is not none %}{{ "%.1f"|format(100 * r.oracle_share) }}%
+{%- else %}{{ f(none) }}{% endif %}</td>
+<td class="num">{% if r.online_rate is not none %}{{ f(r.online_rate) }}
+<span class="sub">[{{ f(r.online_rate_lo) }}, {{ f(r.online_rate_hi) }}]</span>{% else %}{{ f(none) }}{% endif %}</td>
+<td>{% if r.candidate_registered %}<a href="/candidates/{{ r.candidate_version }}">{{ r.candidate_version }}</a>
+{%- else %}{{ r.candidate_version or f(none) }}{% endif %}</td>
+<td>{% if r.decision %}{{ m.status(r.decision_status, r.decision) }}{% else %}{{ f(none) }}{% endif %}</td>
+<td class="num">{% if r.dr_lift is not none %}{{ f(r.dr_lift) }}
+<span class="sub">[{{ f(r.dr_lift_lo) }}, {{ f(r.dr_lift_hi) }}]</span>{% else %}{{ f(none) }}{% endif %}</td>
+<td class="num">{{ f(r.true_lift) }}</td>
+{% for k in ("served", "logged", "joined", "accepted") -%}
+<td class="num count
+{%- if not r.counts_match %} mismatch" title="served, logged, joined and accepted cards differ{% endif %}">
+{{- m.num(r[k], 0) }}</td>
+{% endfor -%}
+<td class="num">{{ f(r.seconds, 1) }}</td>
+</tr>
+{% endfor %}
+</tbody></table>
+<p class="sub">JSON: <a href="/api/loop">/api/loop</a></p>
+{% endif %}
+{% endblock %}
+"""
+
 TEMPLATES = {"base.html": BASE, "macros.html": MACROS, "index.html": INDEX, "candidate.html": CANDIDATE,
-             "error.html": ERROR}
+             "error.html": ERROR, "loop.html": LOOP}

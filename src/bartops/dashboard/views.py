@@ -8,13 +8,16 @@ grow; every reader here accepts the documented shapes and a few obvious variants
 
 from __future__ import annotations
 
+import csv
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
+from bartops.loop.record import read_rounds
 from bartops.registry import Registry, RegistryError
 
 # ---------------------------------------------------------------------- statuses
@@ -742,3 +745,73 @@ def submit_review(registry: Registry, version: str, approved: bool, comment: str
     except Exception as exc:  # noqa: BLE001 - report Prefect's reason to the reviewer
         raise ReviewError(f"could not resume gate flow run {run_id}: {type(exc).__name__}: {exc}") from exc
     return {"flow_run_id": run_id, **payload}
+
+
+# ---------------------------------------------------------------------- the Loop page
+LOOP_COUNTS = ("served", "logged", "joined", "accepted")
+
+
+def loop_round_dicts(records: Iterable[Any]) -> list[dict]:
+    """Loop rounds (``RoundRecord`` or dicts) as plain dicts, JSON-ready: NaN and infinities become None."""
+    out = []
+    for rec in records:
+        d = asdict(rec) if is_dataclass(rec) else dict(rec)
+        out.append({k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in d.items()})
+    return out
+
+
+def loop_view(records: Iterable[Any], registered: Iterable[str] = ()) -> dict:
+    """What the Loop page shows: one row per round (by round), the reference values and a summary.
+
+    ``rounds`` are the records as JSON-ready dicts (``loop_round_dicts``), in the file's order.
+
+    Each row is the round's fields (NaN as None) plus ``live_registered`` / ``candidate_registered``
+    (the version is in ``registered``, so it can be linked), ``decision_status`` (promoted, rejected
+    or pending for the badge) and ``counts_match`` (served = logged = joined = accepted).  The
+    references ``logging_value`` and ``oracle_value`` are the means over rounds (each round scores
+    them on its own contexts).
+    """
+    known = set(registered)
+    rounds = loop_round_dicts(records)
+    rows = []
+    for d in sorted(rounds, key=lambda d: d.get("round", 0)):
+        counts = [d.get(k) for k in LOOP_COUNTS]
+        rows.append({
+            **d,
+            "live_registered": bool(d.get("live_version")) and d.get("live_version") in known,
+            "candidate_registered": bool(d.get("candidate_version")) and d.get("candidate_version") in known,
+            "decision_status": _status_from([_norm(d.get("decision"))]),
+            "counts_match": len(set(counts)) == 1,
+        })
+    return {
+        "rounds": rounds,
+        "rows": rows,
+        "logging_value": _mean_of(r.get("logging_value") for r in rows),
+        "oracle_value": _mean_of(r.get("oracle_value") for r in rows),
+        "latest": rows[-1] if rows else None,
+        "promotions": sum(r["decision_status"] == PROMOTED for r in rows),
+        "rejections": sum(r["decision_status"] == REJECTED for r in rows),
+        "mismatched_rounds": [r.get("round") for r in rows if not r["counts_match"]],
+    }
+
+
+def read_loop(path: str | Path, registered: Iterable[str] = ()) -> dict:
+    """``loop_view`` of the rounds CSV at ``path`` plus ``file``, ``exists`` and ``error``.
+
+    A missing file gives no rows and ``exists`` False; a malformed one gives no rows and ``error``,
+    a message naming the file and the problem.
+    """
+    path = Path(path)
+    out = {"file": str(path), "exists": path.exists(), "error": None}
+    try:
+        records = read_rounds(path)
+    except (ValueError, OSError, csv.Error) as exc:
+        msg = str(exc)
+        out["error"] = msg if str(path) in msg else f"{path}: {type(exc).__name__}: {msg}"
+        records = []
+    return {**out, **loop_view(records, registered)}
+
+
+def _mean_of(values: Iterable[Any]) -> float | None:
+    xs = [v for v in (_num(x) for x in values) if v is not None]
+    return sum(xs) / len(xs) if xs else None

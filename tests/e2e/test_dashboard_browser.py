@@ -3,6 +3,7 @@
 The dashboard runs as ``bartops dashboard`` (uvicorn) in a subprocess against the test session's
 Prefect API; a gate flow run pauses waiting for a reviewer; the browser loads the candidate table,
 opens the candidate awaiting approval and clicks Approve; the flow resumes and production changes.
+A second test opens the Loop page over a written rounds file (chart and table) and screenshots it.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,7 +24,7 @@ import pytest
 from bartops.registry import Registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
-from test_dashboard_support import gate_decision, shared_bundle  # noqa: E402
+from test_dashboard_support import gate_decision, loop_records, shared_bundle  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 
@@ -45,6 +47,34 @@ def _wait(predicate, timeout: float, what: str, interval: float = 0.25):
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+@contextmanager
+def _dashboard(registry_root: Path, *args: str, env: dict | None = None):
+    """``bartops dashboard`` in a subprocess on a free port; yields its base URL once /healthz answers."""
+    port = _free_port()
+    bartops = Path(sys.executable).with_name("bartops")
+    server = subprocess.Popen([str(bartops), "dashboard", "--host", "127.0.0.1", "--port", str(port),
+                               "--registry", str(registry_root), *args], env={**os.environ, **(env or {})},
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        def healthy():
+            if server.poll() is not None:
+                raise AssertionError(f"dashboard exited: {server.stdout.read()}")
+            try:
+                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        _wait(healthy, 60, "the dashboard to answer /healthz")
+        yield base
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
 
 
 def _gate_flow():
@@ -103,24 +133,8 @@ def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim,
     run_id = _wait(lambda: (reg.show("v2")["gate"] or {}).get("flow_run_id"), 120, "the gate flow to record its run")
     _wait(lambda: _flow_run_paused(run_id), 120, "the gate flow run to pause")
 
-    port = _free_port()
-    env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    bartops = Path(sys.executable).with_name("bartops")
-    server = subprocess.Popen([str(bartops), "dashboard", "--host", "127.0.0.1", "--port", str(port),
-                               "--registry", str(reg.root)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
     try:
-        def healthy():
-            if server.poll() is not None:
-                raise AssertionError(f"dashboard exited: {server.stdout.read()}")
-            try:
-                return httpx.get(f"{base}/healthz", timeout=2).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        _wait(healthy, 60, "the dashboard to answer /healthz")
-        with sync_playwright() as pw:
+        with _dashboard(reg.root, env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as base, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
@@ -154,11 +168,6 @@ def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim,
             finally:
                 browser.close()
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
         if runner.is_alive():  # make sure a failed test does not leave the flow paused for long
             try:
                 from prefect.flow_runs import resume_flow_run
@@ -167,3 +176,53 @@ def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim,
             except Exception:  # noqa: BLE001 - best-effort cleanup
                 pass
             runner.join(timeout=30)
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian chromium is not installed (`make browser` installs it)")
+def test_loop_page_in_the_browser(tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    from bartops.loop.record import write_rounds
+
+    root = tmp_path / "registry"
+    (root / "versions" / "v2").mkdir(parents=True)  # a registered version: linked from the table
+    loop_file = write_rounds(loop_records(mismatch_round=4), tmp_path / "loop" / "rounds.csv")
+    with _dashboard(root, "--loop-file", str(loop_file)) as base, sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(base + "/")
+            page.click("header a#loop-link")
+            expect(page.locator("h1")).to_have_text("Loop")
+            assert page.url == base + "/loop"
+
+            chart = page.locator("#loop-chart svg")
+            expect(chart).to_be_visible()
+            assert chart.bounding_box()["width"] >= 700
+            expect(chart.locator("circle.true-point")).to_have_count(6)
+            expect(chart.locator("circle.online-point")).to_have_count(5)  # round 0 served no traffic
+            expect(chart.locator("line.ref")).to_have_count(2)
+            expect(chart.locator("text.legend")).to_have_count(4)
+            # the oracle's line lies above the logging policy's (SVG y grows downwards)
+            y_oracle = float(chart.locator("line.ref.oracle").get_attribute("y1"))
+            assert y_oracle < float(chart.locator("line.ref.logging").get_attribute("y1"))
+
+            rows = page.locator("table#rounds tbody tr")
+            expect(rows).to_have_count(6)
+            expect(page.locator('tr[data-round="5"] td.true-value')).to_contain_text("6.858")
+            expect(page.locator('tr[data-round="5"]')).to_contain_text("reject")
+            expect(page.locator('tr[data-round="1"] a[href="/candidates/v2"]')).to_have_text("v2")
+            mismatch = page.locator('tr[data-round="4"] td.mismatch')
+            expect(mismatch).to_have_count(4)
+            assert mismatch.first.evaluate("e => getComputedStyle(e).backgroundColor") == "rgb(255, 235, 233)"
+            expect(page.locator('tr[data-round="3"] td.mismatch')).to_have_count(0)
+            page.screenshot(path=str(tmp_path / "loop.png"), full_page=True)
+
+            # the page reads the file on every request: a broken file becomes an error box
+            loop_file.write_text("round,live_version\n0,v1\n")
+            page.reload()
+            expect(page.locator("#loop-error")).to_contain_text(str(loop_file))
+            expect(page.locator("#loop-chart")).to_have_count(0)
+        finally:
+            browser.close()
+    assert (tmp_path / "loop.png").stat().st_size > 10_000

@@ -67,11 +67,12 @@ from bartops.registry.cli import app as _registry_app  # noqa: E402
 app.add_typer(_registry_app, name="registry")
 
 
-from bartops.ops.cli import down, status, up  # noqa: E402
+from bartops.ops.cli import check, down, status, up  # noqa: E402
 
 app.command("up")(up)
 app.command("down")(down)
 app.command("status")(status)
+app.command("check")(check)
 
 from bartops.dashboard.cli import dashboard as _dashboard  # noqa: E402
 

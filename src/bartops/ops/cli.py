@@ -57,3 +57,19 @@ def status(params_file: Optional[Path] = typer.Option(None, "--params")) -> None
     for name in SERVICE_ORDER:
         ok = processes.healthy(defs[name].health_url)
         typer.echo(f"{name:<12} {'healthy' if ok else 'down':<8} {defs[name].address}")
+
+
+@app.command("check")
+def check(params_file: Optional[Path] = typer.Option(None, "--params")) -> None:
+    """Does each entry point answer (Prefect deployment, service /home, dashboard) with the registry's production?"""
+    from bartops.ops.smoke import check_stack
+
+    params = load_params(params_file)
+    results = check_stack(section(params, "ops"), Path(params["paths"]["registry"]),
+                          int(section(params, "policy")["shelves"]))
+    for r in results:
+        typer.echo(r.line(), err=not r.ok)
+    failed = [r.name for r in results if not r.ok]
+    if failed:
+        typer.echo(f"check failed: {', '.join(failed)}", err=True)
+        raise typer.Exit(1)

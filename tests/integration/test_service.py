@@ -228,7 +228,7 @@ def test_closed_loop_serve_feedback_join_validate_retrain(server, setup, small_s
     assert (mine["reward"].to_numpy() == expected.to_numpy()).all()
 
     report = validate_batch(Path(result["batch"]), small_data_dir, setup["params"])
-    assert report.passed, report.to_dict()
+    assert report.passed, report.failure_message()
 
     features = load_features(setup["registry"].production_path() / "features")
     retrained = train_reward_models(features, batch, TRAIN)

@@ -91,6 +91,8 @@ def evaluate_and_gate(
     ``auto_approve``: None follows ``gate.human_approval``; True skips the reviewer; False always asks.
     ``params_file`` is an alias of ``params_path`` (the other flows' name).  Returns a dict with
     ``version``, ``decision``, ``promoted`` (bool), ``summary`` (one line), ``failed`` and ``production``.
+    A candidate that is already the production version is not evaluated again (decision
+    ``already-production``; its gate.json is left as it was).
     """
     logger = get_run_logger()
     params = load_params(params_file or params_path)
@@ -100,6 +102,13 @@ def evaluate_and_gate(
     registry_root = registry_root or paths.get("registry", "registry")
     gp = GateParams.from_dict(params.get("gate"))
     version = register_candidate(registry_root, bundle_dir, version)
+    if Registry(Path(registry_root)).production() == version:
+        # the same data and features trained the same candidate again (e.g. a second `make demo`):
+        # comparing production with itself decides nothing and would overwrite its recorded evidence
+        summary = f"candidate {version} is already production: not evaluated again"
+        logger.info("gate: %s", summary)
+        return {"version": version, "decision": "already-production", "promoted": False,
+                "summary": summary, "failed": [], "production": version}
     decision = evaluate_candidate(registry_root, version, impressions_dir or paths.get("impressions", "build/impressions"),
                                   data_dir or paths.get("data", "data"), build_dir, params)
     reg = Registry(Path(registry_root))

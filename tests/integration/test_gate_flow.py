@@ -124,3 +124,20 @@ def test_approval_promotes(prefect_api, workspace):
     assert out["promoted"] is True and out["production"] == "approved"
     assert gate["approval"] == {"approved": True, "reviewer": "ana", "comment": "ok"} and "status" not in gate
     assert Registry(workspace / "registry").production() == "approved"
+
+
+def test_the_production_version_is_not_gated_again(prefect_api, workspace):
+    """Training the same data again yields the production version itself: nothing to decide, evidence kept."""
+    from flows.evaluate_and_gate import evaluate_and_gate
+
+    reg = Registry(workspace / "registry")
+    bundle = _copy_bundle(workspace, "already-live")
+    reg.register(bundle, "already-live")
+    reg.record_decision("already-live", {"decision": "promote", "summary": "promote: the first evidence"})
+    reg.promote("already-live", "test: live before the round")
+    before = (workspace / "registry" / "versions" / "already-live" / "gate.json").read_text()
+    events = len(reg.history())
+    out = evaluate_and_gate(bundle_dir=bundle, params_path=str(workspace / "params.yaml"), auto_approve=True)
+    assert out["decision"] == "already-production" and out["promoted"] is False and out["production"] == "already-live"
+    assert (workspace / "registry" / "versions" / "already-live" / "gate.json").read_text() == before
+    assert reg.production() == "already-live" and len(reg.history()) == events

@@ -65,3 +65,30 @@ def test_build_refuses_a_bentoml_home_inside_the_context(tmp_path):
     ctx = stage_build_context(ROOT, tmp_path / "ctx")
     with pytest.raises(ValueError, match="inside the build context"):
         build_bento("bartops-policy:v1", ROOT, bentoml_home=ctx / "bentoml", context_dir=ctx)
+
+
+def test_registry_bookkeeping_is_not_bundle_content(tmp_path):
+    """gate.json is rewritten after registration (a decision, a review): storing again is still a no-op."""
+    import json
+
+    from bartops.serving.package import bundle_digest, store_bundle_as_bentoml_model
+
+    b = tmp_path / "bundle"
+    (b / "model").mkdir(parents=True)
+    (b / "features").mkdir()
+    (b / "model" / "model.ubj").write_bytes(b"m")
+    (b / "features" / "manifest.json").write_text("{}")
+    (b / "policy.json").write_text(json.dumps({"version": "v1"}))
+    (b / "registry.json").write_text("{}")
+    (b / "gate.json").write_text(json.dumps({"decision": "promote"}))
+    digest = bundle_digest(b)
+    home = tmp_path / "bentoml"
+    tag = store_bundle_as_bentoml_model(b, "v1", bentoml_home=home)
+    stored = home / "models" / "bartops-policy" / "v1"
+    assert not (stored / "gate.json").exists() and not (stored / "registry.json").exists()
+    (b / "gate.json").write_text(json.dumps({"decision": "reject"}))
+    assert bundle_digest(b) == digest
+    assert store_bundle_as_bentoml_model(b, "v1", bentoml_home=home) == tag
+    (b / "features" / "manifest.json").write_text('{"changed": true}')
+    with pytest.raises(ValueError, match="different content"):
+        store_bundle_as_bentoml_model(b, "v1", bentoml_home=home)

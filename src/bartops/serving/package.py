@@ -33,6 +33,9 @@ from pathlib import Path
 from bartops.serving.config import MODEL_NAME
 
 REQUIRED = ("model", "features", "policy.json")
+# registry bookkeeping written into a version's folder after it was registered (the registration
+# record, the gate's decision): not bundle content, so neither hashed nor packaged
+REGISTRY_FILES = ("registry.json", "gate.json")
 _TAG_VERSION = re.compile(r"^[a-z0-9]([a-z0-9._-]{0,62})$")
 
 
@@ -53,13 +56,14 @@ def check_bundle(bundle_dir: str | Path) -> Path:
     return d
 
 
-def bundle_digest(bundle_dir: str | Path) -> str:
-    """SHA-256 over the bundle's relative file paths and contents (registry.json excluded)."""
+def bundle_digest(bundle_dir: str | Path, skip: tuple[str, ...] = REGISTRY_FILES) -> str:
+    """SHA-256 over the bundle's relative file paths and contents (the files ``skip`` at its top excluded:
+    by default ``REGISTRY_FILES``, the registry's bookkeeping)."""
     d = Path(bundle_dir)
     h = hashlib.sha256()
     for path in sorted(p for p in d.rglob("*") if p.is_file()):
         rel = path.relative_to(d).as_posix()
-        if rel == "registry.json":  # registry bookkeeping, not bundle content
+        if rel in skip:
             continue
         h.update(rel.encode() + b"\0")
         with open(path, "rb") as fh:
@@ -109,7 +113,10 @@ def store_bundle_as_bentoml_model(bundle_dir: str | Path, version: str,
     except NotFound:
         existing = None
     if existing is not None:
-        if existing.info.metadata.get("bundle_sha256") != digest:
+        # the recorded digest, else the stored files themselves (models stored before gate.json was
+        # left out of the digest recorded one that covered it)
+        if (existing.info.metadata.get("bundle_sha256") != digest
+                and bundle_digest(existing.path, REGISTRY_FILES + ("model.yaml",)) != digest):
             raise ValueError(f"BentoML model {tag} already exists with different content; "
                              f"registry versions are immutable, register the bundle under a new version")
         return str(existing.tag)
@@ -117,7 +124,7 @@ def store_bundle_as_bentoml_model(bundle_dir: str | Path, version: str,
                                metadata={"bundle_sha256": digest, "registry_version": str(version)},
                                module="bartops.serving", _model_store=store) as ref:
         shutil.copytree(bundle, ref.path, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("registry.json"))
+                        ignore=lambda d, names: [n for n in names if Path(d) == bundle and n in REGISTRY_FILES])
     return str(ref.tag)
 
 

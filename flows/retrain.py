@@ -53,9 +53,13 @@ def retrain(params_file: str | None = None, auto_approve: bool | None = None, pa
 
 
 @flow(name="ingest-served-logs")
-def ingest_served_logs(params_file: str | None = None):
-    """Join what the service logged with its feedback, then validate the new batch."""
-    joined = join_feedback_flow(params_file=params_file)
+def ingest_served_logs(params_file: str | None = None, now: str | None = None):
+    """Join what the service logged with its feedback, then validate the new batch.
+
+    ``now`` (ISO time, default the clock) decides whose attribution window has elapsed: a caller that
+    knows every stream has been reported (the simulated listeners of the loop) may pass a later time.
+    """
+    joined = join_feedback_flow(params_file=params_file, now=now)
     if not joined.get("batch"):
         return Completed(message="no served logs past their attribution window")
     return validate_logs(path=str(joined["batch"]), params_file=params_file, return_state=True)

@@ -73,6 +73,19 @@ def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, 
                      "policy nor a registered version: its probabilities cannot be recomputed")
 
 
+def logs_of_one_policy(logs: pd.DataFrame, production: str | None) -> tuple[pd.DataFrame, str]:
+    """(the logs the gate evaluates on, the policy that served them): production's own exploration logs
+    when the logs hold any, else the logs of the one policy that served them all."""
+    served_by = logs["policy_version"].astype(str)
+    versions = sorted(served_by.unique().tolist())
+    if production is not None and production in versions:
+        return logs[(served_by == production).to_numpy()].reset_index(drop=True), production
+    if len(versions) != 1:
+        raise ValueError(f"the logs mix policies {versions} and none is production ({production}); "
+                         "evaluate on logs of one logging policy")
+    return logs, versions[0]
+
+
 def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, logs: pd.DataFrame,
                     data_dir: Path) -> dict:
     """OPE of the bundle (and production) on ``logs``: {"result", "production", "logging_version", ...}."""
@@ -80,9 +93,6 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     from bartops.reward.policy import load_policy_bundle
 
     cfg = OPEConfig.from_dict(params.get("ope"))
-    versions = logs["policy_version"].astype(str).unique().tolist()
-    if len(versions) != 1:
-        raise ValueError(f"the logs mix policies {versions}; evaluate on logs of one logging policy")
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
     if holdout_from is not None:
         ts = pd.to_datetime(logs["timestamp"], utc=True)
@@ -90,10 +100,12 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
         if len(logs) == 0:
             raise ValueError(f"no logged impressions after the candidate's training cut {holdout_from}: "
                              "nothing it has not been trained on to evaluate it with")
+    production = registry.production() if registry is not None else None
+    logs, logging_version = logs_of_one_policy(logs, production)
     logs = subsample_pages(logs, cfg.max_pages, cfg.seed)
     candidate, features = load_policy_bundle(Path(bundle_dir))
     lp = logged_pages(logs, features.explanations)
-    logging, log_feats = logging_policy_for(versions[0], data_dir, registry, params["policy"])
+    logging, log_feats = logging_policy_for(logging_version, data_dir, registry, params["policy"])
 
     def featurize(ctx, cards, shelf, position):
         return assemble_rows(features, ctx, cards, shelf, position)
@@ -101,15 +113,14 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     kappa = estimate_examination(lp, featurize, logging.shelves, logging.cards, cfg.seed)
     marg = logging_marginals(logging, lp, (log_feats or features).candidates_for(lp.contexts), cfg, kappa)
     targets: dict[str, Any] = {"candidate": (candidate, features.candidates_for(lp.contexts))}
-    production = registry.production() if registry is not None else None
-    if production is None or production == versions[0]:
+    if production is None or production == logging_version:
         targets["production"] = None
     else:
         prod, prod_feats = load_policy_bundle(registry.path(production))
         targets["production"] = (prod, prod_feats.candidates_for(lp.contexts))
     kinds = features.explanations["kind"].astype(str).to_numpy()
     result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds)
-    return {"result": result, "production": production, "logging_version": versions[0], "config": asdict(cfg),
+    return {"result": result, "production": production, "logging_version": logging_version, "config": asdict(cfg),
             "n_pages": lp.n_pages, "n_rows": len(lp),
             "holdout_from": None if holdout_from is None else holdout_from.isoformat()}
 

@@ -24,6 +24,7 @@ import re
 import shutil
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
@@ -33,6 +34,14 @@ HISTORY = "history.jsonl"
 REQUIRED_BUNDLE_ENTRIES = ("model", "features", "policy.json")
 BUNDLE_JSON_FILES = ("policy.json", "metrics.json", "gate.json", "lineage.json", "registry.json")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass(frozen=True)
+class ProductionPointer:
+    """What ``production.json`` says: the version and the sequence number of its event."""
+
+    version: str
+    seq: int
 
 
 class RegistryError(RuntimeError):
@@ -186,8 +195,27 @@ class Registry:
 
     # ------------------------------------------------------------------ production pointer
     def _pointer(self) -> dict | None:
+        """The pointer's JSON, checked: a RegistryError names the file, the problem and the fix."""
         p = self.root / POINTER
-        return _read_json(p) if p.exists() else None
+        if not p.exists():
+            return None
+        fix = f"restore it with `bartops registry promote <version> --reason ...` (history: {self.root / HISTORY})"
+        try:
+            ptr = _read_json(p)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RegistryError(f"production pointer {p} is not valid JSON ({exc}); {fix}") from None
+        if not isinstance(ptr, dict) or not isinstance(ptr.get("seq"), int) or not isinstance(ptr.get("event"), dict):
+            raise RegistryError(f"production pointer {p} lacks an integer 'seq' or its 'event'; {fix}")
+        try:
+            check_version_name(ptr.get("version"))
+        except ValueError as exc:
+            raise RegistryError(f"production pointer {p} names no registered version: {exc}; {fix}") from None
+        return ptr
+
+    def pointer(self) -> ProductionPointer | None:
+        """The production version and the sequence number of the event that set it (None: nothing yet)."""
+        ptr = self._pointer()
+        return None if ptr is None else ProductionPointer(ptr["version"], ptr["seq"])
 
     def production(self) -> str | None:
         """The production version, or None when nothing has been promoted."""

@@ -24,6 +24,7 @@ class ServingConfig:
     max_body_bytes: int = 8192  # larger request bodies get a 413
     attribution_window_seconds: float = 1800.0  # a stream counts if reported this soon after the page
     workers: int = 1  # BentoML API worker processes
+    registry_poll_seconds: float = 1.0  # how often a service serving the registry looks for a new production
 
     def __post_init__(self) -> None:
         for f in fields(self):

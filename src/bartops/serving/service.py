@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Optional
 
 import bentoml
+from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
 from bartops.serving.config import (
@@ -38,7 +39,9 @@ from bartops.serving.config import (
     ServingConfig,
     load_serving_config,
 )
+from bartops.registry import Registry
 from bartops.serving.engine import BundleLoadError, PageEngine, verify_bundle_isolated
+from bartops.serving.follow import RegistryFollower
 from bartops.serving.logwriter import FEEDBACK, IMPRESSIONS, RotatingLogWriter, recover_partial_files
 from bartops.serving.schemas import FeedbackRequest, FeedbackResponse, HomePageResponse, HomeRequest
 
@@ -63,15 +66,20 @@ def packaged_model_path() -> Optional[str]:
     return stored.path
 
 
+def served_registry() -> Optional[Path]:
+    """The registry whose production version is served (None when a packaged model or a bundle is)."""
+    if MODEL_TAG or os.environ.get(ENV_BUNDLE):
+        return None
+    return Path(os.environ.get(ENV_REGISTRY) or "registry")
+
+
 def resolve_bundle_dir(model_path: Optional[str] = None) -> tuple[Path, str]:
     """(bundle directory, where it came from); BundleLoadError when there is nothing to serve."""
     if model_path:
         return Path(model_path), f"BentoML model {MODEL_TAG}"
-    if os.environ.get(ENV_BUNDLE):
+    root = served_registry()
+    if root is None:
         return Path(os.environ[ENV_BUNDLE]), f"${ENV_BUNDLE}"
-    from bartops.registry import Registry
-
-    root = Path(os.environ.get(ENV_REGISTRY) or "registry")
     if not root.exists():
         raise BundleLoadError(f"registry {root.resolve()} does not exist: set {ENV_REGISTRY} or {ENV_BUNDLE}")
     try:
@@ -133,8 +141,10 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 
 MODEL_TAG = configured_model_tag()
 CONFIG: ServingConfig = load_serving_config()
+status_app = FastAPI(title="bartops service status")
 
 
+@bentoml.asgi_app(status_app, path="/")
 @bentoml.service(
     name="bartops-home",
     workers=CONFIG.workers,
@@ -159,7 +169,12 @@ class HomePage:
         model_path = self.bundle_model.path if MODEL_TAG else None
         self.bundle_dir, self.source = resolve_bundle_dir(model_path)
         # read and check the bundle now: a missing or corrupt version fails start-up here
-        self.engine = PageEngine.load(self.bundle_dir, precompute=False)
+        engine = PageEngine.load(self.bundle_dir, precompute=False)
+        root = None if model_path else served_registry()
+        # serving the registry: follow its production pointer (a packaged model or a bundle stays fixed)
+        self.follower = RegistryFollower(Registry(root), engine) if root is not None else None
+        self._engine = engine
+        self._stop = threading.Event()
         log_dir = Path(self.config.log_dir)
         log_dir.mkdir(parents=True, exist_ok=True)
         recover_partial_files(log_dir)
@@ -172,23 +187,33 @@ class HomePage:
         self._ready = threading.Event()
         self.warmup_error: Optional[str] = None
         threading.Thread(target=self._warm_up, name="bartops-warmup", daemon=True).start()
-        log.info("bartops: serving policy %s from %s (%s)", self.engine.version, self.bundle_dir, self.source)
+        log.info("bartops: serving policy %s from %s (%s)", engine.version, self.bundle_dir, self.source)
+
+    @property
+    def engine(self) -> PageEngine:
+        """The live engine: the registry's production version when following it."""
+        return self.follower.engine if self.follower is not None else self._engine
 
     def _warm_up(self) -> None:
         try:
-            self.engine.precompute()
+            self._engine.precompute()
             self._ready.set()
-            log.info("bartops: ready (fast path %s, %s)", self.engine.fast_path, self.engine.load_seconds)
+            log.info("bartops: ready (fast path %s, %s)", self._engine.fast_path, self._engine.load_seconds)
         except Exception as exc:  # noqa: BLE001 - reported by /readyz and /home
             self.warmup_error = f"{type(exc).__name__}: {exc}"
             log.exception("bartops: warm-up failed")
+            return
+        if self.follower is not None:
+            threading.Thread(target=self.follower.run, args=(self._stop, self.config.registry_poll_seconds),
+                             name="bartops-follow-registry", daemon=True).start()
 
     def __is_ready__(self) -> bool:
         return self._ready.is_set()
 
     @bentoml.on_shutdown
     def close_logs(self) -> None:
-        """Flush, fsync and close the open log files."""
+        """Stop following the registry; flush, fsync and close the open log files."""
+        self._stop.set()
         self.impressions.close()
         self.feedback_log.close()
 
@@ -206,13 +231,22 @@ class HomePage:
             timestamp = datetime.now(timezone.utc)
         elif timestamp.tzinfo is None:
             timestamp = timestamp.replace(tzinfo=timezone.utc)
-        page = self.engine.build(user_id, platform, region, request_id, seed, timestamp, shelves, cards_per_shelf)
+        engine = self.engine  # one engine builds the whole page, whatever swaps meanwhile
+        page = engine.build(user_id, platform, region, request_id, seed, timestamp, shelves, cards_per_shelf)
         self.impressions.write(page.impressions)
         with self._recent_lock:
             self._recent[request_id] = frozenset(r["item_id"] for r in page.impressions)
             if len(self._recent) > RECENT_PAGES:
                 self._recent.popitem(last=False)
         return HomePageResponse.model_validate(page.response)
+
+    @status_app.get("/version")
+    def live_version(self) -> dict:
+        """The version this worker serves, the one it is loading, and its recent swaps and refusals."""
+        status = {"version": self.engine.version, "pending": None, "swaps": [], "refusals": []}
+        if self.follower is not None:
+            status = self.follower.status()
+        return {"source": self.source, "ready": self._ready.is_set(), **status}
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackResponse)
     def feedback(self, request_id: str, item_id: int, streamed: bool,

@@ -1,0 +1,129 @@
+"""Simulated listeners: request home pages over HTTP, stream cards with the world's true probabilities.
+
+A listener is a context drawn from the simulator (user by activity, platform by the user's mix,
+region by home).  Its page comes from the live service (``POST /home``); each card shown is
+streamed with the true probability ``relevance × examination(shelf, position)``; every stream is
+reported to ``POST /feedback``.  Pages are requested first (concurrently), then all streams drawn
+in one vectorised step, then reported (concurrently): the service sees the same requests as from
+real clients, only faster.
+"""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pandas as pd
+
+from bartops.policy.page import CandidateSet
+from bartops.sim import World, sample_contexts
+
+CARD_COLUMNS = ("request_id", "user_id", "platform", "region", "timestamp", "shelf", "position", "item_id",
+                "explanation_id", "policy_version", "propensity")
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What the listeners were served and streamed in one round."""
+
+    cards: pd.DataFrame  # one row per card received (CARD_COLUMNS + p_stream, streamed)
+    pages: int  # pages received
+    failed: list[str]  # one line per request that did not get a 200 (status and body)
+    page_ms: np.ndarray  # latency of each /home request
+    feedback_ms: np.ndarray  # latency of each /feedback request
+
+    def contexts(self) -> pd.DataFrame:
+        """One row per page received: user, platform, region and the served timestamp."""
+        first = self.cards.drop_duplicates("request_id")
+        return first[["request_id", "user_id", "platform", "region", "timestamp"]].reset_index(drop=True)
+
+    def streams_per_page(self) -> pd.Series:
+        """Streams of each page received (request id → count)."""
+        return self.cards.groupby("request_id", sort=False)["streamed"].sum()
+
+
+def _chunks(n: int, k: int) -> list[range]:
+    step = -(-n // k)
+    return [range(lo, min(n, lo + step)) for lo in range(0, n, step)]
+
+
+def _request_pages(url: str, contexts: pd.DataFrame, rows: range, timeout: float):
+    cards, failed, ms = [], [], []
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        for i in rows:
+            c = contexts.iloc[i]
+            body = {"user_id": int(c.user_id), "platform": str(c.platform), "region": str(c.region)}
+            t0 = time.perf_counter()
+            try:
+                r = client.post("/home", json=body)
+            except httpx.HTTPError as exc:
+                failed.append(f"/home {body}: {type(exc).__name__}: {exc}")
+                continue
+            ms.append(1e3 * (time.perf_counter() - t0))
+            if r.status_code != 200:
+                failed.append(f"/home {body}: {r.status_code} {r.text[:200]}")
+                continue
+            page = r.json()
+            for s, shelf in enumerate(page["shelves"]):
+                for k, card in enumerate(shelf["cards"]):
+                    cards.append((page["request_id"], body["user_id"], body["platform"], body["region"],
+                                  page["timestamp"], s, k, card["item_id"], shelf["explanation_id"],
+                                  page["policy_version"], card["propensity"]))
+    return cards, failed, ms
+
+
+def _report_streams(url: str, streams: pd.DataFrame, rows: range, timeout: float):
+    failed, ms = [], []
+    with httpx.Client(base_url=url, timeout=timeout) as client:
+        for i in rows:
+            s = streams.iloc[i]
+            body = {"request_id": str(s.request_id), "item_id": int(s.item_id), "streamed": True,
+                    "seconds": float(s.seconds)}
+            t0 = time.perf_counter()
+            try:
+                r = client.post("/feedback", json=body)
+            except httpx.HTTPError as exc:
+                failed.append(f"/feedback {body}: {type(exc).__name__}: {exc}")
+                continue
+            ms.append(1e3 * (time.perf_counter() - t0))
+            if r.status_code != 200:
+                failed.append(f"/feedback {body}: {r.status_code} {r.text[:200]}")
+    return failed, ms
+
+
+def stream_probability(world: World, cards: pd.DataFrame) -> np.ndarray:
+    """The true probability that each shown card is streamed (relevance × examination)."""
+    n = len(cards)
+    code = pd.Series(np.arange(len(world.explanations)), index=world.explanations["explanation_id"].astype(str))
+    cands = CandidateSet(np.arange(n, dtype=np.int64), cards["item_id"].to_numpy(np.int64),
+                         code[cards["explanation_id"].astype(str)].to_numpy(np.int64), n, np.ones(n, bool))
+    ctx = cards[["user_id", "platform", "region"]].assign(timestamp=pd.to_datetime(cards["timestamp"], utc=True))
+    return world.relevance(ctx, cands) * world.examination(cards["shelf"].to_numpy(), cards["position"].to_numpy())
+
+
+def play_listeners(url: str, world: World, page_views: int, rng: np.random.Generator, threads: int = 4,
+                   timeout: float = 30.0) -> Traffic:
+    """``page_views`` simulated page views against the service at ``url`` (see the module docs)."""
+    if page_views < 1:
+        raise ValueError(f"page_views must be at least 1, got {page_views}")
+    contexts = sample_contexts(world, page_views, rng)
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda rows: _request_pages(url, contexts, rows, timeout), _chunks(page_views, threads)))
+    rows = [c for p in parts for c in p[0]]
+    failed = [f for p in parts for f in p[1]]
+    page_ms = np.array([m for p in parts for m in p[2]])
+    cards = pd.DataFrame(rows, columns=list(CARD_COLUMNS))
+    cards["p_stream"] = stream_probability(world, cards) if len(cards) else np.zeros(0)
+    cards["streamed"] = rng.random(len(cards)) < cards["p_stream"].to_numpy()
+    streams = cards[cards["streamed"]].assign(seconds=np.round(rng.lognormal(4.9, 0.6, int(cards["streamed"].sum())), 1))
+    feedback_ms = np.zeros(0)
+    if len(streams):
+        with ThreadPoolExecutor(threads) as pool:
+            parts = list(pool.map(lambda r: _report_streams(url, streams, r, timeout),
+                                  _chunks(len(streams), threads)))
+        failed += [f for p in parts for f in p[0]]
+        feedback_ms = np.array([m for p in parts for m in p[1]])
+    return Traffic(cards, int(cards["request_id"].nunique()), failed, page_ms, feedback_ms)

@@ -344,6 +344,81 @@ def test_stream_rate_bounds_widen_with_noise_and_tolerance():
     assert lo2 == pytest.approx(max(0.0, lo - 0.06)) and hi2 == pytest.approx(hi + 0.06)
 
 
+def test_stream_rate_false_alarm_rate_holds_on_clustered_pages(small_sim):
+    """The stream-rate check's false-alarm rate is its alpha on simulated pages, whose cards are correlated.
+
+    6000 page views of the logging policy (48 cards each) cut into 600 batches of 10 pages, each
+    checked against the pooled rate with no drift allowance (rel_tolerance 0), so every alarm is a
+    false alarm.  Treating the cards as independent rows (the old allowance) alarms far more often
+    than alpha (the design effect here is ~1.9); the page-clustered allowance alarms at alpha.
+    Tolerance: under a check whose rate is alpha, the count is Binomial(R, alpha), so it lies within
+    z·sd of R·alpha except with probability 1e-6 (z = normal_quantile(1e-6)); seeds are fixed, so
+    the test is deterministic, and this bound says it would hold for almost any other seed too.
+    """
+    from bartops.sim.simulate import logging_policy, simulate_impressions
+    from bartops.validation.checks import design_effect, page_reward_sums
+
+    world = small_sim.world
+    policy = logging_policy(world, small_sim.history, shelves=6, cards=8, epsilon_head=0.1, epsilon_fill=0.1)
+    imp = simulate_impressions(world, small_sim.history, small_sim.candidates, policy, 6000 * 48,
+                               np.random.default_rng([0, 9]))
+    page = pd.factorize(imp["request_id"])[0]  # rows come in page order
+    edges = np.searchsorted(page, np.arange(0, page.max() + 2, 10))
+    r0, n0, alpha = float(imp["reward"].mean()), len(imp), 0.1
+    old = new = 0
+    deffs = []
+    for a, b in zip(edges[:-1], edges[1:]):
+        part = imp.iloc[a:b]
+        s = page_reward_sums(part["reward"], part["request_id"])
+        rate = s["y"] / s["rows"]
+        lo, hi = stream_rate_bounds(s["rows"], r0, n0, 0.0, alpha)  # cards as independent rows
+        old += not lo <= rate <= hi
+        deffs.append(design_effect(s))
+        lo, hi = stream_rate_bounds(s["rows"], r0, n0, 0.0, alpha, design_effect=deffs[-1], pages=s["pages"])
+        new += not lo <= rate <= hi
+    reps = len(edges) - 1
+    allowance = normal_quantile(1e-6) * np.sqrt(reps * alpha * (1 - alpha))
+    assert reps == 600 and np.mean(deffs) > 1.5, (reps, np.mean(deffs))
+    assert abs(new - reps * alpha) <= allowance, f"page-clustered check: {new} alarms in {reps}, expected {reps * alpha:.0f} ± {allowance:.1f}"
+    assert old > reps * alpha + allowance, f"rows-as-independent check: {old} alarms in {reps}, expected above {reps * alpha + allowance:.1f}"
+
+
+def test_design_effect_of_independent_and_page_shared_rewards_and_its_sums_add_up():
+    from bartops.validation.checks import design_effect, page_reward_sums
+
+    rng = np.random.default_rng(4)
+    req = pd.Series(np.repeat([f"p{i}" for i in range(2000)], 48))
+    indep = page_reward_sums(pd.Series((rng.random(len(req)) < 0.12).astype(int)), req)
+    # floored at 1; the estimate's sd is about sqrt(2/1999) ≈ 0.03, so 0.15 is 5 sd
+    assert design_effect(indep) == pytest.approx(1.0, abs=0.15), design_effect(indep)
+    # every card of a page streams or none does: deff = 48·P/(P−1) exactly
+    shared = pd.Series(np.repeat((rng.random(2000) < 0.12).astype(int), 48))
+    assert design_effect(page_reward_sums(shared, req)) == pytest.approx(48 * 2000 / 1999)
+    # sums over whole pages add up (what the partitioned validation relies on)
+    cut = 1000 * 48
+    halves = [page_reward_sums(shared.iloc[sl], req.iloc[sl]) for sl in (slice(0, cut), slice(cut, None))]
+    assert {k: halves[0][k] + halves[1][k] for k in halves[0]} == page_reward_sums(shared, req)
+    assert design_effect({"rows": 10, "pages": 1, "y": 3, "y2": 9, "ym": 30, "m2": 100}) == 1.0  # one page: no estimate
+
+
+def test_partitioned_validation_gets_the_same_stream_rate_bounds(data_dir, params):
+    """The Dask path's bounds come from per-partition page sums; they equal the whole batch's."""
+    from bartops.scale.partitions import page_partitions
+    from bartops.scale.validate import batch_parameters, partition_batch_stats
+    from bartops.validation.suites import impression_parameters
+
+    now = pd.Timestamp("2026-11-02T00:00:00Z")
+    frame = read_batch(data_dir / BATCH).frame
+    whole = impression_parameters(frame, data_dir, params, now)
+    parts = page_partitions(data_dir / BATCH, 8000)
+    stats = [partition_batch_stats(p, now + pd.Timedelta(minutes=5)) for p in parts]
+    split = batch_parameters(stats, data_dir, params, now)
+    assert len(parts) == 4 and whole["stream_rate_pages"] == frame["request_id"].nunique()
+    assert whole["stream_rate_design_effect"] > 1.2, whole  # the simulator's cards of a page are correlated
+    for k in ("stream_rate_min", "stream_rate_max", "stream_rate_design_effect", "stream_rate_pages"):
+        assert split[k] == pytest.approx(whole[k], rel=1e-12), (k, split[k], whole[k])
+
+
 def test_suite_enums_match_the_shared_vocabularies():
     from bartops.context import PLATFORMS, REGIONS
 

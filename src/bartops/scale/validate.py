@@ -8,7 +8,7 @@ the GX ``impressions`` suite with the batch's global parameters; the driver redu
 - ``impression_id_unique``: from the ids' 64-bit hashes of all partitions (a duplicate may sit in
   two partitions), counting every row whose id occurs more than once, as GX does;
 - batch-level checks: schema checks must pass in every partition; the explored share (Σ explored,
-  Σε, Σε(1−ε)) and the stream rate (Σ reward / rows) are recomputed from reduced sums with the
+  Σε, Σε(1−ε)) and the stream rate (Σ reward / rows, its bounds from per-page sums) are recomputed from reduced sums with the
   suite's rules; the batch window from the latest timestamp of every partition.
 
 The catalog and history suites do not depend on the batch and run once on the driver.
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from bartops.scale.partitions import Partition, batch_files, page_partitions, read_partition
-from bartops.validation.checks import explored_share_stats
+from bartops.validation.checks import explored_share_stats, page_reward_sums
 from bartops.validation.reader import BatchReadError, coerce_impressions, digest_files
 from bartops.validation.report import ExpectationOutcome, ValidationReport
 
@@ -50,6 +50,7 @@ def partition_batch_stats(part: Partition, window_end: pd.Timestamp) -> dict[str
     reward = pd.to_numeric(frame["reward"], errors="coerce")
     return {"rows": len(frame), "pages": int(frame["request_id"].nunique()), "reward_sum": float(reward.sum()),
             "reward_count": int(reward.notna().sum()), "explored": explored_share_stats(frame["explored"], frame["epsilon"]),
+            "page_sums": page_reward_sums(frame["reward"], frame["request_id"]),
             "latest": None if latest is None or pd.isna(latest) else pd.Timestamp(latest),
             "id_hash": pd.util.hash_array(frame["impression_id"].astype(str).to_numpy(dtype=object))}
 
@@ -121,11 +122,9 @@ def batch_parameters(stats: list[dict], data_dir: Path, params: dict[str, Any], 
     latest = [s["latest"] for s in stats if s["latest"] is not None]
     stand_in = pd.DataFrame({"timestamp": pd.Series(latest, dtype="datetime64[ns, UTC]")})
     parameters = S.impression_parameters(stand_in, data_dir, params, now)
-    sr = (params.get("validation") or {}).get("stream_rate", {})
-    lo, hi = S.stream_rate_bounds(sum(s["rows"] for s in stats), float(sr.get("reference", 0.05)),
-                                  int(sr.get("reference_rows", 100_000)), float(sr.get("rel_tolerance", 0.5)),
-                                  float(sr.get("alpha", 1e-6)))
-    return {**parameters, "stream_rate_min": lo, "stream_rate_max": hi}
+    # pages never straddle partitions, so the page sums of the stream rate's variance add up
+    sums = {k: sum(s["page_sums"][k] for s in stats) for k in ("rows", "pages", "y", "y2", "ym", "m2")}
+    return {**parameters, **S.batch_stream_rate_bounds(sums, params.get("validation") or {})}
 
 
 def validate_partitioned(client, path: Path, data_dir: Path, params: dict[str, Any], partition_rows: int, *,

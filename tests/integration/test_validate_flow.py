@@ -60,9 +60,10 @@ def test_flow_accepts_then_rejects_with_a_failed_state(prefect_api, project):
     bad.to_parquet(bad_path, index=False)
     digest = hashlib.sha256(bad_path.read_bytes()).hexdigest()
     state = validate_logs(path=str(bad_path), params_file=str(pfile), return_state=True)
-    assert state.is_failed()
+    assert state.is_failed(), state.message  # the message names each failed expectation (failure_message)
     assert "impressions/propensity_range" in state.message and "impressions/platform_enum" in state.message
-    assert "1 of" in state.message and "fridge" in state.message  # counts and example rows
+    assert "1 of" in state.message and "fridge" in state.message, state.message  # counts and example rows
+    assert "allowed one of" in state.message and "allowed (0, 1]" in state.message, state.message  # and what was allowed
     qdirs = [d for d in (root / "quarantine").iterdir() if d.is_dir()]
     assert len(qdirs) == 1
     assert hashlib.sha256((qdirs[0] / "bad.parquet").read_bytes()).hexdigest() == digest

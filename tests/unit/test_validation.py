@@ -160,10 +160,15 @@ def test_broken_batch_is_rejected_for_that_reason_and_quarantined(tmp_path, data
     path = _write(mutate(good.copy()), tmp_path / "incoming" / "bad.parquet")
     digest = _sha(path)
     report = ingest(path, data_dir, tmp_path / "quarantine", params, impressions_dir=tmp_path / "impressions")
-    assert not report.passed and report.decision == "rejected"
+    assert not report.passed and report.decision == "rejected", (report.decision, report.failure_message())
     assert _failed(report) == {f"impressions/{c}" for c in checks.split("+")}, report.failure_message()
     for c in checks.split("+"):
         assert c in report.failure_message()
+    if checks in ("stream_rate_drift", "explored_share", "timestamp_window", "propensity_range", "platform_enum"):
+        assert "allowed" in report.failure_message(), report.failure_message()  # the range or set it broke
+    if checks == "stream_rate_drift":  # the observed rate, then the allowed range
+        lo, hi = report.parameters["stream_rate_min"], report.parameters["stream_rate_max"]
+        assert f"observed 0, allowed [{lo:.4g}, {hi:.4g}]" in report.failure_message(), report.failure_message()
     moved = Path(report.quarantine_path) / "bad.parquet"
     assert not path.exists() and _sha(moved) == digest  # whole and byte-identical
     assert (Path(report.quarantine_path) / "report.json").exists()
@@ -207,7 +212,7 @@ def test_unreadable_batches_get_a_clear_error_and_quarantine(tmp_path, data_dir,
         before = {p.relative_to(path.parent): _sha(p) for p in ([path] if path.is_file() else path.rglob("*"))
                   if p.is_file()}
         report = ingest(path, data_dir, tmp_path / "quarantine", params, impressions_dir=tmp_path / "imp")
-        assert report.decision == "unreadable" and not report.passed, name
+        assert report.decision == "unreadable" and not report.passed, (name, report.decision, report.failure_message())
         assert report.error_kind == kind, (name, report.error)
         assert report.error and kind in report.failure_message()
         q = Path(report.quarantine_path)
@@ -248,7 +253,7 @@ def test_accept_is_atomic_and_idempotent(tmp_path, data_dir, params, good):
     _write(good.iloc[:half], folder / "part-0.parquet")
     _write(good.iloc[half:], folder / "part-1.parquet")
     again = ingest(folder, data_dir, q, params, impressions_dir=imp)
-    assert again.passed and again.decision == "already-ingested"
+    assert again.passed and again.decision == "already-ingested", (again.decision, again.failure_message())
     assert sorted(imp.iterdir()) == files and _sha(files[0]) == _sha(Path(first.accepted_path))
     assert not q.exists()
     assert src.exists()  # the fixture's batch was never touched
@@ -265,7 +270,7 @@ def test_row_level_failures_under_the_share_are_split_off(tmp_path, data_dir, pa
     report = ingest(path, data_dir, tmp_path / "q", p, impressions_dir=tmp_path / "imp")
     assert report.passed and report.decision == "accepted-partly", report.failure_message()
     page_rows = int((bad["request_id"] == page).sum())
-    assert report.split["applied"] and report.split["rows"] == page_rows and report.split["checks"] == ["item_known"]
+    assert report.split["applied"] and report.split["rows"] == page_rows and report.split["checks"] == ["item_known"], report.split
     kept = pd.read_parquet(report.accepted_path)
     assert len(kept) == len(bad) - page_rows and page not in set(kept["request_id"])
     q = Path(report.quarantine_path)
@@ -276,7 +281,7 @@ def test_row_level_failures_under_the_share_are_split_off(tmp_path, data_dir, pa
     many.loc[many.index[::50], "item_id"] = 10**9
     path = _write(many, tmp_path / "incoming" / "c.parquet")
     report = ingest(path, data_dir, tmp_path / "q", p, impressions_dir=tmp_path / "imp")
-    assert report.decision == "rejected" and not report.split["applied"]
+    assert report.decision == "rejected" and not report.split["applied"], (report.decision, report.split, report.failure_message())
 
 
 def test_missing_reference_data_is_a_setup_error_not_a_quarantine(tmp_path, params, good):

@@ -26,18 +26,38 @@ class ExpectationOutcome:
     examples: list[dict[str, Any]] = field(default_factory=list)  # a few offending rows
     notes: str = ""
     error: str | None = None  # GX raised while evaluating
+    allowed: dict[str, Any] = field(default_factory=dict)  # the bounds/set it was checked against (min_value, …)
+
+    def allowed_text(self) -> str:
+        """The allowed range, set or threshold in words, e.g. 'allowed [0.0427, 0.186]'; '' if none."""
+        a, d = self.allowed, self.details
+        lo, hi = a.get("min_value"), a.get("max_value")
+        if lo is not None and hi is not None:
+            return (f"allowed {'(' if a.get('strict_min') else '['}{_num(lo)}, {_num(hi)}"
+                    f"{')' if a.get('strict_max') else ']'}")
+        if lo is not None:
+            return f"allowed {'>' if a.get('strict_min') else '≥'} {_num(lo)}"
+        if hi is not None:
+            return f"allowed {'<' if a.get('strict_max') else '≤'} {_num(hi)}"
+        if a.get("value_set") is not None:
+            return f"allowed one of {_short(a['value_set'], 80)}"
+        if "tolerance" in d and "expected_explored" in d:  # the explored-share check
+            return (f"allowed |explored − {_num(d['expected_explored'])}| ≤ {_num(d['tolerance'])} "
+                    f"(z {_num(d.get('z'))} × sd {_num(d.get('sd'))})")
+        return ""
 
     def summary(self) -> str:
-        """'suite/check (expectation on column): counts, e.g. rows' in one line."""
+        """'suite/check (expectation on column): observed or counts, allowed range; e.g. rows' in one line."""
         where = f"{self.expectation}" + (f" on {self.column}" if self.column else "")
+        allowed = self.allowed_text()
         if self.error:
             what = f"could not be evaluated: {self.error}"
         elif self.unexpected_count is not None:
             what = (f"{self.unexpected_count:,} of {self.element_count:,} rows unexpected "
-                    f"({self.unexpected_percent or 0:.3g}%)")
+                    f"({self.unexpected_percent or 0:.3g}%)") + (f", {allowed}" if allowed else "")
         else:
-            what = f"observed {_short(self.observed_value)}"
-            if self.details:
+            what = f"observed {_num(self.observed_value)}" + (f", {allowed}" if allowed else "")
+            if self.details and not allowed:
                 what += f" ({_short(self.details)})"
         text = f"{self.suite}/{self.check} ({where}): {what}"
         if self.examples:
@@ -87,7 +107,10 @@ class ValidationReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def failure_message(self) -> str:
-        """Names each failed expectation with its counts and a few example rows."""
+        """One line per failed expectation: its name, observed value (or unexpected rows), allowed range, examples.
+
+        Short enough for an assertion message: ``assert report.passed, report.failure_message()``.
+        """
         if self.error:
             return f"batch {self.batch} is unreadable ({self.error_kind}): {self.error}"
         if not self.failed:
@@ -119,12 +142,14 @@ class ValidationReport:
             for name, s in self.suites.items():
                 out.append(f"| {name} | {s.get('rows', 0):,} | {s.get('evaluated', 0)} | {s.get('failed', 0)} |")
         if self.failed:
-            out += ["", "## Failed expectations", "", "| suite | check | expectation | column | unexpected | observed |",
-                    "|---|---|---|---|---|---|"]
+            out += ["", "## Failed expectations", "",
+                    "| suite | check | expectation | column | unexpected | observed | allowed |",
+                    "|---|---|---|---|---|---|---|"]
             for e in self.failed:
                 unexpected = "" if e.unexpected_count is None else f"{e.unexpected_count:,} ({e.unexpected_percent or 0:.3g}%)"
+                allowed = e.allowed_text().removeprefix("allowed ").replace("|", "\\|")
                 out.append(f"| {e.suite} | {e.check} | {e.expectation} | {e.column or ''} | {unexpected} | "
-                           f"{_short(e.observed_value if e.error is None else e.error, 60)} |")
+                           f"{_short(e.observed_value if e.error is None else e.error, 60)} | {allowed} |")
             out += ["", "### Example rows", ""]
             for e in self.failed:
                 if e.examples:
@@ -132,6 +157,15 @@ class ValidationReport:
         if self.timings:
             out += ["", "Timings (s): " + ", ".join(f"{k} {v:.2f}" for k, v in self.timings.items())]
         return "\n".join(out) + "\n"
+
+
+def _num(value: Any) -> str:
+    """A number to 4 significant digits, a timestamp in ISO form, anything else as ``_short``."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if hasattr(value, "isoformat") and not isinstance(value, str):
+        return value.isoformat()
+    return _short(value, 60)
 
 
 def _short(value: Any, limit: int = 120) -> str:

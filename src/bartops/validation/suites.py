@@ -288,8 +288,12 @@ def _outcome(suite: str, r, frame: pd.DataFrame, examples: int) -> ExpectationOu
         unexpected_count=res.get("unexpected_count"), unexpected_percent=res.get("unexpected_percent"),
         observed_value=res.get("observed_value"), details=details if isinstance(details, dict) else {"details": details},
         examples=rows, notes=meta.get("notes", ""), error=error,
+        allowed={k: kwargs[k] for k in _ALLOWED_KEYS if kwargs.get(k) is not None},
     )
 
+
+# the kwargs (after suite-parameter substitution) that say what an expectation allows
+_ALLOWED_KEYS = ("min_value", "max_value", "strict_min", "strict_max", "value_set")
 
 
 def unexpected_rows(context, name: str, frame: pd.DataFrame, parameters: dict[str, Any], checks: list[str],

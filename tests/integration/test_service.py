@@ -274,3 +274,74 @@ def test_missing_or_corrupt_model_fails_at_start_up(setup, case):
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert proc.returncode != 0
     assert expected in proc.stdout + proc.stderr
+
+
+def test_version_swap_under_steady_traffic_and_refusal_of_a_corrupt_version(setup):
+    """Two workers follow the registry while a client requests pages non-stop: promote → every worker
+    swaps with no failed request; each card's log row carries the version its page was built by; a
+    corrupt version is refused (visible in /version) while the live one keeps serving."""
+    import threading
+
+    from bartops.serving.join import read_impressions
+    from bartops.serving.logwriter import IMPRESSIONS, closed_files
+    from flows.loop import wait_for_version
+
+    tmp = setup["tmp"]
+    reg = Registry(tmp / "swap-registry")
+    src = setup["registry"].production_path()
+    reg.register(src, "swap-v1")
+    reg.register(src, "swap-v2")
+    bad = tmp / "swap-bad"
+    shutil.copytree(src, bad)
+    data = (bad / "model" / "model.ubj").read_bytes()
+    (bad / "model" / "model.ubj").write_bytes(data[: len(data) // 3])
+    reg.register(bad, "swap-v3-bad")
+    reg.promote("swap-v1", "start")
+    params = {**setup["params"], "serving": {**setup["params"]["serving"], "workers": 2, "registry_poll_seconds": 0.5}}
+    (tmp / "swap-params.yaml").write_text(yaml.safe_dump(params))
+    env = {**setup["env"], "BARTOPS_REGISTRY": str(reg.root), "BARTOPS_SERVING_LOGS": str(tmp / "swap-logs"),
+           "BARTOPS_PARAMS": str(tmp / "swap-params.yaml")}
+    srv = Server("bartops.serving.service:HomePage", env)
+    pages, stop = [], threading.Event()
+
+    def listen() -> None:
+        with httpx.Client(base_url=srv.url, timeout=30) as client:
+            while not stop.is_set():
+                r = client.post("/home", json={"user_id": len(pages) % 500, "platform": "ios", "region": "SE"})
+                body = r.json() if r.status_code == 200 else {}
+                pages.append((r.status_code, body.get("request_id"), body.get("policy_version"),
+                              sum(len(s["cards"]) for s in body.get("shelves", []))))
+
+    try:
+        srv.wait_ready()
+        listener = threading.Thread(target=listen)
+        listener.start()
+        time.sleep(2)
+        reg.promote("swap-v2", "better")
+        swap_s = wait_for_version(srv.url, "swap-v2", timeout=120)
+        reg.promote("swap-v3-bad", "a corrupt bundle reaches production")
+        deadline, refused = time.monotonic() + 120, 0
+        while refused < 10 and time.monotonic() < deadline:  # 10 answers in a row: both workers refused
+            status = httpx.get(srv.url + "/version", timeout=5).json()
+            refused = refused + 1 if [r["version"] for r in status["refusals"]] == ["swap-v3-bad"] else 0
+            time.sleep(0.1)
+        time.sleep(1)
+        stop.set()
+        listener.join(timeout=60)
+    finally:
+        stop.set()
+        srv.stop()
+    assert refused >= 10, f"the corrupt version's refusal is not visible in /version: {status}"
+    assert status["version"] == "swap-v2", f"a refused version replaced the live one: {status}"
+    failed = [p for p in pages if p[0] != 200]
+    assert not failed, f"{len(failed)} of {len(pages)} requests failed during the swaps, e.g. {failed[:3]}"
+    versions = [p[2] for p in pages]
+    assert set(versions) == {"swap-v1", "swap-v2"}, f"pages were built by {sorted(set(versions))}"
+    first_v2 = versions.index("swap-v2")
+    assert "swap-v1" not in versions[first_v2 + 200:], \
+        f"a worker still served swap-v1 200 pages after the first swap-v2 page (swap took {swap_s:.1f} s)"
+    logged = read_impressions(closed_files(tmp / "swap-logs", IMPRESSIONS))  # stop() closed every file
+    by_request = {rid: set(v) for rid, v in logged.groupby("request_id")["policy_version"]}
+    wrong = [(rid, v, by_request.get(rid)) for _, rid, v, _ in pages if by_request.get(rid) != {v}]
+    assert not wrong, f"{len(wrong)} pages logged under another version than they were built by, e.g. {wrong[:3]}"
+    assert len(logged) == sum(p[3] for p in pages), f"served {sum(p[3] for p in pages)} cards, logged {len(logged)}"

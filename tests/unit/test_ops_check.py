@@ -55,7 +55,8 @@ def page(version: str, shelves: int) -> dict:
 
 def test_all_entry_points_answer(server):
     url, routes = server
-    routes[("GET", "/api/deployments/name/retrain/nightly")] = (200, {"name": "nightly"})
+    routes[("GET", "/api/deployments/name/retrain/nightly")] = (200, {"name": "nightly", "status": "READY",
+                                                                      "paused": False})
     routes[("POST", "/home")] = (200, page("v2", 6))
     routes[("GET", "/")] = (200, "<html><td>v2</td></html>")
     routes[("GET", "/api/candidates")] = (200, {"production": {"version": "v2"}, "candidates": []})
@@ -69,6 +70,10 @@ def test_failures_name_what_failed_and_what_was_seen(server):
     r = check_prefect(f"{url}/api")
     assert not r.ok and f"GET {url}/api/deployments/name/retrain/nightly answered 404 (expected 200)" in r.detail
     assert "Not Found" in r.detail and r.line().startswith("FAIL  prefect")
+    routes[("GET", "/api/deployments/name/retrain/nightly")] = (200, {"name": "nightly", "status": "NOT_READY",
+                                                                      "paused": True})
+    r = check_prefect(f"{url}/api")
+    assert not r.ok and "status is 'NOT_READY', paused True (expected 'READY', False): no runner serves it" in r.detail
 
     routes[("POST", "/home")] = (200, page("v1", 5))
     r = check_service(url, "v2", 6)

@@ -55,7 +55,7 @@ def status(params_file: Optional[Path] = typer.Option(None, "--params")) -> None
     """Which services are running and healthy."""
     defs, run_dir = _stack(params_file)
     for name in SERVICE_ORDER:
-        ok = processes.healthy(defs[name].health_url)
+        ok = processes.is_up(defs[name], run_dir)
         typer.echo(f"{name:<12} {'healthy' if ok else 'down':<8} {defs[name].address}")
 
 

@@ -4,7 +4,7 @@ Three checks, each a pure function of addresses and expectations (no Prefect, Be
 imports), returning a ``Check`` whose ``detail`` names what was asked and what was observed:
 
 - ``prefect``: the Prefect API lists the deployment ``retrain/nightly``
-  (``GET <api>/deployments/name/retrain/nightly`` → 200);
+  (``GET <api>/deployments/name/retrain/nightly`` → 200) READY and not paused (a runner serves it);
 - ``service``: ``POST /home`` answers a page whose ``policy_version`` is the registry's production
   version (``registry/production.json``) with the configured number of shelves;
 - ``dashboard``: ``GET /`` mentions that version and ``GET /api/candidates`` reports it as production.
@@ -57,12 +57,18 @@ def check_prefect(api_url: str, deployment: str = DEPLOYMENT, timeout: float = 1
     if r.status_code != 200:
         return Check("prefect", False, f"GET {url} answered {r.status_code} (expected 200): {_short(r.text)}")
     try:
-        name = r.json().get("name")
+        body = r.json()
+        name, status = body.get("name"), body.get("status")
     except (ValueError, AttributeError):
         return Check("prefect", False, f"GET {url} answered 200 but not a JSON deployment: {_short(r.text)}")
     if name != deployment.split("/", 1)[1]:
         return Check("prefect", False, f"GET {url} answered deployment name {name!r} (expected {deployment!r})")
-    return Check("prefect", True, f"deployment {deployment} listed at {api_url}")
+    if status != "READY" or body.get("paused") is not False:
+        # registered deployments outlive their runner: a stopped runner pauses them, and Prefect marks
+        # them NOT_READY a minute after the last poll
+        return Check("prefect", False, f"deployment {deployment} is listed but its status is {status!r}, "
+                                       f"paused {body.get('paused')!r} (expected 'READY', False): no runner serves it")
+    return Check("prefect", True, f"deployment {deployment} listed at {api_url}, READY, not paused")
 
 
 def check_service(service_url: str, version: str | None, shelves: int, timeout: float = 30.0,

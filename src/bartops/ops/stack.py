@@ -30,6 +30,8 @@ def services(ops: dict, root: Path) -> dict[str, Service]:
         "deployments": Service(
             "deployments", python_module("flows.deployments"),
             f"{api}/deployments/name/retrain/nightly", "prefect deployment run 'retrain/nightly'", env=prefect_env,
+            # registered deployments outlive their runner in Prefect's database (see processes)
+            expect={"status": "READY", "paused": False}, own_process=True,
         ),
         "service": Service(
             "service",

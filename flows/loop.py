@@ -39,19 +39,20 @@ INGEST = "ingest-served-logs/hourly"
 RETRAIN = "retrain/nightly"
 
 
-def wait_for_version(url: str, version: str, timeout: float, agree: int = 10) -> float:
-    """Seconds until ``agree`` consecutive ``GET /version`` answers (any worker) name ``version``."""
-    t0, streak, last = time.monotonic(), 0, None
+def wait_for_version(url: str, version: str, workers: int, timeout: float) -> float:
+    """Seconds until each of the service's ``workers`` has answered ``GET /version`` with ``version``."""
+    t0, seen, last = time.monotonic(), {}, None
     while time.monotonic() - t0 < timeout:
         try:
             last = httpx.get(f"{url}/version", timeout=5).json()
-            streak = streak + 1 if last.get("version") == version and last.get("ready") else 0
-        except (httpx.HTTPError, ValueError):
-            streak = 0
-        if streak >= agree:
+            seen[last["worker"]] = last["version"] if last.get("ready") else None
+        except (httpx.HTTPError, ValueError, KeyError):
+            pass
+        if len(seen) >= workers and all(v == version for v in seen.values()):
             return time.monotonic() - t0
-        time.sleep(0.1 if streak else 0.5)
-    raise TimeoutError(f"the service at {url} did not serve {version} within {timeout:.0f} s; last /version: {last}")
+        time.sleep(0.05)
+    raise TimeoutError(f"the service at {url} did not serve {version} on all {workers} workers within "
+                       f"{timeout:.0f} s; workers: {seen}; last /version: {last}")
 
 
 def wait_for_closed_logs(log_dir: Path, request_ids: set[str], expected: int, timeout: float) -> int:
@@ -82,8 +83,8 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
     paths, ops = section(params, "paths"), section(params, "ops")
     url = f"http://{ops['host']}:{ops['service_port']}"
     registry = Registry(Path(paths["registry"]))
-    log_dir = Path(ServingConfig.from_params(params).with_env().log_dir)
-    window = ServingConfig.from_params(params).attribution_window_seconds
+    serving = ServingConfig.from_params(params).with_env()
+    log_dir, window = Path(serving.log_dir), serving.attribution_window_seconds
     data_dir = Path(paths["data"])
     out = Path(paths["build"]) / "loop" / ROUNDS_FILE
     world = World.load(data_dir)
@@ -95,7 +96,7 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
         live = registry.production()
         if live is None:
             raise RuntimeError(f"registry {registry.root} has no production version: run `make demo` first")
-        swap_s = wait_for_version(url, live, timeout=300)
+        swap_s = wait_for_version(url, live, serving.workers, timeout=300)
         rng = np.random.default_rng([seed, r])
         traffic = play_listeners(url, world, page_views, rng, threads=threads)
         if traffic.failed:
@@ -104,14 +105,16 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
         ids = set(traffic.cards["request_id"])
         served = len(traffic.cards)
         rate, rate_lo, rate_hi = mean_interval(traffic.streams_per_page().to_numpy())
-        t_traffic = time.monotonic() - t0
+        t_traffic = time.monotonic() - t0 - swap_s
+        t1 = time.monotonic()
         contexts = traffic.contexts()
         truth = bundle_truth(world, registry.path(live), contexts, seed=r)
         refs = references(world, data_dir, registry.path(live), contexts, seed=r)
-        logged = wait_for_closed_logs(log_dir, ids, served, timeout=ServingConfig.from_params(params).log_rotate_seconds + 60)
+        t_truth = time.monotonic() - t1
+        t1 = time.monotonic()
+        logged = wait_for_closed_logs(log_dir, ids, served, timeout=serving.log_rotate_seconds + 60)
         # every listener has reported: close their attribution windows now rather than in 30 minutes
         now = (datetime.now(timezone.utc) + timedelta(seconds=window + 1)).isoformat()
-        t1 = time.monotonic()
         run_and_check(INGEST, {"now": now}, round_timeout_s)
         joined = batch_rows(Path(paths["incoming"]), ids)
         accepted = batch_rows(Path(paths["impressions"]), ids)
@@ -138,18 +141,22 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
             oracle_share=truth.value / refs.oracle.value, online_rate=rate, online_rate_lo=rate_lo,
             online_rate_hi=rate_hi, candidate_version=cand, decision=decision, dr_lift=lift[0],
             dr_lift_lo=lift[1], dr_lift_hi=lift[2], true_lift=true_lift, served=served, logged=logged,
-            joined=joined, accepted=accepted, seconds=round(time.monotonic() - t0, 1))
+            joined=joined, accepted=accepted, failed_requests=len(traffic.failed),
+            page_p50_ms=_percentile(traffic.page_ms, 50), page_p99_ms=_percentile(traffic.page_ms, 99),
+            swap_seconds=round(swap_s, 1), traffic_seconds=round(t_traffic, 1), truth_seconds=round(t_truth, 1),
+            ingest_seconds=round(t_ingest, 1), retrain_seconds=round(t_retrain, 1),
+            seconds=round(time.monotonic() - t0, 1))
         records.append(record)
         new.append(record)
         write_rounds(records, out)
-        logger.info("round %d: live %s true %.3f (%.3f of oracle), online %.3f [%.3f, %.3f]; %s %s (DR %+.3f, true "
-                    "%+.3f); cards %d/%d/%d/%d; swap wait %.1f s, traffic %.0f s, ingest %.0f s, retrain %.0f s, "
-                    "failed requests %d", r, record.live_version, truth.value, record.oracle_share, rate, rate_lo,
-                    rate_hi, decision or "no candidate", cand, lift[0], true_lift, served, logged, joined, accepted,
-                    swap_s, t_traffic, t_ingest, t_retrain, len(traffic.failed))
+        logger.info("round %s", _rounded(asdict(record)))
         create_table_artifact(key="loop-rounds", table=[_rounded(asdict(x)) for x in records],
                               description=f"living loop: {len(records)} rounds ({out})")
     return [asdict(x) for x in new]
+
+
+def _percentile(ms: np.ndarray, q: float) -> float:
+    return round(float(np.percentile(ms, q)), 1) if len(ms) else math.nan
 
 
 def _rounded(row: dict) -> dict:

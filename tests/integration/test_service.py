@@ -138,7 +138,7 @@ def test_home_page_over_http(server, setup):
 def test_http_propensities_equal_offline_computation(server, setup):
     policy, features = load_policy_bundle(setup["registry"].production_path())
     for user, platform, region, seed in [(11, "android", "DE", 5), (42, "desktop", "IN", 6), (10**8, "ios", "MX", 7)]:
-        ts = "2026-11-20T08:15:00+00:00"
+        ts = datetime.now(timezone.utc).replace(microsecond=0).isoformat()
         page = post(server.url, "/home", {"user_id": user, "platform": platform, "region": region,
                                           "timestamp": ts, "seed": seed}).json()
         ctx = pd.DataFrame({"user_id": [user], "platform": [platform], "region": [region],
@@ -318,7 +318,8 @@ def test_version_swap_under_steady_traffic_and_refusal_of_a_corrupt_version(setu
         listener.start()
         time.sleep(2)
         reg.promote("swap-v2", "better")
-        swap_s = wait_for_version(srv.url, "swap-v2", timeout=120)
+        wait_for_version(srv.url, "swap-v2", workers=2, timeout=120)
+        swapped = len(pages)  # every worker serves swap-v2 from here on
         reg.promote("swap-v3-bad", "a corrupt bundle reaches production")
         deadline, refused = time.monotonic() + 120, 0
         while refused < 10 and time.monotonic() < deadline:  # 10 answers in a row: both workers refused
@@ -337,9 +338,8 @@ def test_version_swap_under_steady_traffic_and_refusal_of_a_corrupt_version(setu
     assert not failed, f"{len(failed)} of {len(pages)} requests failed during the swaps, e.g. {failed[:3]}"
     versions = [p[2] for p in pages]
     assert set(versions) == {"swap-v1", "swap-v2"}, f"pages were built by {sorted(set(versions))}"
-    first_v2 = versions.index("swap-v2")
-    assert "swap-v1" not in versions[first_v2 + 200:], \
-        f"a worker still served swap-v1 200 pages after the first swap-v2 page (swap took {swap_s:.1f} s)"
+    late = [v for v in versions[swapped:] if v != "swap-v2"]
+    assert not late, f"{len(late)} pages built by {sorted(set(late))} after every worker reported swap-v2"
     logged = read_impressions(closed_files(tmp / "swap-logs", IMPRESSIONS))  # stop() closed every file
     by_request = {rid: set(v) for rid, v in logged.groupby("request_id")["policy_version"]}
     wrong = [(rid, v, by_request.get(rid)) for _, rid, v, _ in pages if by_request.get(rid) != {v}]

@@ -16,8 +16,7 @@ ROUNDS_FILE = "rounds.csv"
 class RoundRecord:
     """What one loop round served, learned and decided, scored against the simulator's truth.
 
-    Values are expected streams per page view.  ``round`` 0 is the policy live before the first
-    round's traffic; its decision fields are empty.
+    Values are expected streams per page view; rounds count from 1.
     """
 
     round: int
@@ -41,6 +40,14 @@ class RoundRecord:
     logged: int  # cards in the service's impression logs for these pages
     joined: int  # cards in the joined, reward-labelled batch
     accepted: int  # cards of that batch accepted by validation
+    failed_requests: int  # /home and /feedback requests that did not get a 200
+    page_p50_ms: float  # /home latency seen by the listeners
+    page_p99_ms: float
+    swap_seconds: float  # waiting for the service to serve the production version (after a promotion)
+    traffic_seconds: float  # page views and stream reports
+    truth_seconds: float  # scoring the live policy, the logging policy and the oracle on the simulator
+    ingest_seconds: float  # closing the log files, the deployment ingest-served-logs (join + validate)
+    retrain_seconds: float  # the deployment retrain/nightly (validate, features, train, evaluate, gate)
     seconds: float  # wall time of the round
 
 

@@ -242,11 +242,11 @@ class HomePage:
 
     @status_app.get("/version")
     def live_version(self) -> dict:
-        """The version this worker serves, the one it is loading, and its recent swaps and refusals."""
+        """The version this worker (pid) serves, the one it is loading, and its recent swaps and refusals."""
         status = {"version": self.engine.version, "pending": None, "swaps": [], "refusals": []}
         if self.follower is not None:
             status = self.follower.status()
-        return {"source": self.source, "ready": self._ready.is_set(), **status}
+        return {"source": self.source, "ready": self._ready.is_set(), "worker": os.getpid(), **status}
 
     @bentoml.api(route="/feedback", input_spec=FeedbackRequest, output_spec=FeedbackResponse)
     def feedback(self, request_id: str, item_id: int, streamed: bool,

@@ -129,5 +129,7 @@ def loop_records(mismatch_round: int | None = 4) -> list:
             online_rate_lo=online - half, online_rate_hi=online + half, candidate_version=cand[r],
             decision=decision[r], dr_lift=dr[r], dr_lift_lo=dr[r] - 0.12, dr_lift_hi=dr[r] + 0.12,
             true_lift=true_lift[r], served=cards, logged=cards, joined=cards,
-            accepted=cards - 64 if r == mismatch_round else cards, seconds=0.4 if r == 0 else 41.0 + 3 * r))
+            accepted=cards - 64 if r == mismatch_round else cards, failed_requests=0, page_p50_ms=7.5,
+            page_p99_ms=21.0, swap_seconds=1.2, traffic_seconds=95.0, truth_seconds=12.0, ingest_seconds=30.0,
+            retrain_seconds=240.0, seconds=0.4 if r == 0 else 41.0 + 3 * r))
     return out

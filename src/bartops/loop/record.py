@@ -76,13 +76,21 @@ def read_rounds(path: str | Path) -> list[RoundRecord]:
     path = Path(path)
     if not path.exists():
         return []
+    names = [f.name for f in fields(RoundRecord)]
     out = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        for i, row in enumerate(csv.DictReader(fh), start=2):
-            try:
-                out.append(RoundRecord(**{f.name: _parse(f.type, row[f.name]) for f in fields(RoundRecord)}))
-            except (KeyError, ValueError, TypeError) as exc:
-                raise ValueError(f"{path}: line {i} is not a loop round ({type(exc).__name__}: {exc})") from None
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            missing = [n for n in names if n not in (reader.fieldnames or [])]
+            if missing:
+                raise ValueError(f"{path} is not a loop rounds file: it lacks the column(s) {missing}")
+            for i, row in enumerate(reader, start=2):
+                try:
+                    out.append(RoundRecord(**{f.name: _parse(f.type, row[f.name]) for f in fields(RoundRecord)}))
+                except (ValueError, TypeError) as exc:
+                    raise ValueError(f"{path}: line {i} is not a loop round ({type(exc).__name__}: {exc})") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise ValueError(f"{path} is not a readable CSV file ({type(exc).__name__}: {exc})") from None
     return out
 
 

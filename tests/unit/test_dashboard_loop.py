@@ -89,7 +89,7 @@ def test_loop_file_without_rounds(client, loop_file):
 
 
 @pytest.mark.parametrize("content, problem", [
-    ("round,live_version\n0,v1\n", "KeyError"),  # columns missing
+    ("round,live_version\n0,v1\n", "lacks the column(s)"),  # columns missing
     (None, "ValueError: invalid literal for int()"),  # a bad number on line 3
     (b"round\n\xff\xfe\n", "UnicodeDecodeError"),  # not UTF-8
 ])

@@ -1,77 +1,30 @@
 """The living loop, two rounds on a small world, against the real stack a user starts.
 
-In a fresh project copy: `bartops simulate`, a Prefect server and the deployment runner (`bartops up`),
-the first round (`python -m flows.retrain --auto-approve`, then `bartops registry bootstrap`), the
-BentoML service following the registry, and `python -m flows.loop --rounds 2`: simulated listeners
-over HTTP, the ingest and retrain deployments, the gate, the swap.
+``bench.loop.loop_in_copy`` in a fresh project copy with small parameters: `bartops simulate`, a
+Prefect server and the deployment runner (`bartops up`), the first round (`python -m flows.retrain
+--auto-approve`, then `bartops registry bootstrap`), the BentoML service following the registry, and
+`python -m flows.loop --rounds 2`: simulated listeners over HTTP, the ingest and retrain deployments,
+the gate, the swap.
 """
 
 from __future__ import annotations
 
 import math
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-from bartops.loop.record import read_rounds
-from bartops.ops import processes
-from bartops.ops.stack import services
+from project_copy import copy_project  # noqa: I001 (puts the project root, home of bench/, on sys.path)
 from bartops.registry import Registry
-from project_copy import copy_project
+from bench.loop import loop_in_copy, use_free_ports
 
 pytestmark = pytest.mark.integration
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def run(cmd: list[str], cwd: Path, env: dict, timeout: float) -> subprocess.CompletedProcess:
-    res = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
-    assert res.returncode == 0, f"{' '.join(cmd)} exited {res.returncode}:\n{res.stdout[-3000:]}\n{res.stderr[-3000:]}"
-    return res
 
 
 def test_two_rounds_of_the_loop_on_a_small_world(tmp_path):
-    project = copy_project(tmp_path / "project",
-                           ops={"prefect_port": free_port(), "service_port": free_port(), "run_dir": "build/run"},
-                           serving={"log_rotate_seconds": 2, "workers": 1},
+    project = copy_project(tmp_path / "project", serving={"log_rotate_seconds": 2, "workers": 1},
                            reward={"baselines": []})
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    defs = services(params["ops"], project)
-    run_dir = project / params["ops"]["run_dir"]
-    api = defs["deployments"].env["PREFECT_API_URL"]
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_API_URL": api}
-    for key in ("BARTOPS_PARAMS", "BARTOPS_REGISTRY", "BARTOPS_BUNDLE", "BARTOPS_MODEL_TAG", "BARTOPS_SERVING_LOGS"):
-        env.pop(key, None)
-    run(["bartops", "simulate"], project, env, 600)
-    old_cwd, old_env = Path.cwd(), dict(os.environ)
-    os.chdir(project)  # services resolve flows, params and data from the project root
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        processes.start(defs["prefect"], run_dir, timeout=240)
-        processes.start(defs["deployments"], run_dir, timeout=240)
-        run([sys.executable, "-m", "flows.retrain", "--auto-approve", "--no-package"], project, env, 1200)
-        run(["bartops", "registry", "bootstrap"], project, env, 120)
-        processes.start(defs["service"], run_dir, timeout=240)
-        run([sys.executable, "-m", "flows.loop", "--rounds", "2", "--page-views", "150"], project, env, 2400)
-    finally:
-        for name in ("service", "deployments", "prefect"):
-            processes.stop(name, run_dir)
-        os.environ.clear()
-        os.environ.update(old_env)
-        os.chdir(old_cwd)
-
-    rounds = read_rounds(project / "build" / "loop" / "rounds.csv")
+    use_free_ports(project)
+    rounds, _ = loop_in_copy(project, rounds=2, page_views=150, timeout=2400)
     assert [r.round for r in rounds] == [1, 2], f"rounds recorded: {[r.round for r in rounds]}"
     registry = Registry(project / "registry")
     for r in rounds:

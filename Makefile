@@ -12,7 +12,7 @@ export BENTOML_DO_NOT_TRACK := True
 export GX_ANALYTICS_ENABLED := False
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS := 180
 
-.PHONY: demo demo-check stop test install install-test browser bench clean
+.PHONY: demo demo-check loop stop test install install-test browser bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,6 +65,16 @@ demo: install $(SIMULATED)
 	@echo "Check:        $(BIN)/bartops check   (each entry point answers with the production version)"
 	@echo "Next round:   PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/prefect deployment run 'retrain/nightly' --watch"
 	@echo "Stop all:     make stop"
+
+# The living loop against the stack `make demo` started: simulated listeners request pages over HTTP,
+# the ingest and retrain deployments learn and gate, the service swaps; one row per round in
+# build/loop/rounds.csv (dashboard: /loop; `dvc plots show`).  `make loop ROUNDS=2 PAGE_VIEWS=1000`
+ROUNDS ?= 5
+PAGE_VIEWS ?= 4000
+loop: install
+	@$(BIN)/bartops check >/dev/null || { echo "the stack is not up: run 'make demo' first"; exit 1; }
+	PREFECT_API_URL=$(PREFECT_URL)/api $(BIN)/python -m flows.loop --rounds $(ROUNDS) --page-views $(PAGE_VIEWS)
+	@echo "Rounds:       build/loop/rounds.csv  (dashboard http://127.0.0.1:8050/loop, dvc plots show)"
 
 stop:
 	-$(BIN)/bartops down

@@ -178,3 +178,28 @@ def test_bootstrap_promotes_newest_only_when_nothing_is_in_production(tmp_path):
     reg.register(make_bundle(tmp_path, "c"), "v3")
     res = runner.invoke(app, ["registry", "bootstrap", "--root", str(root)])
     assert res.exit_code == 0 and reg.production() == "v2"
+
+
+@pytest.mark.parametrize("pointer, problem", [
+    ('{"version": "v2", "seq": 3, "stack": [', "not valid JSON"),
+    ('{"version": "../../outside-bundle", "seq": 3, "stack": [], "event": {}}', "names no registered version"),
+])
+def test_a_corrupt_pointer_is_named_by_the_cli_and_rebuilt_from_the_history(tmp_path, pointer, problem):
+    reg = Registry(tmp_path / "reg")
+    for v in ("v1", "v2", "v3"):
+        reg.register(make_bundle(tmp_path, v), v)
+    reg.promote("v1", "a")
+    reg.promote("v2", "b")
+    reg.promote("v3", "c")
+    reg.rollback("d")  # production v2, stack [v1]
+    (reg.root / "production.json").write_text(pointer)
+    runner = CliRunner()
+    res = runner.invoke(app, ["registry", "list", "--root", str(reg.root)])
+    assert res.exit_code == 1 and (res.exception is None or isinstance(res.exception, SystemExit)), \
+        f"registry list with a corrupt pointer: exit {res.exit_code}, {res.exception!r}"
+    assert problem in res.output and "production.json" in res.output and "bartops registry repair" in res.output, \
+        f"the error should name the file, the problem and the fix: {res.output!r}"
+    res = runner.invoke(app, ["registry", "repair", "--root", str(reg.root)])
+    assert res.exit_code == 0, f"repair failed: {res.output}"
+    assert reg.production() == "v2" and reg.rollback("e")["version"] == "v1", \
+        f"the rebuilt pointer lost production or its stack: {json.loads((reg.root / 'production.json').read_text())}"

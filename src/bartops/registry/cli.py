@@ -39,7 +39,10 @@ def _fail(exc: Exception) -> None:
 @app.command("list")
 def list_versions(root: Optional[Path] = RootOption, as_json: bool = typer.Option(False, "--json")) -> None:
     """Registered versions, oldest first ('*' marks production)."""
-    rows = _registry(root).list()
+    try:
+        rows = _registry(root).list()
+    except RegistryError as exc:  # a broken production pointer: the message names the file and the fix
+        _fail(exc)
     if as_json:
         typer.echo(json.dumps(rows, indent=2))
         return
@@ -113,6 +116,16 @@ def bootstrap(reason: str = typer.Option("bootstrap: no production policy yet", 
 
 
 @app.command()
+def repair(root: Optional[Path] = RootOption) -> None:
+    """Rebuild a lost or corrupt production pointer from the history of promotions and rollbacks."""
+    try:
+        ptr = _registry(root).repair_pointer()
+    except (RegistryError, ValueError) as exc:
+        _fail(exc)
+    typer.echo(f"production: {ptr['version']} (pointer rebuilt from the history, event {ptr['seq']})")
+
+
+@app.command()
 def rollback(reason: str = typer.Option(..., help="why (stored in the history)"), root: Optional[Path] = RootOption) -> None:
     """Switch production back to the version it replaced."""
     try:
@@ -125,5 +138,9 @@ def rollback(reason: str = typer.Option(..., help="why (stored in the history)")
 @app.command()
 def history(root: Optional[Path] = RootOption) -> None:
     """Promotions and rollbacks, oldest first."""
-    for e in _registry(root).history():
+    try:
+        events = _registry(root).history()
+    except RegistryError as exc:
+        _fail(exc)
+    for e in events:
         typer.echo(f"{e['seq']:>4}  {e['at']}  {e['action']:<8}  {e['previous'] or '-'} -> {e['version']}  {e['reason']}")

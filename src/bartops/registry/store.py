@@ -199,7 +199,7 @@ class Registry:
         p = self.root / POINTER
         if not p.exists():
             return None
-        fix = f"restore it with `bartops registry promote <version> --reason ...` (history: {self.root / HISTORY})"
+        fix = f"rebuild it from {self.root / HISTORY} with `bartops registry repair`"
         try:
             ptr = _read_json(p)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -285,6 +285,26 @@ class Registry:
                 except json.JSONDecodeError:
                     continue  # a torn line from a crash mid-append; the pointer still holds its event
         return out
+
+    def repair_pointer(self) -> dict:
+        """Rewrite ``production.json`` by replaying ``history.jsonl`` (for a lost or corrupt pointer);
+        returns the new pointer.  Raises RegistryError when the history names no registered version."""
+        with self._locked():
+            events = sorted({int(e["seq"]): e for e in self._logged_events()}.items())
+            if not events:
+                raise RegistryError(f"{self.root / HISTORY} holds no promotion: nothing to rebuild the pointer from")
+            current, stack = None, []
+            for _, e in events:
+                if e["action"] == "rollback" and stack and stack[-1] == e["version"]:
+                    stack.pop()
+                elif e["action"] != "rollback" and current is not None and current != e["version"]:
+                    stack.append(current)
+                current = e["version"]
+            self.path(check_version_name(current))
+            seq, last = events[-1]
+            ptr = {"version": current, "seq": seq, "stack": stack, "event": last}
+            atomic_write_json(self.root / POINTER, ptr)
+            return ptr
 
     def history(self) -> list[dict]:
         """Committed promotions and rollbacks, oldest first."""

@@ -5,12 +5,15 @@ Routes: ``/`` (candidates, their gate status, production and its history), ``/ca
 version awaiting approval), ``POST /candidates/{version}/review`` (resume the paused gate flow run),
 ``/api/candidates`` and ``/api/candidates/{version}`` (the same view models as JSON), ``/loop`` (the
 living loop's rounds: a chart and a table from ``<paths.build>/loop/rounds.csv``), ``/api/loop`` (those
-rounds as JSON), ``/healthz``.
+rounds as JSON), ``/healthz``, ``/login`` (GET the form, POST name and password) and ``POST /logout``.
+
+Reads are open; approving or rejecting needs a reviewer from the reviewers file (see
+``bartops.dashboard.auth``) logged in through ``/login``, and the session's CSRF token. The recorded
+reviewer is the logged-in name. Every POST from a foreign Origin/Referer is refused with 403.
 """
 
 from __future__ import annotations
 
-import getpass
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -18,10 +21,10 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 
-from bartops.dashboard import svg
+from bartops.dashboard import auth, svg
 from bartops.dashboard.templates import TEMPLATES
 from bartops.dashboard.views import (
     ReviewError,
@@ -82,7 +85,7 @@ def default_loop_file() -> Path:
 
 def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None,
                resume: Callable[..., Any] | None = None, preview_users: int = 3, seed: int = 0,
-               preview_timestamp: str | None = None, reviewer: str | None = None,
+               preview_timestamp: str | None = None, reviewers_file: Path | None = None,
                loop_file: Path | None = None) -> FastAPI:
     """The dashboard app over the registry at ``registry_root``.
 
@@ -90,23 +93,59 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
     ``bartops.reward.policy.load_policy_bundle``; ``resume(flow_run_id, run_input=...)`` defaults to
     ``prefect.flow_runs.resume_flow_run`` against the configured Prefect API.  The preview shows
     ``preview_users`` known users plus one new user, sampled and paged with ``seed``.  The Loop page
-    reads ``loop_file`` (default: ``default_loop_file()``) on every request.
+    reads ``loop_file`` (default: ``default_loop_file()``) on every request.  Reviewers and the session
+    secret are read from ``reviewers_file`` (default: ``auth.default_reviewers_file()``) on every request,
+    so ``bartops dashboard add-reviewer`` takes effect without a restart.
     """
     registry = Registry(Path(registry_root))
     loop_path = Path(loop_file) if loop_file is not None else default_loop_file()
     loader = bundle_loader or _default_loader
     resume_fn = resume or _default_resume
-    default_reviewer = reviewer or _user_name()
+    reviewers_path = Path(reviewers_file) if reviewers_file is not None else auth.default_reviewers_file()
     env = _environment()
     previews: OrderedDict[str, dict] = OrderedDict()
     lock = threading.Lock()
     app = FastAPI(title="bartops review dashboard", docs_url=None, redoc_url=None, openapi_url=None)
 
+    def auth_state(request: Request) -> dict:
+        """The reviewers, the signing secret and the request's valid session (if any)."""
+        try:
+            reviewers, problem = auth.load_reviewers(reviewers_path), None
+        except auth.AuthError as exc:
+            reviewers, problem = {}, str(exc)
+        secret = auth.load_secret(auth.secret_file(reviewers_path)) if reviewers else None
+        session = auth.verify_session(secret, request.cookies.get(auth.SESSION_COOKIE))
+        if session and session["name"] not in reviewers:  # removed since logging in
+            session = None
+        return {"reviewers": reviewers, "problem": problem, "secret": secret, "session": session,
+                "user": session["name"] if session else None, "file": str(reviewers_path), "hint": auth.ADD_HINT,
+                "csrf": auth.csrf_token(secret, session) if session else None}
+
+    def no_reviewers(state: dict) -> str:
+        why = state["problem"] or f"no reviewers are configured ({state['file']} lists none)"
+        return f"{why}: add one on the dashboard's machine with `{auth.ADD_HINT}`, then log in"
+
     def render(name: str, request: Request, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         msg = request.query_params.get("msg")
         html = env.get_template(name).render(
-            production=registry.production(), flash=msg, flash_error=request.query_params.get("err") == "1", **ctx)
+            production=registry.production(), flash=msg, flash_error=request.query_params.get("err") == "1",
+            auth=auth_state(request), path=request.url.path, **ctx)
         return HTMLResponse(html, status_code=status_code)
+
+    def error(request: Request, status_code: int, message: str) -> Response:
+        if request.url.path.startswith("/api/"):
+            return JSONResponse({"detail": message}, status_code=status_code)
+        heading = "Not found" if status_code == 404 else f"Error {status_code}"
+        return render("error.html", request, status_code, heading=heading, message=message)
+
+    @app.middleware("http")
+    async def same_origin_posts(request: Request, call_next):
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            problem = auth.foreign_origin(request.headers.get("origin"), request.headers.get("referer"),
+                                          str(request.base_url))
+            if problem:
+                return error(request, 403, problem)
+        return await call_next(request)
 
     def preview(version: str) -> dict:
         # registered versions are immutable, so a preview is computed once per version
@@ -129,10 +168,7 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
 
     @app.exception_handler(HTTPException)
     def _http_error(request: Request, exc: HTTPException):
-        if request.url.path.startswith("/api/"):
-            return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
-        heading = "Not found" if exc.status_code == 404 else f"Error {exc.status_code}"
-        return render("error.html", request, exc.status_code, heading=heading, message=str(exc.detail))
+        return error(request, exc.status_code, str(exc.detail))
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request) -> HTMLResponse:
@@ -146,21 +182,54 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
                       "ci_high": r["difference"].ci_high} for r in d["ope"] if r["difference"] is not None]
         w = d["weights"]
         return render(
-            "candidate.html", request, d=d, seed=seed, reviewer=default_reviewer, preview=preview(version),
+            "candidate.html", request, d=d, seed=seed, preview=preview(version),
             interval_plot=svg.interval_svg(plot_rows, margin=d["margin"]) if plot_rows else "",
             calibration_plot=svg.reliability_svg(d["calibration"] or []),
             weights_plot=svg.histogram_svg(w["edges"], w["counts"], log_x=w["log_x"]) if w else "",
         )
 
+    @app.get("/login", response_class=HTMLResponse)
+    def login_form(request: Request, next: str = "/") -> HTMLResponse:
+        return render("login.html", request, next=_local(next), login_name="", message=None)
+
+    @app.post("/login")
+    def login(request: Request, name: str = Form(""), password: str = Form(""), next: str = Form("/")) -> Response:
+        state = auth_state(request)
+        if not state["reviewers"]:
+            raise HTTPException(status_code=403, detail=no_reviewers(state))
+        if not auth.authenticate(state["reviewers"], name, password):
+            return render("login.html", request, 401, next=_local(next), login_name=name, message="wrong name or password")
+        secret = auth.load_secret(auth.secret_file(reviewers_path), create=True)
+        response = RedirectResponse(_local(next), status_code=303)
+        response.set_cookie(auth.SESSION_COOKIE, auth.sign_session(secret, name), max_age=auth.SESSION_MAX_AGE,
+                            path="/", httponly=True, samesite="strict")
+        return response
+
+    @app.post("/logout")
+    def logout(request: Request, csrf_token: str = Form("")) -> Response:
+        state = auth_state(request)
+        if state["session"] and not auth.check_csrf(state["secret"], state["session"], csrf_token):
+            raise HTTPException(status_code=403, detail="missing or invalid CSRF token: reload the page and try again")
+        response = RedirectResponse("/", status_code=303)
+        response.delete_cookie(auth.SESSION_COOKIE, path="/", httponly=True, samesite="strict")
+        return response
+
     @app.post("/candidates/{version}/review")
-    def review(version: str, decision: str = Form(...), comment: str = Form(""),
-               reviewer: str = Form("")) -> RedirectResponse:
+    def review(request: Request, version: str, decision: str = Form(""), comment: str = Form(""),
+               csrf_token: str = Form("")) -> RedirectResponse:
+        state = auth_state(request)
+        if not state["reviewers"]:
+            raise HTTPException(status_code=403, detail=no_reviewers(state))
+        if not state["user"]:
+            raise HTTPException(status_code=401, detail="log in as a reviewer (/login) to approve or reject")
+        if not auth.check_csrf(state["secret"], state["session"], csrf_token):
+            raise HTTPException(status_code=403, detail="missing or invalid CSRF token: reload the page and submit again")
         detail_or_404(version)
         if decision not in ("approve", "reject"):
             raise HTTPException(status_code=400, detail=f"decision must be 'approve' or 'reject', got {decision!r}")
         target = f"/candidates/{quote(version)}"
         try:
-            sent = submit_review(registry, version, decision == "approve", comment, reviewer, resume_fn)
+            sent = submit_review(registry, version, decision == "approve", comment, state["user"], resume_fn)
         except ReviewError as exc:
             return RedirectResponse(f"{target}?err=1&msg={quote(str(exc))}", status_code=303)
         word = "approved" if sent["approved"] else "rejected"
@@ -201,11 +270,10 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
     return app
 
 
-def _user_name() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "reviewer"
+def _local(target: str) -> str:
+    """``target`` if it is a path on this dashboard, else ``/`` (no open redirects after login)."""
+    ok = target.startswith("/") and not target.startswith("//") and "\\" not in target
+    return target if ok else "/"
 
 
 def serve(registry_root: Path, host: str = "127.0.0.1", port: int = 8050, **kwargs: Any) -> None:

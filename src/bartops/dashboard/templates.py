@@ -36,7 +36,9 @@ BASE = """<!doctype html>
   .plots figure { margin: 0; } figcaption { font-size: 12px; color: #57606a; max-width: 360px; }
   .review { border: 2px solid #d4a72c; background: #fffdf0; border-radius: 8px; padding: 12px 16px; max-width: 640px; }
   .review textarea { width: 100%; min-height: 60px; font: inherit; }
-  .review input[type=text] { font: inherit; }
+  .review input[type=text], .login input { font: inherit; }
+  header .who { margin-left: auto; color: #d0d7de; } header form { display: inline; }
+  header button.link { background: none; border: none; color: #fff; padding: 0; text-decoration: underline; }
   button { font: inherit; padding: 6px 16px; border-radius: 6px; border: 1px solid #8c959f; cursor: pointer; }
   button.approve { background: #1f883d; color: #fff; border-color: #1a7f37; }
   button.reject { background: #cf222e; color: #fff; border-color: #a40e26; }
@@ -61,6 +63,10 @@ BASE = """<!doctype html>
 <header><a href="/">bartops review</a>
   <span>production: {% if production %}<a class="prod" href="/candidates/{{ production }}">{{ production }}</a>{% else %}<span class="na">none</span>{% endif %}</span>
   <a href="/loop" id="loop-link">loop</a>
+  <span class="who">{% if auth.user %}signed in as <b id="user">{{ auth.user }}</b>
+    <form method="post" action="/logout"><input type="hidden" name="csrf_token" value="{{ auth.csrf }}">
+    <button class="link" type="submit" id="logout">log out</button></form>
+  {%- elif auth.reviewers %}<a href="/login?next={{ path|urlencode }}" id="login-link">reviewer log in</a>{% endif %}</span>
 </header>
 <main>
 {% if flash %}<div class="flash {{ 'err' if flash_error else 'ok' }}" id="flash">{{ flash }}</div>{% endif %}
@@ -141,12 +147,24 @@ CANDIDATE = """{% extends "base.html" %}{% import "macros.html" as m %}
   <h2 style="margin-top:4px">Review</h2>
   {% if d.can_review %}
   <p>The gate flow run <code>{{ d.flow_run_id }}</code> is paused and waits for your answer.</p>
+  {% if auth.user %}
   <form method="post" action="/candidates/{{ d.version }}/review">
-    <p><label>Reviewer <input type="text" name="reviewer" value="{{ reviewer }}" required></label></p>
+    <input type="hidden" name="csrf_token" value="{{ auth.csrf }}">
+    <p>Reviewing as <b id="reviewer">{{ auth.user }}</b>: your name is recorded with the decision.</p>
     <p><label for="comment">Comment</label><br><textarea id="comment" name="comment" placeholder="why"></textarea></p>
     <button class="approve" type="submit" name="decision" value="approve">Approve</button>
     <button class="reject" type="submit" name="decision" value="reject">Reject</button>
   </form>
+  {% elif auth.reviewers %}
+  <p id="login-needed">Approving or rejecting needs a reviewer:
+    <a href="/login?next={{ ('/candidates/' ~ d.version)|urlencode }}">log in</a> first.</p>
+  {% else %}
+  <p class="fail" id="no-reviewers">{{ auth.problem or "No reviewers are configured, so no one can approve or reject here." }}
+    Add one on the dashboard's machine with <code class="cmd">{{ auth.hint }}</code> (it asks for a password and
+    writes <code>{{ auth.file }}</code>), then log in.</p>
+  <button class="approve" type="button" disabled title="add a reviewer first">Approve</button>
+  <button class="reject" type="button" disabled title="add a reviewer first">Reject</button>
+  {% endif %}
   {% else %}
   <p class="fail">This version awaits approval but its gate decision records no flow run id, so it cannot be resumed from here.</p>
   {% endif %}
@@ -247,6 +265,25 @@ ERROR = """{% extends "base.html" %}
 {% block content %}<h1>{{ heading }}</h1><p>{{ message }}</p><p><a href="/">back to the candidates</a></p>{% endblock %}
 """
 
+LOGIN = """{% extends "base.html" %}
+{% block title %}log in · bartops review{% endblock %}
+{% block content %}
+<h1>Reviewer log in</h1>
+{% if message %}<div class="flash err" id="flash">{{ message }}</div>{% endif %}
+{% if auth.reviewers %}
+<form class="login" method="post" action="/login">
+  <input type="hidden" name="next" value="{{ next }}">
+  <p><label>Name <input type="text" name="name" value="{{ login_name }}" autocomplete="username" required autofocus></label></p>
+  <p><label>Password <input type="password" name="password" autocomplete="current-password" required></label></p>
+  <button type="submit" id="login">Log in</button>
+</form>
+{% else %}
+<p class="fail" id="no-reviewers">{{ auth.problem or "No reviewers are configured." }}
+  Add one on the dashboard's machine with <code class="cmd">{{ auth.hint }}</code> (writes <code>{{ auth.file }}</code>).</p>
+{% endif %}
+{% endblock %}
+"""
+
 LOOP = """{% extends "base.html" %}{% import "macros.html" as m %}
 {% block title %}loop · bartops review{% endblock %}
 {% macro f(x, d=3) -%}
@@ -322,4 +359,4 @@ means over the rounds' contexts.</figcaption></figure>
 """
 
 TEMPLATES = {"base.html": BASE, "macros.html": MACROS, "index.html": INDEX, "candidate.html": CANDIDATE,
-             "error.html": ERROR, "loop.html": LOOP}
+             "error.html": ERROR, "loop.html": LOOP, "login.html": LOGIN}

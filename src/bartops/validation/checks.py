@@ -141,3 +141,151 @@ def dtype_kind_matches(dtype: Any, kind: str) -> bool:
     if kind == "utc":
         return isinstance(dtype, pd.DatetimeTZDtype) and str(dtype.tz) == "UTC"
     raise ValueError(f"unknown schema kind {kind!r}")
+
+
+# ---------------------------------------------------------------------------- ε-greedy propensities
+# A card's propensity is p = (1−ε)·[greedy] + ε/n with n ≥ 1 remaining choices (bartops.policy.page), so:
+#   greedy card:      p − (1−ε) = ε/n > 0 (p = 1 exactly when n = 1 or ε = 0);
+#   non-greedy card:  n ≥ 2 and p = ε/n ≤ ε/2.
+# ``_TOL`` absorbs float rounding; ``_MAX_CHOICES`` bounds n (ε/n must stay visible above rounding).
+_TOL = 1e-12
+_MAX_CHOICES = 1e9
+
+
+def _floats(s: pd.Series) -> np.ndarray:
+    return pd.to_numeric(s, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _in_range(p: np.ndarray, e: np.ndarray) -> np.ndarray:
+    """0 < p ≤ 1 and 0 ≤ ε ≤ 1: other rows are the range checks' (one failure, one named cause)."""
+    return (p > 0) & (p <= 1) & (e >= 0) & (e <= 1)
+
+
+def explored_matches_propensity(explored: pd.Series, propensity: pd.Series, epsilon: pd.Series) -> np.ndarray:
+    """Per row: could the ε-greedy page policy have logged this (explored, propensity, ε)?
+
+    explored = False (the greedy branch): the card is the greedy choice, so p − (1−ε) = ε/n > 0 —
+    strictly above 1−ε when ε > 0 (p = 1−ε exactly is impossible), p = 1 when ε = 0.
+    explored = True (the uniform branch): ε > 0, and the draw hit either the greedy card
+    (p > 1−ε as above) or one of n ≥ 2 others (p ≤ ε/2).  So ε/2 < p ≤ 1−ε, or ε = 0, is impossible.
+    Explored=True on a greedy card is legitimate (probability ε/n), so no exact rule can reject it.
+    Rows outside 0 < p ≤ 1, 0 ≤ ε ≤ 1 pass here (the range checks name them).
+    """
+    x = explored.to_numpy(dtype=bool, na_value=False)
+    p, e = _floats(propensity), _floats(epsilon)
+    greedy = (p - (1.0 - e)) > e / _MAX_CHOICES - _TOL
+    other = p <= e / 2 + _TOL
+    return ~_in_range(p, e) | np.where(x, (e > 0) & (greedy | other), greedy)
+
+
+def single_choice_possible(request_id: pd.Series, shelf: pd.Series, position: pd.Series,
+                           propensity: pd.Series, epsilon: pd.Series) -> np.ndarray:
+    """Per row: False where p claims a single remaining choice at a slot that cannot have had one.
+
+    With ε > 0, p > 1 − ε/2 happens only for the greedy card of n = 1 choice (p = 1).  The fills of
+    a shelf lose exactly one choice per slot (the chosen pair; pairs are unique per item and
+    explanation), and each shelf head at least one, so n = 1 is possible only at the last card of a
+    shelf (position ≥ 1) or at the head of the page's last shelf (position 0).
+    """
+    p, e = _floats(propensity), _floats(epsilon)
+    claims_one = _in_range(p, e) & (e > 0) & (p > 1.0 - e / 2 + _TOL)
+    if not claims_one.any():
+        return np.ones(len(p), bool)
+    req = pd.factorize(request_id, sort=False)[0].astype(np.int64)
+    s, k = shelf.to_numpy(np.int64), position.to_numpy(np.int64)
+    s_off = s - min(int(s.min()), 0)
+    shelf_key = pd.factorize(req * (int(s_off.max()) + 1) + s_off, sort=False)[0]
+    last_pos = np.full(shelf_key.max() + 1, np.iinfo(np.int64).min)
+    np.maximum.at(last_pos, shelf_key, k)
+    last_shelf = np.full(req.max() + 1, np.iinfo(np.int64).min)
+    np.maximum.at(last_shelf, req, s)
+    possible = np.where(k == 0, s == last_shelf[req], k == last_pos[shelf_key])
+    return ~claims_one | possible
+
+
+# ---------------------------------------------------------------------------- text lengths
+def value_lengths(values: pd.Series) -> np.ndarray:
+    """Character length per value (0 for missing); categoricals measured on their categories."""
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        cat_len = values.cat.categories.astype(str).str.len().to_numpy(np.int64)
+        codes = values.cat.codes.to_numpy()
+        return np.where(codes >= 0, cat_len[np.maximum(codes, 0)] if len(cat_len) else 0, 0)
+    return values.astype("string").str.len().fillna(0).to_numpy(np.int64)
+
+
+def long_values(values: pd.Series, max_length: int, examples: int = 3) -> dict[str, Any]:
+    """The longest length, how many values exceed ``max_length``, and a few (row, length, prefix)."""
+    n = value_lengths(values)
+    over = np.nonzero(n > max_length)[0]
+    rows = [{"row": int(i), "length": int(n[i]), "starts": str(values.iloc[i])[:40] + "..."} for i in over[:examples]]
+    return {"max_length": int(n.max()) if len(n) else 0, "over": int(len(over)), "rows": int(len(n)), "examples": rows}
+
+
+# ---------------------------------------------------------------------------- the accepted store
+STORE_COLUMNS = ("impression_id", "request_id", "reward")
+
+
+def store_files(store_dir: str | os.PathLike | None, exclude_key: str = "") -> list[str]:
+    """The accepted batches (``*.parquet``) of the store, less those of the batch ``exclude_key``.
+
+    ``core._accept`` names a batch ``<stem>-<key>.parquet`` (or ``…-<key>-kept.parquet``) after the
+    first 16 hex digits of its content digest: excluding its own files lets an already accepted
+    batch re-validate as a no-op ("already ingested").
+    """
+    if not store_dir or not os.path.isdir(store_dir):
+        return []
+    own = (f"-{exclude_key}.parquet", f"-{exclude_key}-kept.parquet") if exclude_key else ()
+    return sorted(os.path.join(store_dir, f) for f in os.listdir(store_dir)
+                  if f.endswith(".parquet") and not f.startswith((".", "_")) and not (own and f.endswith(own)))
+
+
+@lru_cache(maxsize=256)
+def _store_file_ids(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=list(STORE_COLUMNS)).to_pandas()
+    return pd.DataFrame({"impression_id": t["impression_id"].astype(str).to_numpy(object),
+                         "request_id": t["request_id"].astype(str).to_numpy(object),
+                         "reward": pd.to_numeric(t["reward"], errors="coerce").to_numpy(np.float64)})
+
+
+@lru_cache(maxsize=4)
+def _store_ids(signature: tuple[tuple[str, int, int], ...]) -> pd.DataFrame:
+    frames = [_store_file_ids(*s) for s in signature]
+    if not frames:
+        return pd.DataFrame({"impression_id": pd.Series(dtype=object), "request_id": pd.Series(dtype=object),
+                             "reward": pd.Series(dtype=np.float64)})
+    return pd.concat(frames, ignore_index=True)
+
+
+def store_ids(store_dir: str | os.PathLike | None, exclude_key: str = "") -> pd.DataFrame:
+    """impression_id, request_id, reward of every accepted row (only those columns are read; cached per file version)."""
+    sig = []
+    for f in store_files(store_dir, exclude_key):
+        st = os.stat(f)
+        sig.append((f, st.st_mtime_ns, st.st_size))
+    return _store_ids(tuple(sig))
+
+
+def already_accepted(values: pd.Series, store_dir: str | os.PathLike | None, exclude_key: str,
+                     column: str) -> np.ndarray:
+    """Per row: does the value (an impression_id or request_id) already appear in the store?"""
+    stored = store_ids(store_dir, exclude_key)
+    if not len(stored):
+        return np.zeros(len(values), bool)
+    return values.astype(str).isin(pd.Index(stored[column].unique())).to_numpy(bool)
+
+
+def contradicts_store(impression_id: pd.Series, reward: pd.Series, store_dir: str | os.PathLike | None,
+                      exclude_key: str) -> np.ndarray:
+    """Per row: is the impression already accepted with a different reward (the same card, two outcomes)?"""
+    seen = already_accepted(impression_id, store_dir, exclude_key, "impression_id")
+    out = np.zeros(len(impression_id), bool)
+    if not seen.any():
+        return out
+    stored = store_ids(store_dir, exclude_key)
+    ids = impression_id.astype(str).to_numpy(object)
+    mine = pd.DataFrame({"impression_id": ids[seen], "reward": _floats(reward)[seen], "row": np.nonzero(seen)[0]})
+    both = mine.merge(stored[["impression_id", "reward"]], on="impression_id", suffixes=("", "_stored"))
+    out[both.loc[both["reward"] != both["reward_stored"], "row"].to_numpy(np.int64)] = True
+    return out

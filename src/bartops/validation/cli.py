@@ -28,12 +28,12 @@ def validate(
     data = Path(data or paths.get("data", "data"))
     docs_dir = Path(paths.get("build", "build")) / "validation" if docs else None
     try:
+        store = Path(impressions or paths.get("impressions", data / "impressions"))
         if dry_run:
-            report = validate_batch(path, data, params, docs_dir=docs_dir)
+            report = validate_batch(path, data, params, docs_dir=docs_dir, impressions_dir=store)
         else:
             report = ingest(path, data, Path(quarantine or paths.get("quarantine", "quarantine")), params,
-                            impressions_dir=Path(impressions or paths.get("impressions", data / "impressions")),
-                            docs_dir=docs_dir)
+                            impressions_dir=store, docs_dir=docs_dir)
     except ValidationSetupError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None

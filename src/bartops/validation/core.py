@@ -4,7 +4,10 @@
 without touching any file.  ``ingest`` then acts on the result:
 
 * passed: the batch is written (canonical parquet) into ``data/impressions/`` through a temp file
-  and a rename, named after its content digest, so a rerun on the same batch adds nothing;
+  and a rename, named after its content digest, so a rerun on the same batch adds nothing; a batch
+  repeating impressions or pages already accepted there fails (``impressions_not_already_accepted``,
+  ``rewards_not_contradicting_accepted``, ``pages_not_already_accepted``), so no impression id is
+  stored twice;
 * failed only row-level checks on a small share of rows (``validation.row_split``): the pages
   holding those rows are split off to quarantine and the rest is re-validated and accepted;
 * otherwise (or unreadable): the batch is moved whole and byte-identical into
@@ -59,7 +62,7 @@ def _check_reference(data_dir: Path) -> None:
 
 
 def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timestamp | None,
-              docs_dir: Path | None) -> _Run:
+              docs_dir: Path | None, store: Path | None = None) -> _Run:
     from bartops.validation import suites as S
 
     t0 = time.perf_counter()
@@ -77,7 +80,8 @@ def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timest
     report.rows, report.fmt, report.digest = len(frame), batch.fmt, batch.digest
     report.files = [str(p) for p in batch.files]
     report.pages = int(frame["request_id"].nunique())
-    parameters = S.impression_parameters(frame, data_dir, params, now)
+    # checked against the accepted store, less this batch's own accepted files (a rerun stays a no-op)
+    parameters = S.impression_parameters(frame, data_dir, params, now, store=store, store_exclude=batch.digest[:16])
     report.parameters = parameters
     now = pd.Timestamp(parameters["window_end"]) - pd.Timedelta(
         seconds=float(_vparams(params).get("window", {}).get("future_skew_seconds", 300)))
@@ -103,15 +107,17 @@ def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timest
 
 
 def validate_batch(path: Path, data_dir: Path, params: dict[str, Any], *, now: pd.Timestamp | None = None,
-                   docs_dir: Path | None = None) -> ValidationReport:
+                   docs_dir: Path | None = None, impressions_dir: Path | None = None) -> ValidationReport:
     """Read the batch at ``path`` and run the GX suites; moves nothing.
 
     ``data_dir`` holds the catalog (items, explanations, users) and history; ``params`` is the
-    parsed params.yaml (``validation:``, ``policy:``); ``docs_dir`` builds GX Data Docs there.
+    parsed params.yaml (``validation:``, ``policy:``); ``docs_dir`` builds GX Data Docs there;
+    ``impressions_dir`` is the accepted store the batch must not repeat (None: not checked).
     Unreadable batches give a report with ``decision="unreadable"`` and ``error``; missing
     reference data raises ValidationSetupError.
     """
-    return _validate(Path(path), Path(data_dir), params, now, docs_dir).report
+    return _validate(Path(path), Path(data_dir), params, now, docs_dir,
+                     Path(impressions_dir) if impressions_dir is not None else None).report
 
 
 def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: dict[str, Any], *,
@@ -120,7 +126,7 @@ def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: dict[str, A
     """Validate the batch and accept it into ``impressions_dir`` (default data_dir/impressions) or quarantine it."""
     path, data_dir, quarantine_dir = Path(path), Path(data_dir), Path(quarantine_dir)
     impressions_dir = Path(impressions_dir or data_dir / "impressions")
-    run = _validate(path, data_dir, params, now, docs_dir)
+    run = _validate(path, data_dir, params, now, docs_dir, impressions_dir)
     report, batch = run.report, run.batch
     v = _vparams(params)
     if report.passed and batch is not None:
@@ -214,7 +220,8 @@ def _try_split(run: _Run, params: dict[str, Any], data_dir: Path, quarantine_dir
         report.split = {**split_info, "applied": False, "reason": f"share {share:.3%} above max_share {max_share:.3%}"}
         return False
     kept = frame[~split_mask]
-    params2 = S.impression_parameters(kept, data_dir, params, run.now)
+    params2 = S.impression_parameters(kept, data_dir, params, run.now, store=run.parameters["store_path"] or None,
+                                      store_exclude=run.parameters["store_exclude"])
     rerun, _ = S.run_suite(run.context, "impressions", kept, params2,
                            examples=int(_vparams(params).get("examples", 3)))
     if any(not o.success for o in rerun.outcomes):

@@ -9,6 +9,16 @@
 * ``expect_explored_share_to_match_epsilon`` — the explored flags are independent Bernoulli(ε_i)
   draws, so their count has mean Σε_i and variance Σε_i(1−ε_i); the check passes when the observed
   count lies within ``z`` standard deviations (``z`` derived from a false-alarm rate).
+* ``expect_column_values_to_not_be_in_store`` — the value (impression_id, request_id) is not in
+  an already accepted batch of the store (``store_path``, less the batch's own files ``store_exclude``).
+* ``expect_rewards_to_agree_with_store`` — (impression_id, reward): an impression already accepted
+  with another reward is a contradiction (the same card, two outcomes).
+* ``expect_explored_to_match_propensity`` — (explored, propensity, epsilon) possible under the
+  ε-greedy page policy (``checks.explored_matches_propensity``).
+* ``expect_single_choice_only_where_possible`` — (request_id, shelf, position, propensity, epsilon):
+  a propensity that says one choice was left only where one can have been (``checks.single_choice_possible``).
+* ``expect_column_value_lengths_to_be_at_most`` — text no longer than ``max_value`` characters; reports
+  the longest length and a few rows (row, length, first characters), never the whole value.
 
 The pandas implementations are vectorised (numpy / pandas group-by on integer codes).
 """
@@ -40,7 +50,17 @@ from great_expectations.expectations.metrics.map_metric_provider.multicolumn_con
 from great_expectations.expectations.metrics.metric_provider import metric_value
 from great_expectations.expectations.metrics.table_metric_provider import TableMetricProvider
 
-from bartops.validation.checks import dtype_kind_matches, explored_share_stats, known_to_catalog, page_slots_contiguous
+from bartops.validation.checks import (
+    already_accepted,
+    contradicts_store,
+    dtype_kind_matches,
+    explored_matches_propensity,
+    explored_share_stats,
+    known_to_catalog,
+    long_values,
+    page_slots_contiguous,
+    single_choice_possible,
+)
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -63,6 +83,65 @@ class PageSlotsContiguous(MulticolumnMapMetricProvider):
         req, shelf, pos = column_list.columns
         ok = page_slots_contiguous(column_list[req], column_list[shelf], column_list[pos])
         return pd.Series(ok, index=column_list.index)
+
+
+class ColumnValuesNotInStore(ColumnMapMetricProvider):
+    condition_metric_name = "column_values.bartops_not_in_store"
+    condition_value_keys = ("store_path", "store_exclude", "store_column")
+
+    @column_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column, store_path, store_exclude, store_column, **kwargs):
+        return pd.Series(~already_accepted(column, store_path, store_exclude, store_column), index=column.index)
+
+
+_MULTI_KEYS = ("batch_id", "table", "column_list", "row_condition", "condition_parser", "ignore_row_if")
+
+
+class RewardsAgreeWithStore(MulticolumnMapMetricProvider):
+    condition_metric_name = "multicolumn_values.bartops_rewards_agree_with_store"
+    condition_domain_keys = _MULTI_KEYS
+    condition_value_keys = ("store_path", "store_exclude")
+
+    @multicolumn_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_list, store_path, store_exclude, **kwargs):
+        ids, reward = column_list.columns
+        bad = contradicts_store(column_list[ids], column_list[reward], store_path, store_exclude)
+        return pd.Series(~bad, index=column_list.index)
+
+
+class ExploredMatchesPropensity(MulticolumnMapMetricProvider):
+    condition_metric_name = "multicolumn_values.bartops_explored_matches_propensity"
+    condition_domain_keys = _MULTI_KEYS
+
+    @multicolumn_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_list, **kwargs):
+        x, p, e = column_list.columns
+        ok = explored_matches_propensity(column_list[x], column_list[p], column_list[e])
+        return pd.Series(ok, index=column_list.index)
+
+
+class SingleChoicePossible(MulticolumnMapMetricProvider):
+    condition_metric_name = "multicolumn_values.bartops_single_choice_possible"
+    condition_domain_keys = _MULTI_KEYS
+
+    @multicolumn_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_list, **kwargs):
+        ok = single_choice_possible(*(column_list[c] for c in column_list.columns))
+        return pd.Series(ok, index=column_list.index)
+
+
+class ColumnLongValues(TableMetricProvider):
+    metric_name = "table.bartops_long_values"
+    value_keys = ("column", "max_value")
+
+    @metric_value(engine=PandasExecutionEngine)
+    def _pandas(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics, runtime_configuration):
+        df, _, _ = execution_engine.get_compute_domain(domain_kwargs=metric_domain_kwargs,
+                                                       domain_type=MetricDomainTypes.TABLE)
+        col = metric_value_kwargs["column"]
+        if col not in df.columns:
+            return {"max_length": 0, "over": 0, "rows": len(df), "examples": []}
+        return long_values(df[col], int(metric_value_kwargs["max_value"]))
 
 
 class ExploredShareStats(TableMetricProvider):
@@ -163,4 +242,65 @@ class ExpectExploredShareToMatchEpsilon(BatchExpectation):
         }
 
 
-CUSTOM = (ExpectColumnToHaveSchemaKind, ExpectColumnValuesToBeKnownToCatalog, ExpectPageSlotsToBeContiguous, ExpectExploredShareToMatchEpsilon)
+class ExpectColumnValuesToNotBeInStore(ColumnMapExpectation):
+    """Expect no value of the column (impression_id or request_id) in an already accepted batch."""
+
+    store_path: Union[str, SuiteParameterDict]
+    store_exclude: Union[str, SuiteParameterDict] = ""
+    store_column: str
+
+    map_metric = "column_values.bartops_not_in_store"
+    success_keys = ("mostly", "store_path", "store_exclude", "store_column")
+    args_keys = ("column", "store_path", "store_exclude", "store_column")
+
+
+class ExpectRewardsToAgreeWithStore(MulticolumnMapExpectation):
+    """Expect no impression (column_list = impression_id, reward) accepted before with another reward."""
+
+    store_path: Union[str, SuiteParameterDict]
+    store_exclude: Union[str, SuiteParameterDict] = ""
+
+    map_metric = "multicolumn_values.bartops_rewards_agree_with_store"
+    success_keys = ("mostly", "store_path", "store_exclude")
+    args_keys = ("column_list", "store_path", "store_exclude")
+
+
+class ExpectExploredToMatchPropensity(MulticolumnMapExpectation):
+    """Expect (explored, propensity, epsilon) that the ε-greedy page policy can log."""
+
+    map_metric = "multicolumn_values.bartops_explored_matches_propensity"
+    success_keys = ("mostly",)
+    args_keys = ("column_list",)
+
+
+class ExpectSingleChoiceOnlyWherePossible(MulticolumnMapExpectation):
+    """Expect p = 1 under ε > 0 (one choice left) only at a shelf's last card or the last shelf's head."""
+
+    map_metric = "multicolumn_values.bartops_single_choice_possible"
+    success_keys = ("mostly",)
+    args_keys = ("column_list",)
+
+
+class ExpectColumnValueLengthsToBeAtMost(BatchExpectation):
+    """Expect every text value of the column to have at most ``max_value`` characters."""
+
+    column: str
+    max_value: Union[int, SuiteParameterDict]
+
+    metric_dependencies = ("table.bartops_long_values",)
+    domain_keys: ClassVar[Tuple[str, ...]] = ("row_condition", "condition_parser")
+    success_keys = ("column", "max_value")
+    args_keys = ("column", "max_value")
+
+    def _validate(self, metrics: Dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Any = None) -> dict:
+        s = metrics["table.bartops_long_values"]
+        return {"success": s["over"] == 0,
+                "result": {"observed_value": s["max_length"],
+                           "details": {"longest": s["max_length"], "rows_over": s["over"], "rows": s["rows"]},
+                           "partial_unexpected_list": s["examples"]}}
+
+
+CUSTOM = (ExpectColumnToHaveSchemaKind, ExpectColumnValuesToBeKnownToCatalog, ExpectPageSlotsToBeContiguous,
+          ExpectExploredShareToMatchEpsilon, ExpectColumnValuesToNotBeInStore, ExpectRewardsToAgreeWithStore,
+          ExpectExploredToMatchPropensity, ExpectSingleChoiceOnlyWherePossible, ExpectColumnValueLengthsToBeAtMost)

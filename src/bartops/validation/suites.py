@@ -146,8 +146,13 @@ def batch_window(timestamps: pd.Series, vparams: dict[str, Any], now: pd.Timesta
 
 
 def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: dict[str, Any],
-                          now: pd.Timestamp | None = None) -> dict[str, Any]:
-    """Run-time suite parameters for the impressions, catalog and history suites."""
+                          now: pd.Timestamp | None = None, *, store: Path | None = None,
+                          store_exclude: str = "") -> dict[str, Any]:
+    """Run-time suite parameters for the impressions, catalog and history suites.
+
+    ``store`` is the folder of accepted batches the batch must not repeat (none: no such check);
+    ``store_exclude`` the digest key of the batch's own accepted files there (see ``checks.store_files``).
+    """
     v = params.get("validation", {})
     pol = params.get("policy", {})
     now = _utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
@@ -165,6 +170,7 @@ def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: dict[str,
         "items_path": str(data_dir / "items.parquet"),
         "explanations_path": str(data_dir / "explanations.parquet"),
         "users_path": str(data_dir / "users.parquet"),
+        "store_path": str(store) if store is not None else "", "store_exclude": store_exclude,
     }
 
 
@@ -281,6 +287,10 @@ def _outcome(suite: str, r, frame: pd.DataFrame, examples: int) -> ExpectationOu
                 rows = []
         if not rows and res.get("partial_unexpected_list"):
             rows = [v if isinstance(v, dict) else {column or "value": v} for v in res["partial_unexpected_list"][:examples]]
+        # the checked columns first (the message cuts a row short), long text clipped
+        checked = [c for c in (kwargs.get("column_list") or [kwargs.get("column")]) if c]
+        rows = [{k: _clip(row[k]) for k in [*(c for c in checked if c in row), *(k for k in row if k not in checked)]}
+                for row in rows]
     details = res.get("details") or {}
     return ExpectationOutcome(
         suite=suite, check=meta.get("check", cfg.type), expectation=cfg.type, level=meta.get("level", "batch"),
@@ -290,6 +300,13 @@ def _outcome(suite: str, r, frame: pd.DataFrame, examples: int) -> ExpectationOu
         examples=rows, notes=meta.get("notes", ""), error=error,
         allowed={k: kwargs[k] for k in _ALLOWED_KEYS if kwargs.get(k) is not None},
     )
+
+
+def _clip(value: Any, limit: int = 80) -> Any:
+    """An example value as reported: text longer than ``limit`` cut, with its length."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:40]}… ({len(value):,} characters)"
+    return value
 
 
 # the kwargs (after suite-parameter substitution) that say what an expectation allows

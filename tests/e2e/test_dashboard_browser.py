@@ -1,8 +1,10 @@
 """The review dashboard in real headless Debian chromium, approving a real paused Prefect flow run.
 
 The dashboard runs as ``bartops dashboard`` (uvicorn) in a subprocess against the test session's
-Prefect API; a gate flow run pauses waiting for a reviewer; the browser loads the candidate table,
-opens the candidate awaiting approval and clicks Approve; the flow resumes and production changes.
+Prefect API; a gate flow run pauses waiting for a reviewer; a reviewer is added with
+``bartops dashboard add-reviewer``; the browser loads the candidate table, opens the candidate
+awaiting approval, is refused the review until it logs in through the form, clicks Approve; the flow
+resumes with the logged-in name and production changes.
 A second test opens the Loop page over a written rounds file (chart and table) and screenshots it.
 """
 
@@ -29,6 +31,7 @@ from test_dashboard_support import gate_decision, loop_records, shared_bundle  #
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = shutil.which("chromium")
+PASSWORD = "e2e password, not a real one"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync"]
 
@@ -133,8 +136,17 @@ def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim,
     run_id = _wait(lambda: (reg.show("v2")["gate"] or {}).get("flow_run_id"), 120, "the gate flow to record its run")
     _wait(lambda: _flow_run_paused(run_id), 120, "the gate flow run to pause")
 
+    # a reviewer, added the way a user does it (the password on stdin, only its hash on disk)
+    reviewers = tmp_path / "private" / "reviewers.json"
+    env = {"PREFECT_API_URL": PREFECT_API_URL.value(), "BARTOPS_REVIEWERS": str(reviewers)}
+    added = subprocess.run([str(Path(sys.executable).with_name("bartops")), "dashboard", "add-reviewer",
+                            "e2e-reviewer", "--password-stdin"], input=PASSWORD + "\n", text=True,
+                           capture_output=True, env={**os.environ, **env}, timeout=120)
+    assert added.returncode == 0, added.stderr
+    assert PASSWORD not in reviewers.read_text()
+
     try:
-        with _dashboard(reg.root, env={"PREFECT_API_URL": PREFECT_API_URL.value()}) as base, sync_playwright() as pw:
+        with _dashboard(reg.root, env=env) as base, sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
             try:
                 page = browser.new_page()
@@ -149,8 +161,22 @@ def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim,
                 expect(page.locator("h1")).to_contain_text("v2")
                 expect(page.locator("table#ope")).to_be_visible()
                 expect(page.locator(".page .shelf h4").first).to_be_visible()
+                # logged out: no review form, a login link instead
+                expect(page.locator("button.approve")).to_have_count(0)
+                page.click("#login-needed a")
+                expect(page.locator("h1")).to_have_text("Reviewer log in")
+                page.fill("input[name=name]", "e2e-reviewer")
+                page.fill("input[name=password]", "not the password")
+                page.click("button#login")
+                expect(page.locator("#flash")).to_contain_text("wrong name or password")
+                page.fill("input[name=password]", PASSWORD)
+                page.click("button#login")
+                expect(page.locator("h1")).to_contain_text("v2")  # back on the candidate
+                expect(page.locator("header #user")).to_have_text("e2e-reviewer")
+                cookie = next(c for c in page.context.cookies() if c["name"] == "bartops_session")
+                assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+
                 page.fill("textarea[name=comment]", "better on every estimator")
-                page.fill("input[name=reviewer]", "e2e-reviewer")
                 page.click("button.approve")
                 expect(page.locator("#flash")).to_contain_text("Approved by e2e-reviewer")
 
@@ -165,6 +191,8 @@ def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim,
                 page.goto(base + "/")
                 expect(page.locator("header")).to_contain_text("production: v2")
                 expect(page.locator('tr[data-version="v2"]')).to_contain_text("promoted")
+                page.click("header button#logout")
+                expect(page.locator("header #login-link")).to_be_visible()
             finally:
                 browser.close()
     finally:

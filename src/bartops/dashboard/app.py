@@ -122,14 +122,14 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
                 "csrf": auth.csrf_token(secret, session) if session else None}
 
     def no_reviewers(state: dict) -> str:
-        why = state["problem"] or f"no reviewers are configured ({state['file']} lists none)"
-        return f"{why}: add one on the dashboard's machine with `{auth.ADD_HINT}`, then log in"
+        return state["problem"] or (f"no reviewers are configured ({state['file']} lists none): add one on the "
+                                    f"dashboard's machine with `{auth.ADD_HINT}`, then log in")
 
     def render(name: str, request: Request, status_code: int = 200, **ctx: Any) -> HTMLResponse:
         msg = request.query_params.get("msg")
         html = env.get_template(name).render(
             production=registry.production(), flash=msg, flash_error=request.query_params.get("err") == "1",
-            auth=auth_state(request), path=request.url.path, **ctx)
+            auth=_template_auth(auth_state(request)), path=request.url.path, **ctx)
         return HTMLResponse(html, status_code=status_code)
 
     def error(request: Request, status_code: int, message: str) -> Response:
@@ -268,6 +268,11 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
         return {"ok": True, "registry": str(registry.root), "production": registry.production()}
 
     return app
+
+
+def _template_auth(state: dict) -> dict:
+    """What pages may show of the auth state: never the password hashes or the secret."""
+    return {"reviewers": bool(state["reviewers"]), **{k: state[k] for k in ("user", "csrf", "problem", "file", "hint")}}
 
 
 def _local(target: str) -> str:

@@ -79,3 +79,24 @@ def test_flow_accepts_then_rejects_with_a_failed_state(prefect_api, project):
     texts = [a.data for a in found]
     assert any("REJECTED" in t and "propensity_range" in t for t in texts)
     assert any("PASSED" in t for t in texts)
+
+
+def test_flow_reruns_an_accepted_batch_as_a_no_op_and_rejects_it_under_another_name(prefect_api, project):
+    from flows.validate_logs import validate_logs
+
+    root, pfile = project
+    batch = root / "data" / "incoming" / "sim-seed3.parquet"
+    store = root / "build" / "impressions"
+    for _ in range(2):  # `make demo` twice: the second run finds the batch already ingested
+        state = validate_logs(path=str(batch), params_file=str(pfile), return_state=True)
+        assert state.is_completed(), state.message
+    accepted = list(store.glob("*.parquet"))
+    assert len(accepted) == 1
+    renamed = root / "data" / "incoming" / "renamed.parquet"
+    shutil.copy(batch, renamed)
+    state = validate_logs(path=str(renamed), params_file=str(pfile), return_state=True)
+    assert state.is_failed(), state.message
+    assert "impressions/impressions_not_already_accepted" in state.message, state.message
+    assert "impressions/pages_not_already_accepted" in state.message, state.message
+    assert list(store.glob("*.parquet")) == accepted
+    assert len(pd.read_parquet(accepted[0])) == len(pd.read_parquet(batch))  # no impression stored twice

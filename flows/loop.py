@@ -29,8 +29,7 @@ from prefect.deployments import run_deployment
 from bartops.config import load_params, section
 from bartops.loop.listeners import play_listeners
 from bartops.loop.record import ROUNDS_FILE, RoundRecord, read_rounds, write_rounds
-from bartops.loop.rounds import (batch_rows, bundle_truth, mean_interval, open_log_files, references,
-                                 served_log_rows)
+from bartops.loop.rounds import batch_rows, bundle_truth, mean_interval, references, served_log_rows
 from bartops.registry import Registry
 from bartops.serving.config import ServingConfig
 from bartops.sim import World
@@ -55,11 +54,11 @@ def wait_for_version(url: str, version: str, workers: int, timeout: float) -> fl
                        f"{timeout:.0f} s; workers: {seen}; last /version: {last}")
 
 
-def wait_for_closed_logs(log_dir: Path, request_ids: set[str], expected: int, timeout: float) -> int:
+def wait_for_closed_logs(log_dir: Path, request_ids: set[str], expected: int, since: float, timeout: float) -> int:
     """Wait until the service has closed the log files holding ``expected`` rows of ``request_ids``."""
     deadline, logged = time.monotonic() + timeout, 0
     while time.monotonic() < deadline:
-        logged = served_log_rows(log_dir, request_ids)
+        logged = served_log_rows(log_dir, request_ids, since)
         if logged >= expected:
             return logged
         time.sleep(1.0)
@@ -92,7 +91,7 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
     first = records[-1].round + 1 if records else 1
     new: list[RoundRecord] = []
     for r in range(first, first + rounds):
-        t0 = time.monotonic()
+        t0, started = time.monotonic(), time.time() - 1.0  # (file times have coarse resolution on some systems)
         live = registry.production()
         if live is None:
             raise RuntimeError(f"registry {registry.root} has no production version: run `make demo` first")
@@ -112,7 +111,7 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
         refs = references(world, data_dir, registry.path(live), contexts, seed=r)
         t_truth = time.monotonic() - t1
         t1 = time.monotonic()
-        logged = wait_for_closed_logs(log_dir, ids, served, timeout=serving.log_rotate_seconds + 60)
+        logged = wait_for_closed_logs(log_dir, ids, served, since=started, timeout=serving.log_rotate_seconds + 60)
         # every listener has reported: close their attribution windows now rather than in 30 minutes
         now = (datetime.now(timezone.utc) + timedelta(seconds=window + 1)).isoformat()
         run_and_check(INGEST, {"now": now}, round_timeout_s)

@@ -73,14 +73,11 @@ def mean_interval(per_page: np.ndarray, level: float = 0.95) -> tuple[float, flo
     return m, m - half, m + half
 
 
-def served_log_rows(log_dir: Path, request_ids: set[str]) -> int:
-    """Impression rows in the service's closed log files that belong to ``request_ids``."""
-    return sum(1 for row in read_rows(closed_files(log_dir, IMPRESSIONS)) if row.get("request_id") in request_ids)
-
-
-def open_log_files(log_dir: Path) -> list[Path]:
-    """Impression log files still being written."""
-    return sorted(Path(log_dir).glob(f"{IMPRESSIONS}-*.jsonl.part"))
+def served_log_rows(log_dir: Path, request_ids: set[str], since: float = 0.0) -> int:
+    """Impression rows that belong to ``request_ids`` in the service's closed log files written at or
+    after ``since`` (a POSIX time: files last written before the requests cannot hold them)."""
+    files = [f for f in closed_files(log_dir, IMPRESSIONS) if f.stat().st_mtime >= since]
+    return sum(1 for row in read_rows(files) if row.get("request_id") in request_ids)
 
 
 def batch_rows(folder: Path, request_ids: set[str]) -> int:

@@ -45,53 +45,41 @@ class Traffic:
         return self.cards.groupby("request_id", sort=False)["streamed"].sum()
 
 
-def _chunks(n: int, k: int) -> list[range]:
-    step = -(-n // k)
-    return [range(lo, min(n, lo + step)) for lo in range(0, n, step)]
-
-
-def _request_pages(url: str, contexts: pd.DataFrame, rows: range, timeout: float):
-    cards, failed, ms = [], [], []
+def _post_each(url: str, path: str, bodies: list[dict], timeout: float):
+    """POST each body in turn: (the JSON answers, None where a request failed), failure lines, latencies."""
+    answers, failed, ms = [], [], []
     with httpx.Client(base_url=url, timeout=timeout) as client:
-        for i in rows:
-            c = contexts.iloc[i]
-            body = {"user_id": int(c.user_id), "platform": str(c.platform), "region": str(c.region)}
+        for body in bodies:
             t0 = time.perf_counter()
             try:
-                r = client.post("/home", json=body)
+                r = client.post(path, json=body)
             except httpx.HTTPError as exc:
-                failed.append(f"/home {body}: {type(exc).__name__}: {exc}")
+                failed.append(f"{path} {body}: {type(exc).__name__}: {exc}")
+                answers.append(None)
                 continue
             ms.append(1e3 * (time.perf_counter() - t0))
             if r.status_code != 200:
-                failed.append(f"/home {body}: {r.status_code} {r.text[:200]}")
+                failed.append(f"{path} {body}: {r.status_code} {r.text[:200]}")
+                answers.append(None)
                 continue
-            page = r.json()
-            for s, shelf in enumerate(page["shelves"]):
-                for k, card in enumerate(shelf["cards"]):
-                    cards.append((page["request_id"], body["user_id"], body["platform"], body["region"],
-                                  page["timestamp"], s, k, card["item_id"], shelf["explanation_id"],
-                                  page["policy_version"], card["propensity"]))
-    return cards, failed, ms
+            answers.append(r.json())
+    return answers, failed, ms
 
 
-def _report_streams(url: str, streams: pd.DataFrame, rows: range, timeout: float):
-    failed, ms = [], []
-    with httpx.Client(base_url=url, timeout=timeout) as client:
-        for i in rows:
-            s = streams.iloc[i]
-            body = {"request_id": str(s.request_id), "item_id": int(s.item_id), "streamed": True,
-                    "seconds": float(s.seconds)}
-            t0 = time.perf_counter()
-            try:
-                r = client.post("/feedback", json=body)
-            except httpx.HTTPError as exc:
-                failed.append(f"/feedback {body}: {type(exc).__name__}: {exc}")
-                continue
-            ms.append(1e3 * (time.perf_counter() - t0))
-            if r.status_code != 200:
-                failed.append(f"/feedback {body}: {r.status_code} {r.text[:200]}")
-    return failed, ms
+def post_concurrently(url: str, path: str, bodies: list[dict], threads: int, timeout: float):
+    """``bodies`` split over ``threads`` clients: (answers in order, failure lines, latencies in ms)."""
+    step = max(1, -(-len(bodies) // threads))
+    chunks = [bodies[lo: lo + step] for lo in range(0, len(bodies), step)]
+    with ThreadPoolExecutor(threads) as pool:
+        parts = list(pool.map(lambda chunk: _post_each(url, path, chunk, timeout), chunks))
+    return ([a for p in parts for a in p[0]], [f for p in parts for f in p[1]],
+            np.array([m for p in parts for m in p[2]]))
+
+
+def _card_rows(body: dict, page: dict) -> list[tuple]:
+    return [(page["request_id"], body["user_id"], body["platform"], body["region"], page["timestamp"], s, k,
+             card["item_id"], shelf["explanation_id"], page["policy_version"], card["propensity"])
+            for s, shelf in enumerate(page["shelves"]) for k, card in enumerate(shelf["cards"])]
 
 
 def stream_probability(world: World, cards: pd.DataFrame) -> np.ndarray:
@@ -110,20 +98,16 @@ def play_listeners(url: str, world: World, page_views: int, rng: np.random.Gener
     if page_views < 1:
         raise ValueError(f"page_views must be at least 1, got {page_views}")
     contexts = sample_contexts(world, page_views, rng)
-    with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(lambda rows: _request_pages(url, contexts, rows, timeout), _chunks(page_views, threads)))
-    rows = [c for p in parts for c in p[0]]
-    failed = [f for p in parts for f in p[1]]
-    page_ms = np.array([m for p in parts for m in p[2]])
+    bodies = [{"user_id": int(u), "platform": str(p), "region": str(r)}
+              for u, p, r in zip(contexts["user_id"], contexts["platform"], contexts["region"])]
+    pages, failed, page_ms = post_concurrently(url, "/home", bodies, threads, timeout)
+    rows = [row for body, page in zip(bodies, pages) if page is not None for row in _card_rows(body, page)]
     cards = pd.DataFrame(rows, columns=list(CARD_COLUMNS))
     cards["p_stream"] = stream_probability(world, cards) if len(cards) else np.zeros(0)
     cards["streamed"] = rng.random(len(cards)) < cards["p_stream"].to_numpy()
-    streams = cards[cards["streamed"]].assign(seconds=np.round(rng.lognormal(4.9, 0.6, int(cards["streamed"].sum())), 1))
-    feedback_ms = np.zeros(0)
-    if len(streams):
-        with ThreadPoolExecutor(threads) as pool:
-            parts = list(pool.map(lambda r: _report_streams(url, streams, r, timeout),
-                                  _chunks(len(streams), threads)))
-        failed += [f for p in parts for f in p[0]]
-        feedback_ms = np.array([m for p in parts for m in p[1]])
-    return Traffic(cards, int(cards["request_id"].nunique()), failed, page_ms, feedback_ms)
+    streams = cards[cards["streamed"]]
+    seconds = np.round(rng.lognormal(4.9, 0.6, len(streams)), 1)
+    reports = [{"request_id": str(rid), "item_id": int(item), "streamed": True, "seconds": float(sec)}
+               for rid, item, sec in zip(streams["request_id"], streams["item_id"], seconds)]
+    _, feedback_failed, feedback_ms = post_concurrently(url, "/feedback", reports, threads, timeout)
+    return Traffic(cards, int(cards["request_id"].nunique()), failed + feedback_failed, page_ms, feedback_ms)

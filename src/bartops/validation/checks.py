@@ -240,26 +240,30 @@ def store_files(store_dir: str | os.PathLike | None, exclude_key: str = "") -> l
 
 
 @lru_cache(maxsize=256)
-def _store_file_ids(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+def _store_file_ids(path: str, mtime_ns: int, size: int) -> dict:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    t = pq.read_table(path, columns=list(STORE_COLUMNS)).to_pandas()
-    return pd.DataFrame({"impression_id": t["impression_id"].astype(str).to_numpy(object),
-                         "request_id": t["request_id"].astype(str).to_numpy(object),
-                         "reward": pd.to_numeric(t["reward"], errors="coerce").to_numpy(np.float64)})
+    table = pq.read_table(path, columns=list(STORE_COLUMNS))
+    # plain text (not dictionary-encoded) ids and float rewards, so that every file compares alike
+    return {c: table[c].cast(pa.float64() if c == "reward" else pa.string()).combine_chunks() for c in STORE_COLUMNS}
 
 
 @lru_cache(maxsize=4)
-def _store_ids(signature: tuple[tuple[str, int, int], ...]) -> pd.DataFrame:
-    frames = [_store_file_ids(*s) for s in signature]
-    if not frames:
-        return pd.DataFrame({"impression_id": pd.Series(dtype=object), "request_id": pd.Series(dtype=object),
-                             "reward": pd.Series(dtype=np.float64)})
-    return pd.concat(frames, ignore_index=True)
+def _store_ids(signature: tuple[tuple[str, int, int], ...]) -> dict | None:
+    import pyarrow as pa
+
+    if not signature:
+        return None
+    files = [_store_file_ids(*s) for s in signature]
+    return {c: pa.concat_arrays([f[c] for f in files]) for c in STORE_COLUMNS}
 
 
-def store_ids(store_dir: str | os.PathLike | None, exclude_key: str = "") -> pd.DataFrame:
-    """impression_id, request_id, reward of every accepted row (only those columns are read; cached per file version)."""
+def store_ids(store_dir: str | os.PathLike | None, exclude_key: str = ""):
+    """impression_id, request_id, reward of every accepted row as Arrow arrays (None: an empty store).
+
+    Only those columns are read, once per file version (cached); lookups are Arrow hash joins.
+    """
     sig = []
     for f in store_files(store_dir, exclude_key):
         st = os.stat(f)
@@ -267,25 +271,36 @@ def store_ids(store_dir: str | os.PathLike | None, exclude_key: str = "") -> pd.
     return _store_ids(tuple(sig))
 
 
+def _text(values: pd.Series):
+    import pyarrow as pa
+
+    return pa.array(values.astype(str).to_numpy(object), type=pa.string())
+
+
 def already_accepted(values: pd.Series, store_dir: str | os.PathLike | None, exclude_key: str,
                      column: str) -> np.ndarray:
     """Per row: does the value (an impression_id or request_id) already appear in the store?"""
+    import pyarrow.compute as pc
+
     stored = store_ids(store_dir, exclude_key)
-    if not len(stored):
+    if stored is None or not len(values):
         return np.zeros(len(values), bool)
-    return values.astype(str).isin(pd.Index(stored[column].unique())).to_numpy(bool)
+    return pc.is_in(_text(values), value_set=stored[column]).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def contradicts_store(impression_id: pd.Series, reward: pd.Series, store_dir: str | os.PathLike | None,
                       exclude_key: str) -> np.ndarray:
     """Per row: is the impression already accepted with a different reward (the same card, two outcomes)?"""
-    seen = already_accepted(impression_id, store_dir, exclude_key, "impression_id")
-    out = np.zeros(len(impression_id), bool)
-    if not seen.any():
-        return out
+    import pyarrow.compute as pc
+
     stored = store_ids(store_dir, exclude_key)
-    ids = impression_id.astype(str).to_numpy(object)
-    mine = pd.DataFrame({"impression_id": ids[seen], "reward": _floats(reward)[seen], "row": np.nonzero(seen)[0]})
-    both = mine.merge(stored[["impression_id", "reward"]], on="impression_id", suffixes=("", "_stored"))
-    out[both.loc[both["reward"] != both["reward_stored"], "row"].to_numpy(np.int64)] = True
+    if stored is None or not len(impression_id):
+        return np.zeros(len(impression_id), bool)
+    at = pc.index_in(_text(impression_id), value_set=stored["impression_id"])
+    seen = at.is_valid().to_numpy(zero_copy_only=False).astype(bool)
+    out = np.zeros(len(impression_id), bool)
+    if seen.any():
+        pos = at.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
+        stored_reward = stored["reward"].to_numpy(zero_copy_only=False)[pos]
+        out = seen & (stored_reward != _floats(reward))
     return out

@@ -59,3 +59,13 @@ def test_worse_rejected_and_clearly_better_promoted(small_sim):
     assert out["worse"][0] < 0 < out["better"][0]
     assert out["worse"][1]["decision"] == "reject" and "lift" in out["worse"][1]["failed"]
     assert out["better"][1]["decision"] == "promote", out["better"][1]["rules"]
+
+
+def test_the_gate_evaluates_on_productions_own_logs_among_others():
+    from bartops.gate.evaluate import evaluated_policy
+
+    assert evaluated_policy(["logging-popularity", "v1", "v2"], "v2") == "v2"
+    assert evaluated_policy(["logging-popularity"], None) == "logging-popularity"
+    assert evaluated_policy(["v1"], "v2") == "v1", "logs of one earlier policy are still evaluable"
+    with pytest.raises(ValueError, match=r"mix policies \['v1', 'v3'\] and none is production \(v2\)"):
+        evaluated_policy(["v3", "v1"], "v2")

@@ -73,17 +73,22 @@ def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, 
                      "policy nor a registered version: its probabilities cannot be recomputed")
 
 
-def logs_of_one_policy(logs: pd.DataFrame, production: str | None) -> tuple[pd.DataFrame, str]:
-    """(the logs the gate evaluates on, the policy that served them): production's own exploration logs
-    when the logs hold any, else the logs of the one policy that served them all."""
-    served_by = logs["policy_version"].astype(str)
-    versions = sorted(served_by.unique().tolist())
+def evaluated_policy(versions: list[str], production: str | None) -> str:
+    """The policy whose logs the gate evaluates on: production when it served any of them (its own
+    exploration logs), else the one policy that served them all."""
     if production is not None and production in versions:
-        return logs[(served_by == production).to_numpy()].reset_index(drop=True), production
-    if len(versions) != 1:
-        raise ValueError(f"the logs mix policies {versions} and none is production ({production}); "
+        return production
+    if len(set(versions)) != 1:
+        raise ValueError(f"the logs mix policies {sorted(set(versions))} and none is production ({production}); "
                          "evaluate on logs of one logging policy")
-    return logs, versions[0]
+    return versions[0]
+
+
+def logs_of_one_policy(logs: pd.DataFrame, production: str | None) -> tuple[pd.DataFrame, str]:
+    """(the logs the gate evaluates on, the policy that served them); see ``evaluated_policy``."""
+    served_by = logs["policy_version"].astype(str)
+    version = evaluated_policy(served_by.unique().tolist(), production)
+    return logs[(served_by == version).to_numpy()].reset_index(drop=True), version
 
 
 def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, logs: pd.DataFrame,

@@ -115,20 +115,22 @@ def partition_seed(seed: int, part: Partition) -> int:
     return int(np.random.SeedSequence(key).generate_state(1)[0])
 
 
-def _after(frame: pd.DataFrame, holdout_from: pd.Timestamp | None) -> np.ndarray:
-    if holdout_from is None:
-        return np.ones(len(frame), bool)
-    return (pd.to_datetime(frame["timestamp"], utc=True) >= holdout_from).to_numpy()
+def _after(frame: pd.DataFrame, holdout_from: pd.Timestamp | None, version: str | None = None) -> np.ndarray:
+    """Rows after the training cut (served by ``version``, when given)."""
+    keep = np.ones(len(frame), bool) if holdout_from is None else \
+        (pd.to_datetime(frame["timestamp"], utc=True) >= holdout_from).to_numpy()
+    return keep if version is None else keep & (frame["policy_version"].astype(str) == version).to_numpy()
 
 
 # ---------------------------------------------------------------------- pass 0: scan
-def scan_partition(part: Partition, holdout_from: pd.Timestamp | None) -> dict[str, Any]:
-    """Policy versions of all rows; for the rows after the cut, their page (an index into the sorted
-    request ids ``ids``) and their row number in the file."""
+def scan_partition(part: Partition, holdout_from: pd.Timestamp | None, version: str | None = None) -> dict[str, Any]:
+    """Policy versions of the rows after the cut; for those of ``version`` (all, when None), their page
+    (an index into the sorted request ids ``ids``) and their row number in the file."""
     frame, row = read_partition_rows(part, SCAN_COLUMNS)
-    keep = _after(frame, holdout_from)
+    after = _after(frame, holdout_from)
+    keep = _after(frame, holdout_from, version)
     ids, page = np.unique(frame["request_id"].astype(str).to_numpy()[keep], return_inverse=True)
-    return {"versions": sorted(set(frame["policy_version"].astype(str))), "ids": ids,
+    return {"versions": sorted(set(frame["policy_version"].astype(str)[after])), "ids": ids,
             "page": page.astype(np.int64).ravel(), "file_row": row[keep]}
 
 
@@ -177,7 +179,7 @@ def load_partition(part: Partition, setup: EvaluationSetup, keep: np.ndarray | N
     """The partition's pages after the cut (and within ``keep``), the logged cards' model inputs and
     its rows of the examination sample (``sample``: file rows); None when no row remains."""
     frame, row = read_partition_rows(part)
-    mask = _after(frame, setup.holdout_from)
+    mask = _after(frame, setup.holdout_from, setup.logging.version)
     if keep is not None:
         mask = mask & frame["request_id"].astype(str).isin(set(keep)).to_numpy()
     if not mask.any():
@@ -458,7 +460,8 @@ def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSet
     files = list(dict.fromkeys(p.file for p in parts))
     file_index = [files.index(p.file) for p in parts]
     if scans is None:
-        scans = client.gather(client.map(scan_partition, parts, holdout_from=setup.holdout_from, pure=False))
+        scans = client.gather(client.map(scan_partition, parts, holdout_from=setup.holdout_from,
+                                         version=setup.logging.version, pure=False))
     keep, sample, n = row_plan(scans, file_index, cfg.max_pages, cfg.seed, examination_rows())
     if n == 0:
         raise ValueError("logs are empty: nothing to evaluate")
@@ -488,22 +491,24 @@ def evaluate_bundle_dask(client, bundle_dir: Path, params: dict, registry, impre
                          data_dir: Path, partition_rows: int) -> dict:
     """``bartops.gate.evaluate.evaluate_bundle`` on page-aligned partitions of the validated batches
     (module docs): the same dict, plus ``backend`` and ``partitions``."""
-    from bartops.gate.evaluate import training_cut
+    from bartops.gate.evaluate import evaluated_policy, training_cut
 
     parts = page_partitions(impressions, partition_rows)
     cfg = OPEConfig.from_dict(params.get("ope"))
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
     scans = client.gather(client.map(scan_partition, parts, holdout_from=holdout_from, pure=False))
-    versions = sorted(set().union(*[s["versions"] for s in scans]))
-    if len(versions) != 1:
-        raise ValueError(f"the logs mix policies {versions}; evaluate on logs of one logging policy")
     if holdout_from is not None and sum(len(s["page"]) for s in scans) == 0:
         raise ValueError(f"no logged impressions after the candidate's training cut {holdout_from}: "
                          "nothing it has not been trained on to evaluate it with")
-    setup = evaluation_setup(Path(bundle_dir), params, registry, Path(data_dir), versions[0])
-    ev = evaluate_partitions(client, parts, setup, scans)
+    versions = sorted(set().union(*[s["versions"] for s in scans]))
     production = registry.production() if registry is not None else None
-    return {"result": ev.result, "production": production, "logging_version": versions[0], "config": asdict(cfg),
+    version = evaluated_policy(versions, production)
+    if len(versions) > 1:  # production's own logs among others': scan again for its pages alone
+        scans = client.gather(client.map(scan_partition, parts, holdout_from=holdout_from, version=version,
+                                         pure=False))
+    setup = evaluation_setup(Path(bundle_dir), params, registry, Path(data_dir), version)
+    ev = evaluate_partitions(client, parts, setup, scans)
+    return {"result": ev.result, "production": production, "logging_version": version, "config": asdict(cfg),
             "n_pages": ev.n_pages, "n_rows": ev.n_rows,
             "holdout_from": None if holdout_from is None else holdout_from.isoformat(),
             "backend": "dask", "partitions": len(parts)}

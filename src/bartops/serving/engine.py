@@ -55,15 +55,17 @@ def load_bundle(bundle_dir: str | Path):
         raise BundleLoadError(f"cannot load policy bundle {d}: {type(exc).__name__}: {exc}") from exc
 
 
-def verify_bundle_isolated(bundle_dir: str | Path, timeout: float = 300) -> None:
+def verify_bundle_isolated(bundle_dir: str | Path, timeout: float = 300, niceness: int = 0) -> None:
     """Load the bundle in a child process first: a damaged model file can crash XGBoost's loader
-    (segfault) rather than raise, and the crash must become a clear error, not a dead server."""
+    (segfault) rather than raise, and the crash must become a clear error, not a dead server.
+    ``niceness`` lowers the child's CPU priority (a check beside live traffic)."""
+    import os
     import subprocess
     import sys
 
     d = Path(bundle_dir)
     proc = subprocess.run([sys.executable, "-m", "bartops.serving.engine", str(d)], capture_output=True,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
     if proc.returncode == 0:
         return
     if proc.returncode < 0:

@@ -28,8 +28,9 @@ MAX_EVENTS = 20  # swaps and refusals remembered for /version
 
 
 def load_verified_engine(bundle_dir: Path) -> PageEngine:
-    """Verify a bundle in a child process, then load and precompute it in this one."""
-    verify_bundle_isolated(bundle_dir)
+    """Verify a bundle in a child process (at low CPU priority: requests come first), then load and
+    precompute it in this one."""
+    verify_bundle_isolated(bundle_dir, niceness=10)
     return PageEngine.load(bundle_dir, precompute=True)
 
 

@@ -47,7 +47,7 @@ def package_service(version: str | None = None, registry: str | None = None, pro
         markdown=(f"### Packaged policy `{version}`\n\n| | |\n|---|---|\n| BentoML model | `{tag}` |\n"
                   f"| Bento | `{bento['bento']}` ({'built now' if bento['built'] else 'already built'}) |\n"
                   f"| BENTOML_HOME | `{home}` |\n\n"
-                  f"Serve it: `BENTOML_HOME={home} bentoml serve {bento['bento']} --port 3000`"),
+                  f"Serve it: `BENTOML_HOME={home} bentoml serve {bento['bento']} --host 127.0.0.1 --port 3000`"),
         description=f"Bento for policy {version}",
     )
     return {"version": version, "model_tag": tag, "bento": bento["bento"], "built": bento["built"],

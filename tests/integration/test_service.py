@@ -345,3 +345,40 @@ def test_version_swap_under_steady_traffic_and_refusal_of_a_corrupt_version(setu
     wrong = [(rid, v, by_request.get(rid)) for _, rid, v, _ in pages if by_request.get(rid) != {v}]
     assert not wrong, f"{len(wrong)} pages logged under another version than they were built by, e.g. {wrong[:3]}"
     assert len(logged) == sum(p[3] for p in pages), f"served {sum(p[3] for p in pages)} cards, logged {len(logged)}"
+
+
+def test_bentoml_serve_listens_on_loopback_unless_told_otherwise(setup):
+    """`bentoml serve …:HomePage --port N` (no --host, as a user types it) binds 127.0.0.1 only."""
+    port = free_port()
+    env = {**setup["env"], "BARTOPS_SERVING_LOGS": str(setup["tmp"] / "logs-host")}
+    proc = subprocess.Popen([BENTOML, "serve", "bartops.serving.service:HomePage", "--port", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline, bound = time.monotonic() + 180, set()
+        while not bound and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                for line in Path(table).read_text().splitlines()[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    address, hex_port = local.rsplit(":", 1)
+                    if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                        bound.add(address)
+        assert bound == {"0100007F"}, f"port {port} listens on {sorted(bound)} (hex, little-endian); " \
+                                      "expected 127.0.0.1 (0100007F) only"
+    finally:
+        if proc.poll() is None:
+            # wait for readiness before stopping (stopping a starting server can hang)
+            ready_by = time.monotonic() + 120
+            while time.monotonic() < ready_by and proc.poll() is None:
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.5)
+            os.killpg(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()

@@ -149,6 +149,7 @@ status_app = FastAPI(title="bartops service status")
     name="bartops-home",
     workers=CONFIG.workers,
     traffic={"timeout": 30},
+    http={"host": "127.0.0.1"},  # loopback unless `bentoml serve --host` says otherwise
     logging={"access": {"enabled": False}},
 )
 class HomePage:

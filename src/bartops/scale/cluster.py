@@ -9,7 +9,7 @@
 Workers report task runs to the Prefect API of the driver: without ``PREFECT_API_URL`` each worker
 process would start its own temporary Prefect server.  ``worker_environment()`` is what they need
 (the API URL and the telemetry switches); a LocalCluster gets it at spawn (nanny ``env``), and a
-running cluster gets it through ``client.run`` (workers should also be started with it, see README).
+running cluster gets it through ``client.run`` (workers should also be started with it, see docs/scale-out.md).
 """
 
 from __future__ import annotations

@@ -7,11 +7,12 @@ and ``load_features`` reads it back.  No pickles.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import hashlib
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -628,16 +629,57 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_RENAMEAT2: Any = None  # libc's renameat2, looked up on first use (False: not available)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``); False where unsupported."""
+    global _RENAMEAT2
+    if _RENAMEAT2 is None:
+        try:
+            fn = ctypes.CDLL(None, use_errno=True).renameat2
+            fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            _RENAMEAT2 = fn
+        except (OSError, AttributeError):
+            _RENAMEAT2 = False
+    if _RENAMEAT2 is False:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if _RENAMEAT2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(err, os.strerror(err), str(a), None, str(b))
+
+
 def atomic_replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Move a fully written temporary directory into place (replacing an old one)."""
-    out_dir = Path(out_dir)
-    old = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{os.urandom(3).hex()}")
-        os.replace(out_dir, old)
+    """Move a fully written temporary directory into place, replacing an old one, with no gap.
+
+    Where the file system can swap two paths atomically (Linux ``renameat2``), ``out_dir`` is
+    never missing: the swap puts the new tree in place and the old one under ``tmp``'s name, which
+    is then deleted (a crash there leaves ``tmp``, named by ``bartops.leftovers.make_temp_dir``
+    after this process, for ``recover_leftovers`` to remove).  Elsewhere the old tree is first
+    renamed to ``.<name>.old-<pid>-…``; a crash between the two renames leaves ``out_dir`` missing
+    and ``recover_leftovers`` moves the old tree back.
+    """
+    from bartops.faults import crash_point
+    from bartops.leftovers import OLD, temp_path
+
+    tmp, out_dir = Path(tmp), Path(out_dir)
+    crash_point(f"replace-dir:{out_dir.name}:before")
+    if not (out_dir.exists() or out_dir.is_symlink()):
+        os.replace(tmp, out_dir)
+        return
+    if _exchange(tmp, out_dir):
+        crash_point(f"replace-dir:{out_dir.name}:swapped")
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    old = temp_path(out_dir, OLD)
+    os.replace(out_dir, old)
+    crash_point(f"replace-dir:{out_dir.name}:moved-aside")
     os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def save_features(features: Features, out_dir: Path) -> Path:
@@ -645,15 +687,20 @@ def save_features(features: Features, out_dir: Path) -> Path:
 
     The manifest's ``version`` is a hash of every file's content, so equal snapshots share a version.
     """
+    from bartops.faults import crash_point
+    from bartops.leftovers import make_temp_dir, recover_leftovers
+
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    recover_leftovers(out_dir.parent)
+    tmp = make_temp_dir(out_dir)
     try:
         files = {}
         for name in SNAPSHOT_TABLES:
             path = tmp / f"{name}.parquet"
             getattr(features, name).to_parquet(path, index=False)
             files[path.name] = _sha256(path)
+        crash_point(f"write-dir:{out_dir.name}:partial")
         # one .npy per array (not .npz, whose zip entries carry write times): equal data, equal bytes
         for name in SNAPSHOT_ARRAYS:
             path = tmp / f"{name}.npy"

@@ -7,12 +7,13 @@ Layout under ``root``::
     production.json         the production pointer: one small JSON file replaced atomically
     history.jsonl           append-only log of committed promotions and rollbacks
 
-Crash safety: a bundle is copied into a hidden temporary directory and renamed into
+Crash safety: a bundle is copied into a hidden temporary directory (``.<version>.tmp-<pid>-…``) and renamed into
 ``versions/`` in one step; the pointer is written to a temporary file, flushed, and switched with
 ``os.replace``, which is atomic on POSIX.  The pointer carries the event that created it, and the
 history line is appended only after the switch, so a crash before the switch leaves the old
 production and its history untouched, and a crash after it leaves the new production whose event
-``history()`` recovers from the pointer.  Mutations hold an exclusive ``flock`` on ``root/.lock``.
+``history()`` recovers from the pointer.  Mutations hold an exclusive ``flock`` on ``root/.lock``
+and, once they hold it, remove the temporary files a killed mutation left (``recover_leftovers``).
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
+
+from bartops.faults import crash_point
+from bartops.leftovers import recover_leftovers, temp_path
 
 POINTER = "production.json"
 HISTORY = "history.jsonl"
@@ -53,15 +57,16 @@ def _now() -> str:
 
 
 def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a flushed temporary file and ``os.replace``."""
+    """Write JSON to ``path`` via a flushed temporary file (named after this process) and ``os.replace``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp = temp_path(path)
     try:
-        with open(tmp, "w", encoding="utf-8") as fh:
+        with open(tmp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, sort_keys=True, default=str)
             fh.write("\n")
             fh.flush()
             os.fsync(fh.fileno())
+        crash_point(f"write-file:{path.name}:before-rename")
         os.replace(tmp, path)
     finally:
         if tmp.exists():
@@ -104,13 +109,30 @@ class Registry:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        """Hold the registry's lock; first clean what a killed mutation left (every writer holds it)."""
         self.versions_dir.mkdir(parents=True, exist_ok=True)
         with open(self.root / ".lock", "a+") as fh:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
             try:
+                self.recover_leftovers()
                 yield
             finally:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+    def recover_leftovers(self) -> list[str]:
+        """Remove the temporary files and half-copied versions of killed mutations; call with the lock held.
+
+        Under the lock no other registry writer runs, so every temporary name in ``root``,
+        ``versions/`` and each version's folder is a leftover, whatever process made it
+        (including the names older code used: ``.incoming-<uuid>``, ``.<file>.<hex>.tmp``).
+        """
+        dirs = [self.root, self.versions_dir]
+        dirs += [d for d in self.versions_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+        done = recover_leftovers(*dirs, any_owner=True)
+        for d in self.versions_dir.glob(".incoming-*"):
+            shutil.rmtree(d, ignore_errors=True)
+            done.append(f"removed {d}")
+        return done
 
     # ------------------------------------------------------------------ versions
     def register(self, bundle_dir: Path | str, version: str | None = None) -> str:
@@ -140,9 +162,10 @@ class Registry:
             final = self.versions_dir / version
             if final.exists():
                 raise RegistryError(f"version {version!r} is already registered in {self.root}")
-            tmp = self.versions_dir / f".incoming-{uuid.uuid4().hex}"
+            tmp = temp_path(final)
             try:
                 shutil.copytree(bundle, tmp)
+                crash_point("registry:register:copied")
                 atomic_write_json(tmp / "policy.json", {**policy, "version": version})
                 atomic_write_json(tmp / "registry.json", {
                     "version": version,
@@ -151,6 +174,7 @@ class Registry:
                     "source_version": policy.get("version"),
                 })
                 os.rename(tmp, final)
+                crash_point("registry:register:renamed")
             finally:
                 if tmp.exists():
                     shutil.rmtree(tmp, ignore_errors=True)
@@ -264,6 +288,7 @@ class Registry:
         event = {"seq": seq, "action": action, "version": version, "previous": previous,
                  "reason": reason.strip(), "at": _now()}
         atomic_write_json(self.root / POINTER, {"version": version, "seq": seq, "stack": stack, "event": event})
+        crash_point("registry:switched")
         self._append_history(event)  # after the commit: history() recovers it from the pointer if lost
         return event
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -19,9 +18,11 @@ import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from bartops.faults import crash_point
 from bartops.features.arrays import native_threads
 from bartops.features.assemble import FEATURE_NAMES, assemble_rows, feature_schema_hash
 from bartops.features.store import Features, atomic_replace_dir
+from bartops.leftovers import make_temp_dir, recover_leftovers, temp_path
 from bartops.policy.page import CandidateSet
 
 MODEL_FILE = "model.ubj"
@@ -184,9 +185,11 @@ def save_model(model: RewardModel, dir: Path) -> Path:
     """Write ``model.ubj`` and ``schema.json`` (feature names + hash, params, metrics) atomically."""
     out = Path(dir)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    recover_leftovers(out.parent)  # what a killed earlier step left beside it
+    tmp = make_temp_dir(out)
     try:
         model.booster.save_model(str(tmp / MODEL_FILE))
+        crash_point(f"write-dir:{out.name}:partial")
         if model.margin is not None:
             (tmp / MARGIN_FILE).write_text(json.dumps(model.margin.to_dict()))
         schema = {
@@ -258,13 +261,15 @@ def _json_default(o):
 
 
 def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to a temp file beside ``path`` and rename it into place."""
+    """Write JSON to a temp file beside ``path`` (named after this process) and rename it into place."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    recover_leftovers(path.parent)
+    tmp = temp_path(path)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with open(tmp, "x", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2, default=_json_default)
+        crash_point(f"write-file:{path.name}:before-rename")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

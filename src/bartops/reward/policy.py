@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -19,7 +18,9 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from bartops.faults import crash_point
 from bartops.features.store import Features, atomic_replace_dir, load_features
+from bartops.leftovers import make_temp_dir, recover_leftovers
 from bartops.policy.page import CandidateSet, PagePolicy, check_shape_and_epsilon
 from bartops.reward.model import Predictor, load_model
 
@@ -92,9 +93,11 @@ def write_policy_bundle(model_dir: Path, features_dir: Path, policy_params: dict
     manifest = json.loads(manifest_path.read_text())
     pol = {"version": str(version), **_policy_values(policy_params)}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    recover_leftovers(out_dir.parent)  # what a killed earlier step left beside it
+    tmp = make_temp_dir(out_dir)
     try:
         shutil.copytree(model_dir, tmp / "model")
+        crash_point(f"write-dir:{out_dir.name}:partial")
         shutil.copytree(features_dir, tmp / "features")
         (tmp / "policy.json").write_text(json.dumps(pol, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(model.metrics, indent=2))

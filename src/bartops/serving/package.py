@@ -13,7 +13,8 @@ must not be the context: a second build would copy the first one's temporary tre
 until "File name too long".  ``build_bento`` therefore stages a minimal context — the bentofile,
 the files its ``include``/``exclude`` select under their literal folders (``src/bartops/**/*.py``,
 ``params.yaml``) and the files it names (requirements, description) — in a fresh temporary
-directory outside the project, builds from there and deletes it.  ``ensure_bento`` makes packaging
+directory outside the project (``bartops-bento-context-<pid>-…``), builds from there and deletes it;
+one left by a killed build is removed by the next (``recover_build_contexts``).  ``ensure_bento`` makes packaging
 idempotent: a Bento already in the store for the same model tag, bundle digest and context digest
 (Bento labels ``policy``, ``bundle_sha256``, ``context_sha256``) is returned without building.
 """
@@ -30,6 +31,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from bartops.faults import crash_point
 from bartops.serving.config import MODEL_NAME
 
 REQUIRED = ("model", "features", "policy.json")
@@ -279,7 +281,7 @@ def build_bento(model_tag: str, project_dir: str | Path = ".", bentoml_home: str
     project_dir = Path(project_dir).resolve()
     home = (Path(bentoml_home) if bentoml_home else default_bentoml_home(project_dir)).resolve()
     if context_dir is None:
-        with tempfile.TemporaryDirectory(prefix="bartops-bento-context-") as tmp:
+        with _context_tmp() as tmp:
             ctx = stage_build_context(project_dir, Path(tmp) / "context", bentofile)
             return build_bento(model_tag, project_dir, home, bentofile, timeout, labels, ctx)
     ctx = Path(context_dir).resolve()
@@ -311,8 +313,9 @@ def ensure_bento(model_tag: str, project_dir: str | Path = ".", bentoml_home: st
     project_dir = Path(project_dir).resolve()
     home = (Path(bentoml_home) if bentoml_home else default_bentoml_home(project_dir)).resolve()
     bundle_sha = stored_bundle_digest(model_tag, home)
-    with tempfile.TemporaryDirectory(prefix="bartops-bento-context-") as tmp:
+    with _context_tmp() as tmp:
         ctx = stage_build_context(project_dir, Path(tmp) / "context", bentofile)
+        crash_point("package:context-staged")
         ctx_sha = context_digest(ctx)
         existing = find_bento(model_tag, bundle_sha, ctx_sha, home)
         if existing is not None:
@@ -338,10 +341,35 @@ def package_version(bundle_dir: str | Path, version: str, project_dir: str | Pat
     """Store ``version``'s bundle as a BentoML model and ensure its Bento (both idempotent)."""
     home = (Path(bentoml_home) if bentoml_home else default_bentoml_home(project_dir)).resolve()
     tag = store_bundle_as_bentoml_model(bundle_dir, version, bentoml_home=home)
+    crash_point("package:model-stored")
     if not build:
         return Packaged(str(version), tag, None, False, str(home))
     result = ensure_bento(tag, project_dir, home)
     return Packaged(str(version), tag, result.tag, result.built, str(home))
+
+
+CONTEXT_PREFIX = "bartops-bento-context-"
+
+
+def recover_build_contexts(tmp_root: str | Path | None = None) -> list[Path]:
+    """Remove staged build contexts (``bartops-bento-context-<pid>-…`` in the temp area) of processes
+    that are gone, i.e. killed mid-build; returns them.  Contexts of running builds are kept."""
+    from bartops.leftovers import owner_gone
+
+    root = Path(tmp_root or tempfile.gettempdir())
+    removed = []
+    for d in root.glob(f"{CONTEXT_PREFIX}*"):
+        pid = d.name[len(CONTEXT_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and owner_gone(int(pid)) and d.is_dir():
+            shutil.rmtree(d, ignore_errors=True)
+            removed.append(d)
+    return removed
+
+
+def _context_tmp() -> tempfile.TemporaryDirectory:
+    """A fresh staging folder named after this process (after removing those of killed builds)."""
+    recover_build_contexts()
+    return tempfile.TemporaryDirectory(prefix=f"{CONTEXT_PREFIX}{os.getpid()}-")
 
 
 def _bentoml_exe() -> str:

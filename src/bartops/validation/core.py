@@ -11,12 +11,23 @@ without touching any file.  ``ingest`` then acts on the result:
 * failed only row-level checks on a small share of rows (``validation.row_split``): the pages
   holding those rows are split off to quarantine and the rest is re-validated and accepted;
 * otherwise (or unreadable): the batch is moved whole and byte-identical into
-  ``quarantine/<name>-<stamp>/`` beside ``report.json`` and ``report.md``.
+  ``quarantine/<name>-<stamp>/`` beside ``report.json`` and ``report.md``.  A symlinked batch is
+  quarantined by what it points to (the files move; the link is removed).
+
+Crash safety: the quarantine folder is assembled as ``quarantine/.<name>-<stamp>.moving-<pid>-…``:
+first the reports, then a move record (``.move.json``), then the batch is moved in with one rename
+(or, across file systems or through symlinks, copied and then removed from its place), then the
+folder is renamed to its final name.  ``recover_quarantine``, run at the start of every ``ingest``,
+finishes what a killed run left once its process is gone: a folder holding the batch is completed
+(source cleaned, renamed, report included); one without it is dropped, the batch never having left
+its place.  Leftover temporary files of accepted batches are removed the same way.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -26,8 +37,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bartops.faults import crash_point
+from bartops.leftovers import owner_gone, recover_leftovers, temp_path
 from bartops.validation.reader import Batch, BatchReadError, read_batch
-from bartops.validation.report import ValidationReport
+from bartops.validation.report import ExpectationOutcome, ValidationReport
 
 CATALOG_FILES = ("items.parquet", "explanations.parquet", "users.parquet", "history.parquet")
 
@@ -123,9 +136,20 @@ def validate_batch(path: Path, data_dir: Path, params: dict[str, Any], *, now: p
 def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: dict[str, Any], *,
            impressions_dir: Path | None = None, docs_dir: Path | None = None,
            now: pd.Timestamp | None = None) -> ValidationReport:
-    """Validate the batch and accept it into ``impressions_dir`` (default data_dir/impressions) or quarantine it."""
+    """Validate the batch and accept it into ``impressions_dir`` (default data_dir/impressions) or quarantine it.
+
+    First finishes what killed runs left (``recover_quarantine``, temporary files in the store); a
+    batch that such a run was moving to quarantine is completed there and its report returned.
+    """
     path, data_dir, quarantine_dir = Path(path), Path(data_dir), Path(quarantine_dir)
     impressions_dir = Path(impressions_dir or data_dir / "impressions")
+    recover_leftovers(impressions_dir)
+    finished = recover_quarantine(quarantine_dir)
+    if not (path.exists() or path.is_symlink()):
+        key = os.path.abspath(path)
+        for final, record in finished.items():
+            if key in (record.get("source"), record.get("link")):
+                return _read_report(final / "report.json")
     run = _validate(path, data_dir, params, now, docs_dir, impressions_dir)
     report, batch = run.report, run.batch
     v = _vparams(params)
@@ -154,12 +178,14 @@ def _accept(batch: Batch, frame: pd.DataFrame, impressions_dir: Path, report: Va
     else:
         stem = batch.path.stem if batch.path.is_file() else batch.path.name
         target = impressions_dir / f"{stem}-{key}{suffix}.parquet"
-        tmp = impressions_dir / f".{target.name}.tmp"
+        tmp = temp_path(target)  # hidden, named after this process: recover_leftovers removes it if killed
         plain = frame.reset_index(drop=True)
         plain = plain.astype({c: "string" for c in plain.columns if isinstance(plain[c].dtype, pd.CategoricalDtype)})
         table = conform_impressions(plain)
         table.to_parquet(tmp, index=False)
+        crash_point("accept:written")
         os.replace(tmp, target)
+        crash_point("accept:renamed")
         report.decision = "accepted" if not suffix else "accepted-partly"
         report.accepted_path = str(target)
     if remove_source:
@@ -170,28 +196,148 @@ def _accept(batch: Batch, frame: pd.DataFrame, impressions_dir: Path, report: Va
 
 
 # ---------------------------------------------------------------------------- quarantine
+MOVING = "moving"
+MOVE_RECORD = ".move.json"
+
+
 def _quarantine(path: Path, files: list[Path] | None, quarantine_dir: Path, report: ValidationReport,
                 extra: dict[str, pd.DataFrame] | None = None) -> Path:
-    """Move the batch (file or folder) whole into a new quarantine folder beside its report."""
+    """Move the batch (file or folder) whole into a new quarantine folder beside its report.
+
+    The folder is built under a hidden name owned by this process and renamed when complete (see
+    the module docs and ``recover_quarantine``).  A symlinked batch moves what it points to.
+    """
     quarantine_dir.mkdir(parents=True, exist_ok=True)
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
     name = (path.stem if path.suffix else path.name) or "batch"
     final = quarantine_dir / f"{name}-{stamp}"
-    tmp = quarantine_dir / f".{final.name}.tmp"
+    tmp = quarantine_dir / f".{final.name}.{MOVING}-{os.getpid()}-{secrets.token_hex(4)}"
     tmp.mkdir(parents=True)
-    if path.exists():
-        dest = tmp / path.name
-        try:
-            os.replace(path, dest)  # same file system: a rename, bytes untouched
-        except OSError:
-            shutil.move(str(path), str(dest))
+    report.quarantine_path = str(final)
     for fname, df in (extra or {}).items():
         df.to_parquet(tmp / fname, index=False)
-    report.quarantine_path = str(final)
     (tmp / "report.json").write_text(report.to_json(), encoding="utf-8")
     (tmp / "report.md").write_text(report.to_markdown(), encoding="utf-8")
-    os.replace(tmp, final)
+    crash_point("quarantine:reported")
+    record = _move_record(path, tmp)
+    _write_record(tmp / MOVE_RECORD, record)
+    crash_point("quarantine:recorded")
+    entry = tmp / record["entry"]
+    if record["mode"] == "rename":
+        os.replace(record["source"], entry)  # same file system: a rename, bytes untouched
+    elif record["mode"] == "copy":
+        part = entry.with_name(entry.name + ".part")
+        if os.path.isdir(record["source"]):
+            shutil.copytree(record["source"], part, symlinks=False)
+        else:
+            shutil.copy2(record["source"], part)
+        crash_point("quarantine:copied")
+        os.replace(part, entry)
+    crash_point("quarantine:moved")
+    _finish_quarantine(tmp, final, record)
     return final
+
+
+def _move_record(path: Path, tmp: Path) -> dict[str, Any]:
+    """How the batch at ``path`` goes into ``tmp``: by one rename, or copied and then removed (``mode``)."""
+    link = os.path.abspath(path) if path.is_symlink() else None
+    source = os.path.realpath(path) if link else os.path.abspath(path)
+    record: dict[str, Any] = {"source": source, "link": link, "entry": path.name, "mode": "none"}
+    if not os.path.exists(source):
+        return record
+    inner_links = os.path.isdir(source) and any(p.is_symlink() for p in Path(source).iterdir())
+    same_fs = os.stat(source).st_dev == os.stat(tmp).st_dev
+    record["mode"] = "rename" if same_fs and not inner_links else "copy"
+    return record
+
+
+def _write_record(path: Path, record: dict[str, Any]) -> None:
+    part = path.with_name(path.name + ".part")
+    with open(part, "w", encoding="utf-8") as fh:
+        json.dump(record, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(part, path)
+
+
+def _finish_quarantine(tmp: Path, final: Path, record: dict[str, Any]) -> None:
+    """The batch is inside ``tmp``: remove what is left at its source, then give the folder its name."""
+    if record["mode"] == "copy" and os.path.lexists(record["source"]):
+        if os.path.isdir(record["source"]) and not os.path.islink(record["source"]):
+            shutil.rmtree(record["source"])
+        else:
+            os.unlink(record["source"])
+    if record.get("link") and os.path.islink(record["link"]):
+        os.unlink(record["link"])
+    os.replace(tmp, final)
+    crash_point("quarantine:renamed")
+    (final / MOVE_RECORD).unlink()  # the record goes last: without it a hidden folder would be taken as unmoved
+
+
+def recover_quarantine(quarantine_dir: Path) -> dict[Path, dict[str, Any]]:
+    """Finish or undo the quarantine moves of killed runs; returns {completed folder: its move record}.
+
+    A hidden ``.<name>.moving-<pid>-…`` folder whose process is gone either holds the batch (the
+    move happened: the source is cleaned and the folder renamed, its report inside) or not (the
+    batch never left its place: the folder is removed, and the next run validates the batch again).
+    Folders of earlier code (``.<name>.tmp``, no process id) holding a batch are completed too,
+    with their report if one was written, else a note saying the report was lost.
+    """
+    quarantine_dir = Path(quarantine_dir)
+    done: dict[Path, dict[str, Any]] = {}
+    if not quarantine_dir.is_dir():
+        return done
+    for stale in quarantine_dir.glob(f"*/{MOVE_RECORD}"):  # killed between the final rename and this
+        if not stale.parent.name.startswith("."):
+            stale.unlink(missing_ok=True)
+    for tmp in sorted(quarantine_dir.glob(".*")):
+        if not tmp.is_dir():
+            continue
+        parts = tmp.name[1:].rsplit(".", 1)
+        if len(parts) == 2 and parts[1].startswith(f"{MOVING}-"):
+            try:
+                pid = int(parts[1].split("-")[1])
+            except (IndexError, ValueError):
+                continue
+            if not owner_gone(pid):
+                continue
+            final = quarantine_dir / parts[0]
+            try:
+                record = json.loads((tmp / MOVE_RECORD).read_text(encoding="utf-8"))
+            except (FileNotFoundError, json.JSONDecodeError):
+                shutil.rmtree(tmp, ignore_errors=True)  # killed before the move began
+                continue
+            if record["mode"] != "none" and not (tmp / record["entry"]).exists():
+                shutil.rmtree(tmp, ignore_errors=True)  # the batch is still at its source
+                continue
+            _finish_quarantine(tmp, final, record)
+            done[final] = record
+        elif len(parts) == 2 and parts[1] == "tmp":  # earlier code's name: batch and report, or batch alone
+            final = quarantine_dir / parts[0]
+            entries = [p for p in tmp.iterdir() if p.name not in ("report.json", "report.md")]
+            if not entries:
+                shutil.rmtree(tmp, ignore_errors=True)
+                continue
+            if not (tmp / "report.json").exists():
+                note = ValidationReport(batch=entries[0].name, passed=False, decision="rejected",
+                                        error_kind="interrupted", created_at=_now_iso(),
+                                        error="a run was killed while moving this batch to quarantine; its "
+                                              "validation report was lost (validate the files here again)",
+                                        quarantine_path=str(final))
+                (tmp / "report.json").write_text(note.to_json(), encoding="utf-8")
+                (tmp / "report.md").write_text(note.to_markdown(), encoding="utf-8")
+            os.replace(tmp, final)
+            done[final] = {"source": None, "link": None, "entry": entries[0].name, "mode": "legacy"}
+    return done
+
+
+def _read_report(path: Path) -> ValidationReport:
+    """A ``ValidationReport`` back from its ``report.json``."""
+    d = json.loads(Path(path).read_text(encoding="utf-8"))
+    d.pop("counts", None)
+    d["expectations"] = [ExpectationOutcome(**e) for e in d.get("expectations") or []]
+    known = set(ValidationReport.__dataclass_fields__)
+    return ValidationReport(**{k: v for k, v in d.items() if k in known})
 
 
 # ---------------------------------------------------------------------------- row-level split

@@ -25,12 +25,16 @@ class ServingConfig:
     attribution_window_seconds: float = 1800.0  # a stream counts if reported this soon after the page
     workers: int = 1  # BentoML API worker processes
     registry_poll_seconds: float = 1.0  # how often a service serving the registry looks for a new production
+    max_in_flight: int = 4  # /home + /feedback requests held per worker; more get 503 (bench/serving.py)
+    retry_after_seconds: int = 1  # the Retry-After of that 503
 
     def __post_init__(self) -> None:
         for f in fields(self):
             v = getattr(self, f.name)
             if f.name != "log_dir" and not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"serving.{f.name} must be a positive number, got {v!r}")
+            if f.name in ("max_in_flight", "retry_after_seconds") and (isinstance(v, bool) or not isinstance(v, int)):
+                raise ValueError(f"serving.{f.name} must be a positive integer, got {v!r}")
         if not str(self.log_dir):
             raise ValueError("serving.log_dir must not be empty")
 

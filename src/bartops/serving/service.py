@@ -10,13 +10,20 @@ Which policy bundle is served (first match wins):
    what ``bentoml serve`` from the repository root serves.
 
 A missing or corrupt bundle stops start-up with a message naming it.  The bundle is read
-synchronously; the per-user feature blocks are precomputed in a background thread, and ``/readyz``
-answers 503 (and ``/home`` 503) until they are ready.  Every served card is logged once, as an
-impression row (log schema, no reward) in rotating files under ``serving.log_dir``.
+synchronously; the per-user feature blocks are precomputed in a background thread, and the worker's
+start-up hook waits for them: a worker (a first one or one restarted) accepts connections only
+once warm, so while it warms up the other workers take all the traffic.  Should warm-up fail, the
+worker serves on and answers 503 (``/readyz``, and ``/home`` with the error) instead.  Every served
+card is logged once, as an impression row (log schema, no reward) in rotating files under
+``serving.log_dir``.
+
+Overload: each worker holds at most ``serving.max_in_flight`` ``/home`` + ``/feedback`` requests;
+beyond that it answers 503 with ``Retry-After`` at once (``bartops.serving.shedding``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -44,6 +51,7 @@ from bartops.serving.engine import BundleLoadError, PageEngine, verify_bundle_is
 from bartops.serving.follow import RegistryFollower
 from bartops.serving.logwriter import FEEDBACK, IMPRESSIONS, RotatingLogWriter, recover_partial_files
 from bartops.serving.schemas import FeedbackRequest, FeedbackResponse, HomePageResponse, HomeRequest
+from bartops.serving.shedding import LoadShedMiddleware
 
 log = logging.getLogger("bartops.serving")
 RECENT_PAGES = 50_000  # request ids remembered per worker to check feedback against the page
@@ -186,6 +194,7 @@ class HomePage:
         self._recent: OrderedDict[str, frozenset[int]] = OrderedDict()
         self._recent_lock = threading.Lock()
         self._ready = threading.Event()
+        self._warm_done = threading.Event()  # set when warm-up ends, ready or failed
         self.warmup_error: Optional[str] = None
         threading.Thread(target=self._warm_up, name="bartops-warmup", daemon=True).start()
         log.info("bartops: serving policy %s from %s (%s)", engine.version, self.bundle_dir, self.source)
@@ -204,12 +213,20 @@ class HomePage:
             self.warmup_error = f"{type(exc).__name__}: {exc}"
             log.exception("bartops: warm-up failed")
             return
+        finally:
+            self._warm_done.set()
         if self.follower is not None:
             threading.Thread(target=self.follower.run, args=(self._stop, self.config.registry_poll_seconds),
                              name="bartops-follow-registry", daemon=True).start()
 
     def __is_ready__(self) -> bool:
         return self._ready.is_set()
+
+    @bentoml.on_startup
+    async def wait_until_warm(self) -> None:
+        """Hold the worker's start-up until warm-up ends: uvicorn listens only after this returns, so
+        a (re)started worker takes no traffic before it is ready (the others serve meanwhile)."""
+        await asyncio.to_thread(self._warm_done.wait)
 
     @bentoml.on_shutdown
     def close_logs(self) -> None:
@@ -264,4 +281,9 @@ class HomePage:
         return FeedbackResponse(accepted=True, request_id=request_id, item_id=item_id)
 
 
+# Load shedding is our middleware, not BentoML's `traffic={"max_concurrency": N}`: that one answers
+# 429 without Retry-After and sheds /version too (shedding.py; measured in docs/performance.md).
+# Added first, it is the outer one: an excess request is answered before its body is read.
+HomePage.add_asgi_middleware(LoadShedMiddleware, max_in_flight=CONFIG.max_in_flight,
+                             retry_after_seconds=CONFIG.retry_after_seconds)
 HomePage.add_asgi_middleware(BodyLimitMiddleware, max_bytes=CONFIG.max_body_bytes)

@@ -72,8 +72,8 @@ def evaluate_all(world, sim, log, logs, cfg, gate: GateParams, population: dict[
         truth, conditional = population[name], true_value(world, pol, lp.contexts, cands)[0]
         diff = res["differences"]["production"]
         d = decide(gate, True, diff[gate.estimator].to_dict(), res["estimates"]["candidate"][gate.estimator].ess,
-                   0.0, {k: {"candidate": v["candidate"], "production": v["production"]}
-                         for k, v in res["per_kind"].items()}, res["diagnostics"]["candidate"]["support_share"])
+                   0.0, {k: v.to_dict() for k, v in res["kind_lifts"]["production"].items()},
+                   res["diagnostics"]["candidate"]["support_share"])
         row = {"candidate": name, "truth": truth, "true_lift": truth - population["logging"],
                "truth_logged_contexts": conditional, "true_lift_logged_contexts": conditional - v_log}
         for e, est in res["estimates"]["candidate"].items():

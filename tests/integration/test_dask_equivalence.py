@@ -297,6 +297,14 @@ def _assert_same_result(dist: dict, local: dict, estimators=("ips", "snips", "dr
     for k, row in local["per_kind"].items():
         keys = [c for c in row if candidate_per_kind or c != "candidate"]
         assert {c: dist["per_kind"][k][c] for c in keys} == pytest.approx({c: row[c] for c in keys}, rel=1e-12), k
+    if candidate_per_kind:  # the per-kind intervals: the same page sums and resamples
+        a, b = dist["kind_lifts"]["production"], local["kind_lifts"]["production"]
+        assert a.keys() == b.keys()
+        for k in b:
+            assert a[k].measured == b[k].measured and a[k].reason == b[k].reason, (k, a[k], b[k])
+            got = [a[k].candidate, a[k].production, a[k].lift, a[k].ci_low, a[k].ci_high]
+            want = [b[k].candidate, b[k].production, b[k].lift, b[k].ci_low, b[k].ci_high]
+            assert got == pytest.approx(want, rel=1e-9, nan_ok=True), (k, got, want)
 
 
 def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_reference):

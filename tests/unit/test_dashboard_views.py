@@ -312,10 +312,11 @@ def test_reads_the_gate_modules_own_decision():
     from bartops.gate import GateParams, decide
 
     from test_dashboard_support import estimate as est
+    from test_gate import kind_lift
 
     params = GateParams(margin=0.01, min_ess=1000)
     out = decide(params, True, est("dr", 0.005, 0.01), 5000.0, 0.2,
-                 {"artist": {"candidate": 1.0, "production": 1.0}})
+                 {"artist": kind_lift("artist", 0.0, -0.1, 0.1)})
     rules = {r["name"]: r for r in gate_rules(out)}
     assert set(rules) == {r["rule"] for r in out["rules"]}
     assert rules["lift"]["passed"] is False and rules["lift"]["threshold"] == 0.01

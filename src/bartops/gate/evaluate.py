@@ -156,8 +156,8 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
     validation_passed = None if validation is None else all(bool(r.get("passed")) for r in validation)
     diff = result["differences"]["production"][gp.estimator]
     cand = result["estimates"]["candidate"][gp.estimator]
-    per_kind = {k: {"candidate": v["candidate"], "production": v["production"]} for k, v in result["per_kind"].items()}
-    decision = decide(gp, validation_passed, diff.to_dict(), cand.ess, ece_from_metrics(metrics), per_kind,
+    kind_lifts = {k: v.to_dict() for k, v in result["kind_lifts"]["production"].items()}
+    decision = decide(gp, validation_passed, diff.to_dict(), cand.ess, ece_from_metrics(metrics), kind_lifts,
                       result["diagnostics"]["candidate"]["support_share"])
     diag = {}
     for name, d in result["diagnostics"].items():
@@ -182,7 +182,7 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
         "logs": {"rows": ev["n_rows"], "pages": ev["n_pages"], "policy_version": ev["logging_version"],
                  "holdout_from": ev.get("holdout_from")},
         "ope": {"config": ev["config"], "table": estimate_table(result), "diagnostics": diag,
-                "per_kind": result["per_kind"]},
+                "per_kind": result["per_kind"], "kind_lifts": kind_lifts},
         "validation": validation,
         "data_version": lin.get("data_version"), "code_version": lin.get("code_version"),
     })
@@ -204,16 +204,24 @@ def markdown(version: str, decision: dict) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> None:
+    """Write ``text`` to a hidden temporary file named after this process, then rename it to ``path``."""
+    from bartops.faults import crash_point
+    from bartops.leftovers import temp_path
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temp_path(path)
     tmp.write_text(text, encoding="utf-8")
+    crash_point(f"write-file:{path.name}:before-rename")
     tmp.replace(path)
 
 
 def write_reports(decision: dict, out_dir: Path) -> tuple[Path, Path]:
     """``ope.json`` (DVC metrics: the OPE table and the decision) and ``policy_value.csv`` (DVC plot
     data: estimator, policy, value, lower, upper), each written atomically."""
+    from bartops.leftovers import recover_leftovers
+
     out_dir = Path(out_dir)
+    recover_leftovers(out_dir)  # what a killed earlier run left
     metrics = {k: decision[k] for k in ("decision", "summary", "failed", "rules", "estimator", "production", "logs")}
     metrics["table"] = decision["ope"]["table"]
     metrics["diagnostics"] = decision["ope"]["diagnostics"]

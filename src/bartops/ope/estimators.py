@@ -180,7 +180,7 @@ def group_sums(stats: np.ndarray, group: np.ndarray, n_groups: int) -> np.ndarra
     return out
 
 
-def _units(sums: np.ndarray, seed: int) -> np.ndarray:
+def bootstrap_units(sums: np.ndarray, seed: int) -> np.ndarray:
     """Resampling units: groups, or random equal blocks of groups when there are very many.
 
     Blocks of iid groups have iid sums, so resampling blocks keeps the bootstrap valid while
@@ -251,7 +251,7 @@ def evaluate_many(estimators: list[Estimator], data: LoggedData, n_boot: int = 1
     widths = np.cumsum([0] + [s.shape[1] for s in parts])
     sums = np.hstack(parts)
     total = sums.sum(axis=0)
-    boot = bootstrap_sums(_units(sums, seed), n_boot, seed)
+    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
     out = {}
     for e, a, b in zip(estimators, widths[:-1], widths[1:]):
         value = e.combine(total[a:b], data.n_groups)
@@ -272,7 +272,7 @@ def paired_difference(estimator: Estimator, candidate: LoggedData, production: L
     k = sc.shape[1]
     sums = np.hstack([sc, sp])
     total = sums.sum(axis=0)
-    boot = bootstrap_sums(_units(sums, seed), n_boot, seed)
+    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
     G = candidate.n_groups
     value = estimator.combine(total[:k], G) - estimator.combine(total[k:], G)
     diff = estimator.combine(boot[:, :k], G) - estimator.combine(boot[:, k:], G)

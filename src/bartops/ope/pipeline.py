@@ -57,6 +57,7 @@ import numpy as np
 import pandas as pd
 
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimate, evaluate_many, paired_difference, weights
+from bartops.ope.kinds import KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
 from bartops.ope.reward import cross_fit
 from bartops.ope.slate import LoggedPages, examination_marginals
 from bartops.ope.validate import LoggedData, check_inputs
@@ -238,10 +239,11 @@ def evaluate_policies(
     if featurize is not None:
         logged_cards = CandidateSet(logs.page, logs.item_id, logs.explanation, logs.n_pages, np.ones(n, bool))
         x_logged = featurize(logs.contexts, logged_cards, logs.shelf, logs.position)
-    kinds_row = None if kind_of_explanation is None else np.asarray(kind_of_explanation).astype(str)[logs.explanation]
+    kind_names, kind_code = (None, None) if kind_of_explanation is None else \
+        np.unique(np.asarray(kind_of_explanation).astype(str), return_inverse=True)
+    kind_sums: dict[str, KindPageSums] = {}
     data: dict[str, LoggedData] = {}
     diag: dict[str, dict] = {}
-    per_kind_parts: dict[str, dict[str, tuple[float, float]]] = {}
     pred_logged = None
     for name, spec in targets.items():
         prediction = expected = None
@@ -250,9 +252,9 @@ def evaluate_policies(
             target_mass = np.bincount(logs.page, weights=slot_exam, minlength=logs.n_pages)
             if x_logged is not None:
                 prediction, expected = np.zeros(n), np.zeros(n)
-            if kinds_row is not None:
-                per_kind_parts[name] = {k: (float(logs.reward[kinds_row == k].sum()), float((kinds_row == k).sum()))
-                                        for k in np.unique(kinds_row)}
+            if kind_code is not None:
+                kind_sums[name] = logging_kind_sums(logs.page, kind_code[logs.explanation], logs.reward,
+                                                    logs.n_pages, len(kind_names))
             diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0}
             shown = n
         else:
@@ -264,10 +266,7 @@ def evaluate_policies(
             shown = len(tp.cards) / tp.m
             diag[name] = {"policy": policy.version, "target_samples": tp.m,
                           "unsupported_share": float(tp.exposure[~supported].sum() / max(tp.exposure.sum(), 1e-300))}
-            tk = None if kind_of_explanation is None else \
-                np.asarray(kind_of_explanation).astype(str)[tp.cards.explanation]
-            shown_kind = {} if tk is None else {k: float((tk == k).sum() / tp.m) for k in np.unique(tk)}
-            dm_kind = None
+            pt = None
             if x_logged is not None:
                 x_t = featurize(logs.contexts, tp.cards, tp.shelf, tp.position)
                 pl, pt = cross_fit(x_logged, logs.reward, logs.page, x_t, first[tp.cards.page], cfg.folds, cfg.seed)
@@ -275,14 +274,13 @@ def evaluate_policies(
                 prediction = pred_logged
                 dm_page = np.bincount(tp.cards.page, weights=pt, minlength=logs.n_pages) / tp.m
                 expected = on_first_rows(dm_page, first, n)
-                if tk is not None:
-                    dm_kind = {k: float(pt[tk == k].sum() / tp.m) for k in shown_kind}
-            if kinds_row is not None:
-                w = weights(LoggedData(logs.reward, p, q, logs.page, logs.n_pages), cfg.dr_clip if dm_kind else cfg.clip)
+            if kind_code is not None:  # the corrections' weights are capped at dr_clip with a DM, else at clip
+                clip = cfg.clip if pt is None or not len(pt) else cfg.dr_clip
+                w = weights(LoggedData(logs.reward, p, q, logs.page, logs.n_pages), clip)
                 corr = w * (logs.reward - (prediction if prediction is not None else 0.0))
-                per_kind_parts[name] = {
-                    k: ((dm_kind or {}).get(k, 0.0) + float(corr[kinds_row == k].sum()), shown_kind.get(k, 0.0))
-                    for k in set(np.unique(kinds_row)) | set(shown_kind)}
+                kind_sums[name] = target_kind_sums(logs.page, kind_code[logs.explanation], corr, tp.cards.page,
+                                                   kind_code[tp.cards.explanation], pt, tp.m, logs.n_pages,
+                                                   len(kind_names))
         data[name] = check_inputs(logs.reward, p, q, logs.page, None, prediction, expected,
                                   examination=slot_exam, target_mass=on_first_rows(target_mass, first, n))
         w_all = weights(data[name], None)
@@ -296,17 +294,15 @@ def evaluate_policies(
     names = list(targets)
     differences = {other: {e.name: paired_difference(e, data[names[0]], data[other], cfg.n_boot, cfg.level,
                                                      cfg.seed) for e in ests} for other in names[1:]}
-    per_kind: dict[str, dict[str, float]] = {}
-    if per_kind_parts:
-        all_kinds = sorted(set().union(*[set(v) for v in per_kind_parts.values()]))
-        for k in all_kinds:
-            row = {}
-            for name, parts in per_kind_parts.items():
-                total, cards = parts.get(k, (0.0, 0.0))
-                row[name] = total / cards if cards > 0 else 0.0  # streams per shown card of this kind
-                row[f"{name}_cards_per_page"] = cards / logs.n_pages
-            per_kind[k] = row
-    return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "diagnostics": diag,
+    per_kind, lifts = {}, {}
+    if kind_sums:
+        row_kind = kind_code[logs.explanation]
+        per_kind = per_kind_table(kind_sums, list(kind_names), np.bincount(row_kind, minlength=len(kind_names)))
+        logged_streams = np.bincount(row_kind, weights=logs.reward, minlength=len(kind_names))
+        lifts = {other: kind_lifts(kind_sums[names[0]], kind_sums[other], list(kind_names), logged_streams,
+                                   cfg.n_boot, cfg.level, cfg.seed) for other in names[1:]}
+    return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "kind_lifts": lifts,
+            "diagnostics": diag,
             "logging": {"examination": np.round(kappa, 4).tolist(), "supported_share": float(supported.mean()),
                         "min_exposure": float(marginals.exposure[supported].min()) if supported.any() else 0.0}}
 

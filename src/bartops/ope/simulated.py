@@ -15,7 +15,7 @@ from bartops.context import local_hour, platform_code
 from bartops.features.candidates import candidates_for_requests
 from bartops.ope.pipeline import OPEConfig, estimate_examination, evaluate_policies, logging_marginals
 from bartops.ope.slate import logged_pages
-from bartops.policy.page import CandidateSet, PagePolicy
+from bartops.policy.page import CandidateSet, PagePolicy, build_pages
 from bartops.sim.simulate import PopularityAffinityScorer, true_value
 from bartops.sim.world import World
 
@@ -77,3 +77,26 @@ def evaluate_simulated(world: World, history: pd.DataFrame, table: pd.DataFrame,
         res["truth"] = {k: true_value(world, logging if v is None else v, lp.contexts, cands, n_samples=8)[0]
                         for k, v in targets.items()}
     return res
+
+
+def true_kind_values(world: World, policy: PagePolicy, contexts: pd.DataFrame, candidates: CandidateSet,
+                     n_samples: int = 8, seed: int = 0) -> dict[str, float]:
+    """True streams per shown card of each explanation kind under ``policy`` on these contexts
+    (Σ relevance × examination of its cards over their number, over ``n_samples`` builds of every page;
+    one build when the policy is greedy)."""
+    rel = world.relevance(contexts, candidates)
+    kind = world.explanations["kind"].astype(str).to_numpy()[candidates.explanation]
+    greedy = policy.epsilon_head == 0 and policy.epsilon_fill == 0
+    rng = np.random.default_rng(seed)
+    streams: dict[str, float] = {}
+    cards: dict[str, float] = {}
+    for _ in range(1 if greedy else n_samples):
+        pages = build_pages(policy, contexts, candidates, rng)
+        b, s, k = np.nonzero(pages.filled)
+        c = pages.candidate[b, s, k]
+        value = rel[c] * world.examination(s, k)
+        for name in np.unique(kind[c]):
+            on = kind[c] == name
+            streams[name] = streams.get(name, 0.0) + float(value[on].sum())
+            cards[name] = cards.get(name, 0.0) + float(on.sum())
+    return {name: streams[name] / cards[name] for name in streams}

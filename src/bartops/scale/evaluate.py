@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimator, weights
+from bartops.ope.kinds import KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
 from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, TargetPages, estimate_examination, first_row_of_page,
                                   logged_row_terms, logging_marginals, on_first_rows, sample_target_pages,
                                   subsample_pages)
@@ -310,7 +311,9 @@ class PartitionResult:
     statistics: dict[str, PartitionStatistics]
     weights: dict[str, np.ndarray]  # unclipped weights per row (the decision's histogram and ESS)
     sums: dict[str, dict[str, float]]  # per target: diagnostic numerators and denominators
-    per_kind: dict[str, dict[str, tuple[float, ...]]]  # per target: kind → partial sums
+    per_kind: dict[str, KindPageSums]  # per target: per-page sums by kind (pages in request-id order)
+    kind_rows: np.ndarray  # logged rows of each kind
+    kind_streams: np.ndarray  # logged streams of each kind
     supported: int
     min_exposure: float  # among supported rows (inf if none)
 
@@ -323,8 +326,8 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
     n = len(lp)
     slot_exam, supported, p = logged_row_terms(lp, marginals.exposure, kappa)
     first = first_row_of_page(lp)
-    kinds = np.asarray(setup.kinds).astype(str)
-    kinds_row = kinds[lp.explanation]
+    kind_names, kind_code = np.unique(np.asarray(setup.kinds).astype(str), return_inverse=True)
+    row_kind, n_kinds = kind_code[lp.explanation], len(kind_names)
     row_fold = page_fold[lp.page]
     pred_logged = predict_folds(models, state.x_logged, row_fold)
     cap = cfg.dr_clip if cfg.dr_clip is not None else np.inf
@@ -335,8 +338,7 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
             q = p.copy()
             target_mass = np.bincount(lp.page, weights=slot_exam, minlength=lp.n_pages)
             prediction, expected = np.zeros(n), np.zeros(n)
-            per_kind[name] = {k: (float(lp.reward[kinds_row == k].sum()), float((kinds_row == k).sum()))
-                              for k in np.unique(kinds_row)}
+            per_kind[name] = logging_kind_sums(lp.page, row_kind, lp.reward, lp.n_pages, n_kinds)
             sums[name] = {"shown": float(n)}
         else:
             q = np.where(supported, tp.exposure, 0.0)
@@ -346,13 +348,10 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
             prediction = pred_logged
             dm_page = np.bincount(tp.cards.page, weights=pt, minlength=lp.n_pages) / tp.m
             expected = on_first_rows(dm_page, first, n)
-            tk = kinds[tp.cards.explanation]
-            parts: dict[str, tuple[float, ...]] = {k: (float(pt[tk == k].sum()), float((tk == k).sum()))
-                                                   for k in set(np.unique(kinds_row)) | set(np.unique(tk))}
-            for clip in (cfg.dr_clip, cfg.clip):  # evaluate_policies: dr_clip when the target shows cards, else clip
-                corr = weights(LoggedData(lp.reward, p, q, lp.page, lp.n_pages), clip) * (lp.reward - prediction)
-                parts = {k: v + (float(corr[kinds_row == k].sum()),) for k, v in parts.items()}
-            per_kind[name] = parts  # kind → (Σ q̂ of its target cards, its target cards, Σ correction ×2)
+            clip = cfg.dr_clip if len(tp.cards) else cfg.clip  # as evaluate_policies caps the per-kind weights
+            corr = weights(LoggedData(lp.reward, p, q, lp.page, lp.n_pages), clip) * (lp.reward - prediction)
+            per_kind[name] = target_kind_sums(lp.page, row_kind, corr, tp.cards.page, kind_code[tp.cards.explanation],
+                                              pt, tp.m, lp.n_pages, n_kinds)
             sums[name] = {"shown": len(tp.cards) / tp.m, "cards": float(len(tp.cards)), "m": float(tp.m),
                           "exposure": float(tp.exposure.sum()), "unsupported": float(tp.exposure[~supported].sum())}
         d = check_inputs(lp.reward, p, q, lp.page, None, prediction, expected, examination=slot_exam,
@@ -363,7 +362,9 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
         sums[name].update(covered=float((np.minimum(w_all, cap) * slot_exam).sum()), mass=float(target_mass.sum()),
                           clipped=float((w_all > cap).sum()))
     min_exposure = float(marginals.exposure[supported].min()) if supported.any() else np.inf
-    return PartitionResult(n, lp.n_pages, stats, w_out, sums, per_kind, int(supported.sum()), min_exposure)
+    return PartitionResult(n, lp.n_pages, stats, w_out, sums, per_kind, np.bincount(row_kind, minlength=n_kinds),
+                           np.bincount(row_kind, weights=lp.reward, minlength=n_kinds), int(supported.sum()),
+                           min_exposure)
 
 
 def _one(stats: PartitionStatistics, i: int) -> PartitionStatistics:
@@ -386,39 +387,29 @@ def reduce_results(results: Sequence[PartitionResult], setup: EvaluationSetup, k
         e, [_one(r.statistics[names[0]], i) for r in results], [_one(r.statistics[other], i) for r in results],
         cfg.n_boot, cfg.level, cfg.seed) for i, e in enumerate(ests)} for other in names[1:]}
     diag: dict[str, dict[str, Any]] = {}
-    per_kind_parts: dict[str, dict[str, tuple[float, float]]] = {}
     for name in names:
         s = {k: sum(r.sums[name][k] for r in results) for k in results[0].sums[name]}
-        kinds = sorted(set().union(*[set(r.per_kind[name]) for r in results]))
         if setup.targets[name] is None:
             diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0}
-            per_kind_parts[name] = {k: tuple(sum(r.per_kind[name].get(k, (0.0, 0.0))[j] for r in results)
-                                             for j in (0, 1)) for k in kinds}
         else:
-            m = results[0].sums[name]["m"]
-            diag[name] = {"policy": setup.targets[name][0].version, "target_samples": int(m),
+            diag[name] = {"policy": setup.targets[name][0].version, "target_samples": int(results[0].sums[name]["m"]),
                           "unsupported_share": float(s["unsupported"] / max(s["exposure"], 1e-300))}
-            col = 2 if s["cards"] > 0 else 3  # evaluate_policies caps the per-kind weights at dr_clip iff it has a DM
-            parts = {}
-            for k in kinds:
-                got = [r.per_kind[name][k] for r in results if k in r.per_kind[name]]
-                dm, cards = sum(g[0] for g in got), sum(g[1] for g in got)
-                parts[k] = ((dm / m if cards else 0.0) + sum(g[col] for g in got), cards / m)
-            per_kind_parts[name] = parts
         diag[name].update({"weights": np.concatenate([r.weights[name] for r in results]),
                            "support_share": min(1.0, s["covered"] / max(s["mass"], 1e-300)),
                            "clipped_share": float(s["clipped"] / n), "cards_per_page": s["shown"] / n_pages})
-    per_kind: dict[str, dict[str, float]] = {}
-    for k in sorted(set().union(*[set(v) for v in per_kind_parts.values()])):
-        row = {}
-        for name, parts in per_kind_parts.items():
-            total, cards = parts.get(k, (0.0, 0.0))
-            row[name] = total / cards if cards > 0 else 0.0  # streams per shown card of this kind
-            row[f"{name}_cards_per_page"] = cards / n_pages
-        per_kind[k] = row
+    # the per-kind page sums of all partitions in the logs' page order (sorted request ids), as one log
+    order = np.argsort(np.concatenate([r.statistics[names[0]].request_id for r in results]), kind="stable")
+    kind_sums = {name: KindPageSums(np.vstack([r.per_kind[name].streams for r in results])[order],
+                                    np.vstack([r.per_kind[name].cards for r in results])[order]) for name in names}
+    kind_names = list(np.unique(np.asarray(setup.kinds).astype(str)))
+    per_kind = per_kind_table(kind_sums, kind_names, sum(r.kind_rows for r in results))
+    lifts = {other: kind_lifts(kind_sums[names[0]], kind_sums[other], kind_names,
+                               sum(r.kind_streams for r in results), cfg.n_boot, cfg.level, cfg.seed)
+             for other in names[1:]}
     supported = sum(r.supported for r in results)
     min_exposure = min(r.min_exposure for r in results)
-    return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "diagnostics": diag,
+    return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "kind_lifts": lifts,
+            "diagnostics": diag,
             "logging": {"examination": np.round(kappa, 4).tolist(), "supported_share": float(supported / n),
                         "min_exposure": float(min_exposure) if supported else 0.0}}
 

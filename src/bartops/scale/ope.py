@@ -24,7 +24,7 @@ import pandas as pd
 from bartops.ope.estimators import (
     Estimate,
     Estimator,
-    _units,
+    bootstrap_units,
     bootstrap_sums,
     estimate_from_moments,
     weight_moments,
@@ -88,7 +88,7 @@ def evaluate_many_partitioned(estimators: Sequence[Estimator], parts: Sequence[P
     G = len(sums)
     widths = np.cumsum((0,) + parts[0].widths)
     total = sums.sum(axis=0)
-    boot = bootstrap_sums(_units(sums, seed), n_boot, seed)
+    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
     out = {}
     for i, (e, a, b) in enumerate(zip(estimators, widths[:-1], widths[1:])):
         out[e.name] = estimate_from_moments(e.name, e.combine(total[a:b], G), e.combine(boot[:, a:b], G), level,
@@ -110,7 +110,7 @@ def paired_difference_partitioned(estimator: Estimator, candidate: Sequence[Part
     sums, moments = reduce_partitions(joined)
     G, k = len(sums), candidate[0].widths[0]
     total = sums.sum(axis=0)
-    boot = bootstrap_sums(_units(sums, seed), n_boot, seed)
+    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
     value = estimator.combine(total[:k], G) - estimator.combine(total[k:], G)
     diff = estimator.combine(boot[:, :k], G) - estimator.combine(boot[:, k:], G)
     return estimate_from_moments(f"{estimator.name}-difference", value, diff, level, moments[0], G,

@@ -27,11 +27,14 @@ class ServingConfig:
     registry_poll_seconds: float = 1.0  # how often a service serving the registry looks for a new production
     max_in_flight: int = 4  # /home + /feedback requests held per worker; more get 503 (bench/serving.py)
     retry_after_seconds: int = 1  # the Retry-After of that 503
+    retire_joined: str = "archive"  # joined log files: archive (move to <log_dir>/archive/) | delete | keep
 
     def __post_init__(self) -> None:
+        if self.retire_joined not in ("archive", "delete", "keep"):
+            raise ValueError(f"serving.retire_joined must be archive, delete or keep, got {self.retire_joined!r}")
         for f in fields(self):
             v = getattr(self, f.name)
-            if f.name != "log_dir" and not (isinstance(v, (int, float)) and v > 0):
+            if f.name not in ("log_dir", "retire_joined") and not (isinstance(v, (int, float)) and v > 0):
                 raise ValueError(f"serving.{f.name} must be a positive number, got {v!r}")
             if f.name in ("max_in_flight", "retry_after_seconds") and (isinstance(v, bool) or not isinstance(v, int)):
                 raise ValueError(f"serving.{f.name} must be a positive integer, got {v!r}")

@@ -15,7 +15,7 @@ from scipy.stats import norm
 
 from bartops.policy.page import PagePolicy
 from bartops.reward.policy import load_policy_bundle
-from bartops.serving.logwriter import IMPRESSIONS, closed_files, read_rows
+from bartops.serving.logwriter import ARCHIVE, IMPRESSIONS, archived_files, closed_files, read_rows
 from bartops.sim import World, logging_policy, oracle_policy, true_value
 
 
@@ -75,9 +75,21 @@ def mean_interval(per_page: np.ndarray, level: float = 0.95) -> tuple[float, flo
 
 def served_log_rows(log_dir: Path, request_ids: set[str], since: float = 0.0) -> int:
     """Impression rows that belong to ``request_ids`` in the service's closed log files written at or
-    after ``since`` (a POSIX time: files last written before the requests cannot hold them)."""
-    files = [f for f in closed_files(log_dir, IMPRESSIONS) if f.stat().st_mtime >= since]
-    return sum(1 for row in read_rows(files) if row.get("request_id") in request_ids)
+    after ``since`` (a POSIX time: files last written before the requests cannot hold them), counting
+    files a join has already archived (``<log_dir>/archive/``; a retirement keeps the file's mtime).
+
+    With ``serving.retire_joined: delete`` a join that ran in between leaves fewer rows to count."""
+    names = sorted({f.name for f in closed_files(log_dir, IMPRESSIONS) + archived_files(log_dir, IMPRESSIONS)})
+    n = 0
+    for name in names:  # a file may move to the archive meanwhile: look in both places, count it once
+        for f in (Path(log_dir) / name, Path(log_dir) / ARCHIVE / name):
+            try:
+                if f.stat().st_mtime >= since:
+                    n += sum(1 for row in read_rows([f]) if row.get("request_id") in request_ids)
+                break
+            except FileNotFoundError:
+                continue
+    return n
 
 
 def batch_rows(folder: Path, request_ids: set[str]) -> int:

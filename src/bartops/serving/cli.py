@@ -18,16 +18,23 @@ def join(
     window: Optional[float] = typer.Option(None, help="attribution window in seconds (default: params serving)"),
     now: Optional[datetime] = typer.Option(None, help="treat this UTC time as now (default: the clock)"),
     params_file: Optional[Path] = typer.Option(None, "--params", help="params.yaml to read"),
+    retire: Optional[str] = typer.Option(None, help="consumed log files: archive | delete | keep "
+                                                    "(default: params serving.retire_joined)"),
 ) -> None:
-    """Join served impressions with feedback into a reward-labelled batch (for `validate`)."""
+    """Join served impressions with feedback into a reward-labelled batch (for `validate`).
+
+    Each log file is read once; consumed files are then archived (``<log_dir>/archive/``), deleted or kept.
+    """
     from bartops.serving.config import ServingConfig
     from bartops.serving.join import join_to_batch
+    from bartops.serving.schemas import TimestampWindow
 
     params = load_params(params_file)
     cfg = ServingConfig.from_params(params).with_env()
     try:
         result = join_to_batch(log_dir or Path(cfg.log_dir), out or Path(params["paths"]["incoming"]),
-                               window or cfg.attribution_window_seconds, now)
+                               window or cfg.attribution_window_seconds, now, retire=retire or cfg.retire_joined,
+                               clock_skew=TimestampWindow.from_params(params).future_skew)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(json.dumps(result.to_dict(), indent=2))

@@ -5,6 +5,8 @@ A file is written as ``<prefix>-<utc time>-<pid>-<seq>.jsonl.part`` and, when it
 to ``….jsonl``.  Readers only read closed ``.jsonl`` files, so they never see a half-written file.
 ``recover_partial_files`` closes ``.part`` files left by a process that died (dropping a torn last
 line).  Each process (BentoML worker) writes its own files; the pid in the name keeps them apart.
+Files the join has consumed are retired (``retire_files``): moved to ``<directory>/archive/``, deleted,
+or kept, as ``serving.retire_joined`` says.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ PART = ".jsonl.part"
 DONE = ".jsonl"
 IMPRESSIONS = "impressions"
 FEEDBACK = "feedback"
+ARCHIVE = "archive"  # sub-folder of the log folder that retired files move to
+RETIRE_MODES = ("archive", "delete", "keep")
+_STAMP = "%Y%m%dT%H%M%S%f"
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -93,7 +98,7 @@ class RotatingLogWriter:
     # ---------------------------------------------------------------- internals
     def _open(self) -> None:
         self._seq += 1
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+        stamp = datetime.now(timezone.utc).strftime(_STAMP)
         self._path = self.directory / f"{self.prefix}-{stamp}-{os.getpid()}-{self._seq:06d}{PART}"
         self._fh = open(self._path, "x", encoding="utf-8")
         self._opened = time.monotonic()
@@ -183,3 +188,46 @@ def read_rows(files: Iterable[Path]) -> list[dict[str, Any]]:
                 row["_file"] = f.name
                 rows.append(row)
     return rows
+
+
+def archived_files(directory: str | Path, prefix: str) -> list[Path]:
+    """Closed log files of one kind that a join has retired to ``<directory>/archive/``, oldest first."""
+    return closed_files(Path(directory) / ARCHIVE, prefix)
+
+
+def opened_at(path: Path) -> datetime | None:
+    """When the writer opened this log file (UTC, from its name); None for a name not in the writer's form.
+
+    Every row in the file was written at or after this time, by the writer's clock.
+    """
+    try:
+        return datetime.strptime(path.name.split("-")[1], _STAMP).replace(tzinfo=timezone.utc)
+    except (IndexError, ValueError):
+        return None
+
+
+def retire_files(files: Iterable[Path], mode: str, directory: str | Path) -> list[str]:
+    """Retire log files: move them to ``<directory>/archive/`` (``archive``), delete them (``delete``), or
+    leave them (``keep``).  Files already gone are skipped (a re-run after a crash); returns the names retired."""
+    if mode not in RETIRE_MODES:
+        raise ValueError(f"retire mode must be one of {RETIRE_MODES}, got {mode!r}")
+    if mode == "keep":
+        return []
+    directory = Path(directory)
+    archive = directory / ARCHIVE
+    done = []
+    for f in files:
+        try:
+            if mode == "archive":
+                archive.mkdir(exist_ok=True)
+                os.replace(f, archive / f.name)  # same file system: a rename, bytes and mtime untouched
+            else:
+                f.unlink()
+        except FileNotFoundError:
+            continue
+        done.append(f.name)
+    if done:
+        _fsync_dir(directory)
+        if mode == "archive":
+            _fsync_dir(archive)
+    return done

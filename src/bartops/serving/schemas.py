@@ -1,11 +1,19 @@
-"""Request and response models of the home-page service (pydantic; invalid input → 4xx naming the field)."""
+"""Request and response models of the home-page service (pydantic; invalid input → 4xx naming the field).
+
+A page-view ``timestamp`` must lie in the window the batch validation accepts: not later than the
+server's clock + ``validation.window.future_skew_seconds`` (300 s) and not earlier than the clock −
+``validation.window.max_span_days`` (8 days) nor ``validation.window.not_before``; otherwise the
+request is refused naming ``timestamp`` and the allowed range.
+"""
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Literal, Optional
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from bartops.context import PLATFORMS, REGIONS
 
@@ -15,6 +23,55 @@ REQUEST_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$"
 
 Platform = Literal[PLATFORMS]  # type: ignore[valid-type]
 Region = Literal[REGIONS]  # type: ignore[valid-type]
+
+
+@dataclass(frozen=True)
+class TimestampWindow:
+    """Accepted page-view timestamps, relative to the server's clock."""
+
+    future_skew: timedelta = timedelta(seconds=300)
+    max_age: timedelta = timedelta(days=8)
+    not_before: datetime = datetime(2020, 1, 1, tzinfo=timezone.utc)
+
+    @staticmethod
+    def from_params(params: dict[str, Any] | None) -> "TimestampWindow":
+        """The window of ``validation.window`` (defaults where a key is missing)."""
+        w = ((params or {}).get("validation") or {}).get("window") or {}
+        d = TimestampWindow()
+        nb = w.get("not_before")
+        not_before = d.not_before if nb is None else _utc(datetime.fromisoformat(str(nb).replace("Z", "+00:00")))
+        return TimestampWindow(timedelta(seconds=float(w.get("future_skew_seconds", 300))),
+                               timedelta(days=float(w.get("max_span_days", 8))), not_before)
+
+    def bounds(self, now: datetime) -> tuple[datetime, datetime]:
+        """(earliest, latest) accepted timestamp at ``now``."""
+        now = _utc(now)
+        return max(now - self.max_age, self.not_before), now + self.future_skew
+
+
+def _utc(ts: datetime) -> datetime:
+    return ts.replace(tzinfo=timezone.utc) if ts.tzinfo is None else ts.astimezone(timezone.utc)
+
+
+@lru_cache(maxsize=1)
+def served_timestamp_window() -> TimestampWindow:
+    """The window of the params file the service reads (``$BARTOPS_PARAMS`` or ./params.yaml; defaults without one)."""
+    from bartops.config import load_params, params_path
+
+    path = params_path()
+    return TimestampWindow.from_params(load_params(path) if path.exists() else None)
+
+
+def check_timestamp(ts: datetime, now: datetime, window: TimestampWindow) -> datetime:
+    """``ts`` as UTC if it lies in the window at ``now``; else ValueError naming the allowed range."""
+    ts = _utc(ts)
+    lo, hi = window.bounds(now)
+    if not lo <= ts <= hi:
+        raise ValueError(f"timestamp {ts.isoformat()} is outside the accepted range "
+                         f"[{lo.isoformat(timespec='seconds')}, {hi.isoformat(timespec='seconds')}] (server clock "
+                         f"− {window.max_age.total_seconds() / 86400:g} days … + {window.future_skew.total_seconds():g} s; "
+                         f"omit it to use the server's clock)")
+    return ts
 
 
 class HomeRequest(BaseModel):
@@ -29,6 +86,16 @@ class HomeRequest(BaseModel):
     shelves: Optional[int] = Field(None, strict=True, ge=1, le=MAX_SHELVES, description="default: the policy's")
     cards_per_shelf: Optional[int] = Field(None, strict=True, ge=1, le=MAX_CARDS, description="default: the policy's")
     seed: Optional[int] = Field(None, strict=True, ge=0, le=2**63 - 1, description="fixes the ε draws (default: random)")
+
+    @field_validator("timestamp")
+    @classmethod
+    def _timestamp_in_window(cls, v: Optional[datetime], info: ValidationInfo) -> Optional[datetime]:
+        """Refuse page-view times the join and the batch validation could not use (context ``now`` for tests)."""
+        if v is None:
+            return v
+        ctx = info.context or {}
+        return check_timestamp(v, ctx.get("now") or datetime.now(timezone.utc),
+                               ctx.get("window") or served_timestamp_window())
 
 
 class Card(BaseModel):

@@ -11,8 +11,9 @@ without touching any file.  ``ingest`` then acts on the result:
 * failed only row-level checks on a small share of rows (``validation.row_split``): the pages
   holding those rows are split off to quarantine and the rest is re-validated and accepted;
 * otherwise (or unreadable): the batch is moved whole and byte-identical into
-  ``quarantine/<name>-<stamp>/`` beside ``report.json`` and ``report.md``.  A symlinked batch is
-  quarantined by what it points to (the files move; the link is removed).
+  ``quarantine/<name>-<stamp>/`` beside ``report.json`` and ``report.md``.  Links are never
+  followed: a symlinked batch (or a link in a batch folder) is quarantined as the link, made
+  absolute so that it still names the files it pointed to, which stay where they are.
 
 Crash safety: the quarantine folder is assembled as ``quarantine/.<name>-<stamp>.moving-<pid>-…``:
 first the reports, then a move record (``.move.json``), then the batch is moved in with one rename
@@ -146,9 +147,8 @@ def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: dict[str, A
     recover_leftovers(impressions_dir)
     finished = recover_quarantine(quarantine_dir)
     if not (path.exists() or path.is_symlink()):
-        key = os.path.abspath(path)
         for final, record in finished.items():
-            if key in (record.get("source"), record.get("link")):
+            if record.get("source") == os.path.abspath(path):
                 return _read_report(final / "report.json")
     run = _validate(path, data_dir, params, now, docs_dir, impressions_dir)
     report, batch = run.report, run.batch
@@ -205,7 +205,7 @@ def _quarantine(path: Path, files: list[Path] | None, quarantine_dir: Path, repo
     """Move the batch (file or folder) whole into a new quarantine folder beside its report.
 
     The folder is built under a hidden name owned by this process and renamed when complete (see
-    the module docs and ``recover_quarantine``).  A symlinked batch moves what it points to.
+    the module docs and ``recover_quarantine``).  A link moves as the link (``_repoint_links``).
     """
     quarantine_dir.mkdir(parents=True, exist_ok=True)
     stamp = pd.Timestamp.now(tz="UTC").strftime("%Y%m%dT%H%M%S%f")
@@ -222,15 +222,17 @@ def _quarantine(path: Path, files: list[Path] | None, quarantine_dir: Path, repo
     record = _move_record(path, tmp)
     _write_record(tmp / MOVE_RECORD, record)
     crash_point("quarantine:recorded")
-    entry = tmp / record["entry"]
+    entry, source = tmp / record["entry"], record["source"]
     if record["mode"] == "rename":
-        os.replace(record["source"], entry)  # same file system: a rename, bytes untouched
+        os.replace(source, entry)  # same file system: a rename, bytes untouched (a link moves as the link)
     elif record["mode"] == "copy":
         part = entry.with_name(entry.name + ".part")
-        if os.path.isdir(record["source"]):
-            shutil.copytree(record["source"], part, symlinks=False)
+        if os.path.islink(source):
+            os.symlink(os.readlink(source), part)
+        elif os.path.isdir(source):
+            shutil.copytree(source, part, symlinks=True)
         else:
-            shutil.copy2(record["source"], part)
+            shutil.copy2(source, part)
         crash_point("quarantine:copied")
         os.replace(part, entry)
     crash_point("quarantine:moved")
@@ -240,14 +242,10 @@ def _quarantine(path: Path, files: list[Path] | None, quarantine_dir: Path, repo
 
 def _move_record(path: Path, tmp: Path) -> dict[str, Any]:
     """How the batch at ``path`` goes into ``tmp``: by one rename, or copied and then removed (``mode``)."""
-    link = os.path.abspath(path) if path.is_symlink() else None
-    source = os.path.realpath(path) if link else os.path.abspath(path)
-    record: dict[str, Any] = {"source": source, "link": link, "entry": path.name, "mode": "none"}
-    if not os.path.exists(source):
-        return record
-    inner_links = os.path.isdir(source) and any(p.is_symlink() for p in Path(source).iterdir())
-    same_fs = os.stat(source).st_dev == os.stat(tmp).st_dev
-    record["mode"] = "rename" if same_fs and not inner_links else "copy"
+    source = os.path.abspath(path)
+    record: dict[str, Any] = {"source": source, "entry": path.name, "mode": "none"}
+    if os.path.lexists(source):
+        record["mode"] = "rename" if os.lstat(source).st_dev == os.stat(tmp).st_dev else "copy"
     return record
 
 
@@ -261,17 +259,36 @@ def _write_record(path: Path, record: dict[str, Any]) -> None:
 
 
 def _finish_quarantine(tmp: Path, final: Path, record: dict[str, Any]) -> None:
-    """The batch is inside ``tmp``: remove what is left at its source, then give the folder its name."""
-    if record["mode"] == "copy" and os.path.lexists(record["source"]):
-        if os.path.isdir(record["source"]) and not os.path.islink(record["source"]):
-            shutil.rmtree(record["source"])
+    """The batch is inside ``tmp``: remove what is left at its source, keep its links pointing where
+    they did, then give the folder its name (every step may be repeated after a crash)."""
+    source = record["source"]
+    if record["mode"] == "copy" and os.path.lexists(source):
+        if os.path.isdir(source) and not os.path.islink(source):
+            shutil.rmtree(source)
         else:
-            os.unlink(record["source"])
-    if record.get("link") and os.path.islink(record["link"]):
-        os.unlink(record["link"])
+            os.unlink(source)
+    if record["mode"] != "none":
+        _repoint_links(tmp / record["entry"], source)
     os.replace(tmp, final)
     crash_point("quarantine:renamed")
     (final / MOVE_RECORD).unlink()  # the record goes last: without it a hidden folder would be taken as unmoved
+
+
+def _repoint_links(entry: Path, origin: str) -> None:
+    """Make the relative links of a batch moved from ``origin`` (the batch itself when it is a link,
+    else the links in its folder) absolute: links are quarantined as links, never followed, and
+    must not dangle once moved."""
+    links = [entry] if entry.is_symlink() else [p for p in entry.iterdir() if p.is_symlink()] if entry.is_dir() else []
+    for link in links:
+        target = os.readlink(link)
+        if os.path.isabs(target):
+            continue
+        base = os.path.dirname(origin) if link == entry else origin
+        fresh = link.with_name(f".{link.name}.relink")
+        if os.path.lexists(fresh):
+            os.unlink(fresh)
+        os.symlink(os.path.normpath(os.path.join(base, target)), fresh)
+        os.replace(fresh, link)
 
 
 def recover_quarantine(quarantine_dir: Path) -> dict[Path, dict[str, Any]]:
@@ -307,7 +324,7 @@ def recover_quarantine(quarantine_dir: Path) -> dict[Path, dict[str, Any]]:
             except (FileNotFoundError, json.JSONDecodeError):
                 shutil.rmtree(tmp, ignore_errors=True)  # killed before the move began
                 continue
-            if record["mode"] != "none" and not (tmp / record["entry"]).exists():
+            if record["mode"] != "none" and not os.path.lexists(tmp / record["entry"]):
                 shutil.rmtree(tmp, ignore_errors=True)  # the batch is still at its source
                 continue
             _finish_quarantine(tmp, final, record)
@@ -327,7 +344,7 @@ def recover_quarantine(quarantine_dir: Path) -> dict[Path, dict[str, Any]]:
                 (tmp / "report.json").write_text(note.to_json(), encoding="utf-8")
                 (tmp / "report.md").write_text(note.to_markdown(), encoding="utf-8")
             os.replace(tmp, final)
-            done[final] = {"source": None, "link": None, "entry": entries[0].name, "mode": "legacy"}
+            done[final] = {"source": None, "entry": entries[0].name, "mode": "legacy"}
     return done
 
 

@@ -399,3 +399,37 @@ def test_zz_crash_summary():
     lines.append(f"\n{len(RESULTS)} crash points tried, {bad} left an inconsistent state or temporary files")
     print("\n".join(lines))
     assert bad == 0, f"{bad} of {len(RESULTS)} crash points left an inconsistent state: " + "\n".join(lines)
+
+
+def test_names_left_by_earlier_code_are_cleaned_or_finished(tmp_path: Path):
+    """Leftovers of code without process ids in temp names: the registry's (under its lock), old enough
+    build temps, and a hidden quarantine folder with a batch but no report (finished, with a note)."""
+    from bartops.leftovers import LEGACY_AGE_S
+    from bartops.validation.core import recover_quarantine
+
+    reg = Registry(tmp_path / "registry")
+    reg.versions_dir.mkdir(parents=True)
+    (reg.root / ".production.json.0a1b2c3d.tmp").write_text("{")
+    (reg.versions_dir / ".incoming-0123456789abcdef").mkdir()
+    reg.recover_leftovers()
+    left = sorted(p.name for p in [*reg.root.iterdir(), *reg.versions_dir.iterdir()])
+    assert left == ["versions"], f"registry leftovers not cleaned: {left}"
+
+    build = tmp_path / "build"
+    (build / ".model.tmp-k3j2_a9x").mkdir(parents=True)
+    (build / ".bundle.tmp-ab12cd34").mkdir()
+    old = os.stat(build).st_mtime - LEGACY_AGE_S - 60
+    os.utime(build / ".model.tmp-k3j2_a9x", (old, old))
+    recover_leftovers(build)
+    left = sorted(p.name for p in build.iterdir())
+    assert left == [".bundle.tmp-ab12cd34"], f"only the recent legacy temp should stay (its writer may run): {left}"
+
+    q = tmp_path / "quarantine"
+    (q / ".bad-20261101T000000000000.tmp").mkdir(parents=True)
+    (q / ".bad-20261101T000000000000.tmp" / "bad.parquet").write_bytes(GARBAGE)
+    done = recover_quarantine(q)
+    final = q / "bad-20261101T000000000000"
+    assert list(done) == [final], f"the interrupted quarantine was not finished: {done}"
+    report = json.loads((final / "report.json").read_text())
+    assert (final / "bad.parquet").read_bytes() == GARBAGE and report["error_kind"] == "interrupted", \
+        f"finished folder: {sorted(p.name for p in final.iterdir())}, report error_kind {report.get('error_kind')!r}"

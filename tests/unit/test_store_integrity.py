@@ -1,7 +1,8 @@
 """The accepted store takes no batch twice and no impossible rows (issue 17, parts 1 and 2).
 
 Exact checks, not statistical ones: every page ``build_pages`` builds passes them, and each kind of
-duplicate, contradiction or impossible row fails the named expectation with its observed value.
+duplicate, contradiction or impossible row fails the named expectation with its observed value (the
+kinds are in the corpus, ``tests/corpus/malformed.py``; here the pure rules and the store lookups).
 """
 
 from __future__ import annotations
@@ -19,10 +20,12 @@ from bartops.policy.page import CandidateSet, PagePolicy, build_pages
 from bartops.validation import ingest, validate_batch
 from bartops.validation.checks import (
     already_accepted,
+    constant_within_page,
     contradicts_store,
     explored_matches_propensity,
     long_values,
     single_choice_possible,
+    stream_seconds_only_when_streamed,
 )
 from bartops.validation.suites import reference_stream_rate
 
@@ -83,6 +86,22 @@ def test_the_exact_rules_reject_what_the_page_policy_cannot_log():
     assert out["max_length"] == 200 and out["over"] == 1 and out["examples"][0]["row"] == 1
 
 
+def test_page_context_and_stream_seconds_rules_match_a_brute_force_check():
+    rng = np.random.default_rng(11)
+    req = pd.Series(rng.integers(0, 400, 5000).astype(str))
+    user = pd.Series(rng.integers(0, 3, 5000))
+    user = user.where(rng.random(5000) < 0.02, req.astype(int) % 7)  # 2% of rows break their page's user
+    want = req.map(user.groupby(req).nunique() == 1).to_numpy(bool)
+    got = constant_within_page(req, user)
+    assert 0.5 < want.mean() < 1.0, want.mean()
+    np.testing.assert_array_equal(got, want)
+    ts = pd.Series(pd.Timestamp("2026-11-01", tz="UTC") + pd.to_timedelta(req.astype(int), unit="s"))
+    assert constant_within_page(req, ts).all() and constant_within_page(req, ts.astype("category")).all()
+    reward = pd.Series([0, 0, 1, 1, None], dtype="Int64")
+    seconds = pd.Series([np.nan, 12.0, np.nan, 30.0, 5.0])
+    assert stream_seconds_only_when_streamed(reward, seconds).tolist() == [True, False, True, True, True]
+
+
 # ---------------------------------------------------------------------------- the store, through GX
 @pytest.fixture(scope="module")
 def data_dir(small_data_dir, tmp_path_factory) -> Path:
@@ -114,67 +133,9 @@ def store(data_dir, params, tmp_path_factory) -> Path:
     return imp
 
 
-def _failed(report) -> set[str]:
-    return {e.check for e in report.failed}
-
-
-def _outcome(report, check):
-    return next(e for e in report.expectations if e.check == check)
-
-
-def test_the_same_batch_again_is_a_no_op_and_under_another_name_a_duplicate(tmp_path, data_dir, params, store, good):
-    again = ingest(data_dir / BATCH, data_dir, tmp_path / "q", params, impressions_dir=store)
-    assert again.passed and again.decision == "already-ingested", again.failure_message()
-    assert len(list(store.glob("*.parquet"))) == 1
-    copy_path = tmp_path / "incoming" / "renamed.parquet"
-    copy_path.parent.mkdir()
-    shutil.copy(data_dir / BATCH, copy_path)
-    report = ingest(copy_path, data_dir, tmp_path / "q", params, impressions_dir=store)
-    assert report.decision == "rejected"
-    assert _failed(report) == {"impressions_not_already_accepted", "pages_not_already_accepted"}, report.failure_message()
-    dup = _outcome(report, "impressions_not_already_accepted")
-    assert dup.unexpected_count == len(good) and dup.examples
-    assert "impressions/impressions_not_already_accepted" in report.failure_message()
-    assert len(list(store.glob("*.parquet"))) == 1  # nothing added
-
-
-def test_flipped_rewards_on_accepted_impressions_are_a_contradiction(tmp_path, data_dir, params, store, good):
-    pages = good["request_id"].unique()[:100]
-    bad = good[good["request_id"].isin(pages)].copy()
-    bad["reward"] = 1 - bad["reward"]
-    path = tmp_path / "flipped.parquet"
-    bad.to_parquet(path, index=False)
-    report = validate_batch(path, data_dir, params, impressions_dir=store)
-    failed = _failed(report)
-    assert {"impressions_not_already_accepted", "rewards_not_contradicting_accepted", "pages_not_already_accepted"} <= failed
-    contra = _outcome(report, "rewards_not_contradicting_accepted")
-    assert contra.unexpected_count == len(bad), report.failure_message()
-    # a pure duplicate is no contradiction
-    same = good[good["request_id"].isin(pages)]
-    same.to_parquet(path, index=False)
-    report = validate_batch(path, data_dir, params, impressions_dir=store)
-    assert "rewards_not_contradicting_accepted" not in _failed(report)
-    assert {"impressions_not_already_accepted", "pages_not_already_accepted"} <= _failed(report)
-
-
-def test_a_subset_of_accepted_pages_is_rejected_and_new_pages_pass(tmp_path, data_dir, params, store, good):
-    pages = good["request_id"].unique()
-    subset = good[good["request_id"].isin(pages[::3])]
-    path = tmp_path / "subset.parquet"
-    subset.to_parquet(path, index=False)
-    report = ingest(path, data_dir, tmp_path / "q", params, impressions_dir=store)
-    assert report.decision == "rejected"
-    assert _outcome(report, "pages_not_already_accepted").unexpected_count == len(subset)
-    # new ids only for the pages: a page already accepted cannot come back under new impression ids
-    renamed = subset.assign(impression_id=subset["impression_id"] + "-new")
-    renamed.to_parquet(path, index=False)
-    report = validate_batch(path, data_dir, params, impressions_dir=store)
-    assert _failed(report) == {"pages_not_already_accepted"}, report.failure_message()
-    # the same cards as new page views pass every check: the store check is exact
-    fresh = good.assign(impression_id=good["impression_id"] + "-new", request_id=good["request_id"] + "-new")
-    fresh.to_parquet(path, index=False)
-    report = validate_batch(path, data_dir, params, impressions_dir=store)
-    assert report.passed, report.failure_message()
+# duplicates, contradictions and subsets of the store, and impossible rows (explored vs propensity,
+# p = 1 everywhere, 10 MB policy_version, 1 MB impression_id) through GX: the corpus in
+# tests/corpus/malformed.py, run by tests/unit/test_malformed_corpus.py
 
 
 def test_store_lookups_read_the_id_columns(store, good):
@@ -186,57 +147,11 @@ def test_store_lookups_read_the_id_columns(store, good):
     assert contradicts_store(ids, 1 - good["reward"].head(5), store, "").all()
 
 
-def _impossible(good: pd.DataFrame) -> dict:
-    greedy = good.index[~good["explored"] & (good["propensity"] < 1)][:3]
-    other = good.index[good["explored"] & (good["propensity"] <= good["epsilon"] / 2)][:3]
-
-    def explored_on_one_minus_eps(df):  # "explored greedy card" at p = 1−ε exactly: no n gives it
-        df.loc[greedy, "propensity"] = 1 - df.loc[greedy, "epsilon"]
-        df.loc[greedy, "explored"] = True
-        return df
-
-    def greedy_with_low_propensity(df):
-        df.loc[other, "explored"] = False
-        return df
-
-    def propensity_one_everywhere(df):
-        df["propensity"] = 1.0
-        return df
-
-    def long_policy_version(df):
-        df["policy_version"] = df["policy_version"].astype(str)
-        df.loc[df.index[7], "policy_version"] = "v" * 10_000_000
-        return df
-
-    def long_impression_id(df):
-        df.loc[df.index[5], "impression_id"] = "i" * 1_000_000
-        return df
-
-    return {"explored_matches_propensity": (explored_on_one_minus_eps, "0.9"),
-            "explored_matches_propensity ": (greedy_with_low_propensity, "'explored': false"),
-            "propensity_one_only_when_one_choice_left": (propensity_one_everywhere, "'propensity': 1.0"),
-            "policy_version_length": (long_policy_version, "observed 10000000, allowed ≤ 128"),
-            "impression_id_length": (long_impression_id, "observed 1000000, allowed ≤ 128")}
-
-
-@pytest.mark.parametrize("case", ["explored_matches_propensity", "explored_matches_propensity ",
-                                  "propensity_one_only_when_one_choice_left", "policy_version_length",
-                                  "impression_id_length"])
-def test_impossible_rows_fail_the_named_check_with_the_observed_value(tmp_path, data_dir, params, good, case):
-    mutate, observed = _impossible(good)[case]
-    path = tmp_path / "bad.parquet"
-    mutate(good.copy()).to_parquet(path, index=False)
-    report = validate_batch(path, data_dir, params)
-    check = case.strip()
-    assert check in _failed(report), report.failure_message()
-    msg = report.failure_message()
-    assert f"impressions/{check}" in msg and observed in msg.replace('"', "'"), msg
-    assert len(msg) < 20_000  # long values are cut in the message, not echoed
-
-
 def test_the_simulated_batch_passes_every_new_check(data_dir, params):
     report = validate_batch(data_dir / BATCH, data_dir, params, impressions_dir=data_dir / "no-store-yet")
     assert report.passed, report.failure_message()
     names = {e.check for e in report.expectations}
     assert {"explored_matches_propensity", "propensity_one_only_when_one_choice_left", "policy_version_length",
-            "impressions_not_already_accepted", "rewards_not_contradicting_accepted", "pages_not_already_accepted"} <= names
+            "impressions_not_already_accepted", "rewards_not_contradicting_accepted", "pages_not_already_accepted",
+            "stream_seconds_only_when_streamed", *(f"page_context_{c}" for c in
+                                                  ("user_id", "timestamp", "platform", "region", "policy_version"))} <= names

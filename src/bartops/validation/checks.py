@@ -203,6 +203,34 @@ def single_choice_possible(request_id: pd.Series, shelf: pd.Series, position: pd
     return ~claims_one | possible
 
 
+# ---------------------------------------------------------------------------- page context
+def constant_within_page(request_id: pd.Series, values: pd.Series) -> np.ndarray:
+    """Per row: do all rows of its page (request_id) hold one value?  A page fails as a whole.
+
+    A page is one view by one user at one time on one platform and region, built by one policy
+    version (simulator, service and the OBD adapter all log it so); two values on a page mean pages
+    merged, cards moved between pages, or a context column overwritten.
+    """
+    page = pd.factorize(request_id, sort=False)[0].astype(np.int64)
+    if len(page) == 0:
+        return np.zeros(0, bool)
+    code = pd.factorize(values, sort=False, use_na_sentinel=False)[0].astype(np.int64)
+    order = np.lexsort((code, page))
+    p, c = page[order], code[order]
+    # a page is mixed when, sorted by (page, value), two neighbours share the page but not the value
+    mixed = np.zeros(int(page.max()) + 1, bool)
+    step = (p[1:] == p[:-1]) & (c[1:] != c[:-1]) & (p[1:] >= 0)
+    mixed[p[1:][step]] = True
+    return ~mixed[np.maximum(page, 0)] | (page < 0)
+
+
+def stream_seconds_only_when_streamed(reward: pd.Series, stream_seconds: pd.Series) -> np.ndarray:
+    """Per row: no stream duration on a card that was not streamed (reward 0 with stream_seconds set)."""
+    r = _floats(reward)
+    s = _floats(stream_seconds)
+    return ~((r == 0) & ~np.isnan(s))
+
+
 # ---------------------------------------------------------------------------- text lengths
 def value_lengths(values: pd.Series) -> np.ndarray:
     """Character length per value (0 for missing); categoricals measured on their categories."""
@@ -219,6 +247,13 @@ def long_values(values: pd.Series, max_length: int, examples: int = 3) -> dict[s
     over = np.nonzero(n > max_length)[0]
     rows = [{"row": int(i), "length": int(n[i]), "starts": str(values.iloc[i])[:40] + "..."} for i in over[:examples]]
     return {"max_length": int(n.max()) if len(n) else 0, "over": int(len(over)), "rows": int(len(n)), "examples": rows}
+
+
+def empty_values(values: pd.Series, examples: int = 3) -> dict[str, Any]:
+    """How many present values are empty text (``""``), and the first few of their rows."""
+    present = values.notna().to_numpy(bool)
+    empty = np.nonzero(present & (value_lengths(values) == 0))[0]
+    return {"empty": int(len(empty)), "rows": int(present.sum()), "examples": [{"row": int(i)} for i in empty[:examples]]}
 
 
 # ---------------------------------------------------------------------------- the accepted store

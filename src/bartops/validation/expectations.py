@@ -17,6 +17,11 @@
   ε-greedy page policy (``checks.explored_matches_propensity``).
 * ``expect_single_choice_only_where_possible`` — (request_id, shelf, position, propensity, epsilon):
   a propensity that says one choice was left only where one can have been (``checks.single_choice_possible``).
+* ``expect_column_values_to_be_constant_within_page`` — (request_id, column): every card of a page
+  holds the same user_id / timestamp / platform / region / policy_version (``checks.constant_within_page``).
+* ``expect_stream_seconds_only_when_streamed`` — (reward, stream_seconds): no stream duration on a
+  card whose reward is 0.
+* ``expect_column_values_to_not_be_empty_text`` — no present value is ``""`` (an id that names nothing).
 * ``expect_column_value_lengths_to_be_at_most`` — text no longer than ``max_value`` characters; reports
   the longest length and a few rows (row, length, first characters), never the whole value.
 
@@ -52,14 +57,17 @@ from great_expectations.expectations.metrics.table_metric_provider import TableM
 
 from bartops.validation.checks import (
     already_accepted,
+    constant_within_page,
     contradicts_store,
     dtype_kind_matches,
+    empty_values,
     explored_matches_propensity,
     explored_share_stats,
     known_to_catalog,
     long_values,
     page_slots_contiguous,
     single_choice_possible,
+    stream_seconds_only_when_streamed,
 )
 
 
@@ -130,6 +138,27 @@ class SingleChoicePossible(MulticolumnMapMetricProvider):
         return pd.Series(ok, index=column_list.index)
 
 
+class ConstantWithinPage(MulticolumnMapMetricProvider):
+    condition_metric_name = "multicolumn_values.bartops_constant_within_page"
+    condition_domain_keys = _MULTI_KEYS
+
+    @multicolumn_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_list, **kwargs):
+        req, col = column_list.columns
+        return pd.Series(constant_within_page(column_list[req], column_list[col]), index=column_list.index)
+
+
+class StreamSecondsOnlyWhenStreamed(MulticolumnMapMetricProvider):
+    condition_metric_name = "multicolumn_values.bartops_stream_seconds_only_when_streamed"
+    condition_domain_keys = _MULTI_KEYS
+
+    @multicolumn_condition_partial(engine=PandasExecutionEngine)
+    def _pandas(cls, column_list, **kwargs):
+        reward, seconds = column_list.columns
+        ok = stream_seconds_only_when_streamed(column_list[reward], column_list[seconds])
+        return pd.Series(ok, index=column_list.index)
+
+
 class ColumnLongValues(TableMetricProvider):
     metric_name = "table.bartops_long_values"
     value_keys = ("column", "max_value")
@@ -142,6 +171,20 @@ class ColumnLongValues(TableMetricProvider):
         if col not in df.columns:
             return {"max_length": 0, "over": 0, "rows": len(df), "examples": []}
         return long_values(df[col], int(metric_value_kwargs["max_value"]))
+
+
+class ColumnEmptyValues(TableMetricProvider):
+    metric_name = "table.bartops_empty_values"
+    value_keys = ("column",)
+
+    @metric_value(engine=PandasExecutionEngine)
+    def _pandas(cls, execution_engine, metric_domain_kwargs, metric_value_kwargs, metrics, runtime_configuration):
+        df, _, _ = execution_engine.get_compute_domain(domain_kwargs=metric_domain_kwargs,
+                                                       domain_type=MetricDomainTypes.TABLE)
+        col = metric_value_kwargs["column"]
+        if col not in df.columns:
+            return {"empty": 0, "rows": len(df), "examples": []}
+        return empty_values(df[col])
 
 
 class ExploredShareStats(TableMetricProvider):
@@ -281,6 +324,22 @@ class ExpectSingleChoiceOnlyWherePossible(MulticolumnMapExpectation):
     args_keys = ("column_list",)
 
 
+class ExpectColumnValuesToBeConstantWithinPage(MulticolumnMapExpectation):
+    """Expect one value of the second column per page (column_list = request_id, column)."""
+
+    map_metric = "multicolumn_values.bartops_constant_within_page"
+    success_keys = ("mostly",)
+    args_keys = ("column_list",)
+
+
+class ExpectStreamSecondsOnlyWhenStreamed(MulticolumnMapExpectation):
+    """Expect no stream duration on a card that was not streamed (column_list = reward, stream_seconds)."""
+
+    map_metric = "multicolumn_values.bartops_stream_seconds_only_when_streamed"
+    success_keys = ("mostly",)
+    args_keys = ("column_list",)
+
+
 class ExpectColumnValueLengthsToBeAtMost(BatchExpectation):
     """Expect every text value of the column to have at most ``max_value`` characters."""
 
@@ -301,6 +360,25 @@ class ExpectColumnValueLengthsToBeAtMost(BatchExpectation):
                            "partial_unexpected_list": s["examples"]}}
 
 
+class ExpectColumnValuesToNotBeEmptyText(BatchExpectation):
+    """Expect no present value of the column to be the empty string."""
+
+    column: str
+
+    metric_dependencies = ("table.bartops_empty_values",)
+    domain_keys: ClassVar[Tuple[str, ...]] = ("row_condition", "condition_parser")
+    success_keys = ("column",)
+    args_keys = ("column",)
+
+    def _validate(self, metrics: Dict, runtime_configuration: Optional[dict] = None,
+                  execution_engine: Any = None) -> dict:
+        s = metrics["table.bartops_empty_values"]
+        return {"success": s["empty"] == 0,
+                "result": {"observed_value": s["empty"], "details": {"empty": s["empty"], "rows": s["rows"]},
+                           "partial_unexpected_list": s["examples"]}}
+
+
 CUSTOM = (ExpectColumnToHaveSchemaKind, ExpectColumnValuesToBeKnownToCatalog, ExpectPageSlotsToBeContiguous,
           ExpectExploredShareToMatchEpsilon, ExpectColumnValuesToNotBeInStore, ExpectRewardsToAgreeWithStore,
-          ExpectExploredToMatchPropensity, ExpectSingleChoiceOnlyWherePossible, ExpectColumnValueLengthsToBeAtMost)
+          ExpectExploredToMatchPropensity, ExpectSingleChoiceOnlyWherePossible, ExpectColumnValueLengthsToBeAtMost,
+          ExpectColumnValuesToBeConstantWithinPage, ExpectStreamSecondsOnlyWhenStreamed, ExpectColumnValuesToNotBeEmptyText)

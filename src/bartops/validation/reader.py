@@ -1,7 +1,7 @@
 """Read an impression batch (parquet, CSV or JSON lines; one file or a folder) without surprises.
 
 Every way a batch can be unreadable raises ``BatchReadError`` with a ``kind`` and a message that
-names the problem: a missing path, an empty file, corrupt parquet, a wrong text encoding, a folder
+names the problem: a missing path, a symbolic link, an empty file, corrupt parquet, a wrong text encoding, a folder
 of mixed formats, missing or extra columns, or columns of the wrong type.  Nulls are kept (in
 nullable dtypes) so that the Great Expectations suites can count them.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,10 +54,18 @@ class Batch:
 def batch_files(path: Path) -> tuple[list[Path], str]:
     """The data files of a batch and their one format; raises BatchReadError."""
     path = Path(path)
+    if path.is_symlink():
+        raise BatchReadError("symlink", f"batch path {path} is a symbolic link (to {os.readlink(path)}): a batch "
+                             "must be a plain file or folder (a link is quarantined as the link, never followed)")
     if not path.exists():
         raise BatchReadError("missing", f"batch path {path} does not exist")
     if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith((".", "_")))
+        entries = [p for p in path.iterdir() if not p.name.startswith((".", "_"))]
+        links = sorted(p.name for p in entries if p.is_symlink())
+        if links:
+            raise BatchReadError("symlink", f"batch folder {path} holds symbolic link(s) {links[:5]}: a batch's "
+                                 "files must be plain files in it")
+        files = sorted(p for p in entries if p.is_file())
         if not files:
             raise BatchReadError("empty", f"batch folder {path} holds no data files")
     else:

@@ -1,0 +1,1 @@
+"""Committed test corpora (malformed impression batches with their expected verdicts)."""

@@ -10,13 +10,14 @@ failure.  The load generator's own CPU share is reported (it shares the cores wi
 Run:
 
     python -m bench.serving [--workers 1 2] [--rate 50 --seconds 30] [--ladder 50,100,150,200]
-                            [--overload 300] [--max-in-flight N] [--skip-one-client]
+                            [--overload 300] [--max-in-flight 2 4] [--skip-one-client]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
 import signal
@@ -35,6 +36,7 @@ import yaml
 from bench.common import save, table
 
 ROOT = Path(__file__).resolve().parents[1]
+KEEP_ALIVE = False  # --keep-alive: open-loop requests reuse connections
 
 
 def make_bundle(work: Path) -> tuple[Path, pd.DataFrame]:
@@ -86,6 +88,7 @@ def in_process(bundle: Path, ctx: pd.DataFrame, n: int = 400) -> list[dict]:
 class Server:
     def __init__(self, env: dict, port: int = 0) -> None:
         with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a fixed port may be in TIME_WAIT
             s.bind(("127.0.0.1", port))
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
@@ -136,17 +139,29 @@ class RawClient:
     the server, takes less of them at high offered rates (httpx took ~0.7 core at 300 req/s).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, keep_alive: bool = False) -> None:
         host, port = url.removeprefix("http://").split(":")
-        self.host, self.port = host, int(port)
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.host, self.port, self.keep_alive = host, int(port), keep_alive
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+
+    async def _connection(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The most recently used idle connection, else a new one; connections idle over 2 s are closed
+        (the server closes idle ones after 5 s: reusing one as it does so would fail the request)."""
+        now = time.perf_counter()
+        while self.idle:
+            reader, writer, since = self.idle.pop()
+            if now - since < 2 and not reader.at_eof():
+                return reader, writer
+            writer.close()
+        return await asyncio.open_connection(self.host, self.port)
 
     async def post(self, path: str, body: bytes) -> tuple[int, dict[bytes, bytes]]:
         """(status, lower-cased headers) of one POST; the body is read and dropped."""
-        reader, writer = self.idle.pop() if self.idle else await asyncio.open_connection(self.host, self.port)
+        reader, writer = await self._connection()
         try:
-            writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(), len(body), body))
+            writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nConnection: %s\r\n"
+                         b"Content-Length: %d\r\n\r\n%s" % (path.encode(), self.host.encode(),
+                                                             b"keep-alive" if self.keep_alive else b"close", len(body), body))
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.split(b"\r\n")
             headers = dict((k.lower(), v) for k, _, v in (x.partition(b": ") for x in lines[1:] if x))
@@ -154,24 +169,24 @@ class RawClient:
         except BaseException:
             writer.close()
             raise
-        if headers.get(b"connection", b"").lower() == b"close":
+        if not self.keep_alive or headers.get(b"connection", b"").lower() == b"close":
             writer.close()
         else:
-            self.idle.append((reader, writer))
+            self.idle.append((reader, writer, time.perf_counter()))
         return int(lines[0].split()[1]), headers
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for _, writer, _ in self.idle:
             writer.close()
 
 
-async def _open_loop(url: str, reqs: list[dict], rate: float, seconds: float) -> dict:
+async def _open_loop(url: str, reqs: list[dict], rate: float, seconds: float, keep_alive: bool = False) -> dict:
     """Open-loop load at ``rate``: accepted (200) latency, 503s (shed, with Retry-After) and other failures."""
     n = int(rate * seconds)
     payloads = [json.dumps(r).encode() for r in reqs]
     lat, shed_lat, shed, errors, no_retry_after = [], [], 0, 0, 0
     error_kinds: dict[str, int] = {}  # status code or exception name -> count
-    client = RawClient(url)
+    client = RawClient(url, keep_alive)
     start = time.perf_counter() + 0.2
 
     async def one(i: int):
@@ -193,17 +208,19 @@ async def _open_loop(url: str, reqs: list[dict], rate: float, seconds: float) ->
             errors += 1
             error_kinds[str(code)] = error_kinds.get(str(code), 0) + 1
 
+    load_before = os.getloadavg()[0]  # other work on the shared cores shows here
     cpu0, wall0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(one(i) for i in range(n)))
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     client.close()
     return {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "accepted": len(lat), "shed_503": shed,
             "shed_p99_ms": pct(shed_lat, 99), "shed_without_retry_after": no_retry_after, "errors": errors,
-            "error_kinds": error_kinds, "requests": n, "achieved_rps": n / wall, "accepted_rps": len(lat) / wall, "loadgen_cpu_share": cpu / wall}
+            "error_kinds": error_kinds, "requests": n, "achieved_rps": n / wall, "accepted_rps": len(lat) / wall, "loadgen_cpu_share": cpu / wall,
+            "loadavg_1min_before": load_before}
 
 
-def open_loop(url, reqs, rate, seconds) -> dict:
-    return asyncio.run(_open_loop(url, reqs, rate, seconds))
+def open_loop(url: str, reqs: list[dict], rate: float, seconds: float) -> dict:
+    return asyncio.run(_open_loop(url, reqs, rate, seconds, KEEP_ALIVE))
 
 
 def main() -> None:
@@ -215,28 +232,33 @@ def main() -> None:
     ap.add_argument("--ladder-seconds", type=float, default=10)
     ap.add_argument("--overload", default="300", help="offered rates (comma-separated) well above capacity")
     ap.add_argument("--overload-seconds", type=float, default=20)
-    ap.add_argument("--max-in-flight", type=int, default=None, help="serving.max_in_flight (default: params.yaml)")
+    ap.add_argument("--max-in-flight", type=int, nargs="+", default=[None],
+                    help="serving.max_in_flight values, a server each (default: params.yaml's)")
+    ap.add_argument("--keep-alive", action="store_true",
+                    help="open-loop requests reuse connections (default: a new connection each)")
     ap.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
     ap.add_argument("--name", default="serving", help="results file bench/results/<name>.json")
     ap.add_argument("--skip-one-client", action="store_true", help="skip the one-client and fixed-rate cases")
     args = ap.parse_args()
+    global KEEP_ALIVE
+    KEEP_ALIVE = args.keep_alive
     work = Path(tempfile.mkdtemp(prefix="bench-serving-"))
     bundle, ctx = make_bundle(work)
     rows = in_process(bundle, ctx)
     reqs = bodies(ctx)
     ladder = [float(x) for x in args.ladder.split(",") if x]
     overload = [float(x) for x in args.overload.split(",") if x]
-    for workers in args.workers:
+    for workers, bound in itertools.product(args.workers, args.max_in_flight):
         params = yaml.safe_load((ROOT / "params.yaml").read_text())
         params["serving"] = {**params.get("serving", {}), "workers": workers}
-        if args.max_in_flight is not None:
-            params["serving"]["max_in_flight"] = args.max_in_flight
+        if bound is not None:
+            params["serving"]["max_in_flight"] = bound
         max_in_flight = params["serving"].get("max_in_flight", "default")
-        pfile = work / f"params-{workers}.yaml"
+        pfile = work / f"params-{workers}-{max_in_flight}.yaml"
         pfile.write_text(yaml.safe_dump(params))
         env = {**os.environ, "BARTOPS_BUNDLE": str(bundle), "BARTOPS_PARAMS": str(pfile),
-               "BARTOPS_SERVING_LOGS": str(work / f"logs-{workers}"), "BENTOML_HOME": str(work / "bentoml"),
-               "BENTOML_DO_NOT_TRACK": "True"}
+               "BARTOPS_SERVING_LOGS": str(work / f"logs-{workers}-{max_in_flight}"),
+               "BENTOML_HOME": str(work / "bentoml"), "BENTOML_DO_NOT_TRACK": "True"}
         srv = Server(env, args.port)
         try:
             if not args.skip_one_client:
@@ -248,12 +270,14 @@ def main() -> None:
             best = None
             for rate in ladder:
                 r = open_loop(srv.url, reqs, rate, args.ladder_seconds)
-                rows.append({"case": f"ladder {rate:g} req/s × {args.ladder_seconds:g} s, {workers} worker(s)", **r})
+                rows.append({"case": f"ladder {rate:g} req/s × {args.ladder_seconds:g} s, {workers} worker(s), "
+                                     f"max_in_flight {max_in_flight}", **r})
                 if r["p99_ms"] < 100 and r["errors"] == 0 and r["shed_503"] <= 0.01 * r["requests"]:
                     best = rate
                 else:
                     break
-            rows.append({"case": f"highest rate with p99 < 100 ms, ≤ 1 % shed, {workers} worker(s)", "rate": best})
+            rows.append({"case": f"highest rate with p99 < 100 ms, ≤ 1 % shed, {workers} worker(s), "
+                                 f"max_in_flight {max_in_flight}", "rate": best})
             for rate in overload:
                 r = open_loop(srv.url, reqs, rate, args.overload_seconds)
                 floor = r["p99_ms"] < 100 and r["errors"] == 0 and r["shed_without_retry_after"] == 0

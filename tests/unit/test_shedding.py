@@ -123,3 +123,70 @@ def test_bounds_are_validated():
         ServingConfig(retry_after_seconds=1.5)
     cfg = ServingConfig.from_params({"serving": {"max_in_flight": 6, "retry_after_seconds": 2}})
     assert (cfg.max_in_flight, cfg.retry_after_seconds) == (6, 2), f"config read {cfg.max_in_flight}, {cfg.retry_after_seconds}"
+
+
+class Clock:
+    """A fake monotonic clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_bound_drops_while_requests_are_slow_and_recovers_when_they_are_fast():
+    async def finish_in_turn(app: LoadShedMiddleware, per_request: float, n: int) -> list[int]:
+        """Hold ``n`` requests; release them one at a time, ``per_request`` fake seconds apart."""
+        gates = [asyncio.Event() for _ in range(n)]
+
+        async def gated(scope, receive, send):
+            await gates[int(scope["path"].rsplit("/", 1)[1])].wait()
+            await send({"type": "http.response.start", "status": 200, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+
+        app.app = gated
+        app.paths = frozenset(f"/home/{i}" for i in range(n))
+        tasks = [asyncio.create_task(call(app, f"/home/{i}")) for i in range(n)]
+        await settle()
+        for gate in gates:
+            clock.now += per_request
+            gate.set()
+            await settle()
+        return [(await t)[0] for t in tasks]
+
+    clock = Clock()
+
+    async def scenario():
+        app = LoadShedMiddleware(HeldApp(), max_in_flight=8, target_latency_ms=50, clock=clock)
+        start = app.bound
+        slow = await finish_in_turn(app, 0.020, 6)  # 20 ms a request: 50 / 20 -> 2 held at most
+        slow_bound, slow_cost = app.bound, app.per_request
+        fast = []
+        for _ in range(15):  # 4 ms a request, two held at a time: the average comes down, the bound back to 8
+            fast += await finish_in_turn(app, 0.004, 2)
+        return start, slow, slow_bound, slow_cost, fast, app.bound
+
+    start, slow, slow_bound, slow_cost, fast, fast_bound = asyncio.run(scenario())
+    assert start == 8, f"bound {start} before any measurement, expected max_in_flight 8"
+    assert slow == [200] * 6, f"held requests answered {slow}"
+    assert abs(slow_cost - 0.020) < 1e-9 and slow_bound == 2, \
+        f"at 20 ms a request: cost estimate {slow_cost:.4f} s, bound {slow_bound} (expected 0.020 s, 2)"
+    assert fast == [200] * 30 and fast_bound == 8, f"at 4 ms a request: answers {fast}, bound {fast_bound} (expected 8)"
+
+
+def test_slow_worker_sheds_below_the_cap():
+    clock = Clock()
+
+    async def scenario():
+        inner = HeldApp()
+        app = LoadShedMiddleware(inner, max_in_flight=8, target_latency_ms=50, clock=clock)
+        app.per_request = 0.030  # 30 ms a request: one held at most (50 / 30)
+        first = asyncio.create_task(call(app, "/home"))
+        await settle()
+        second = await call(app, "/home")
+        inner.release.set()
+        return app, (await first)[0], second[0]
+
+    app, first, second = asyncio.run(scenario())
+    assert (first, second) == (200, 503), f"answers {first}, {second} with bound {app.bound} (expected 200, 503)"

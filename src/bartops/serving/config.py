@@ -25,7 +25,8 @@ class ServingConfig:
     attribution_window_seconds: float = 1800.0  # a stream counts if reported this soon after the page
     workers: int = 1  # BentoML API worker processes
     registry_poll_seconds: float = 1.0  # how often a service serving the registry looks for a new production
-    max_in_flight: int = 4  # /home + /feedback requests held per worker; more get 503 (bench/serving.py)
+    max_in_flight: int = 4  # at most this many /home + /feedback requests held per worker; more get 503
+    shed_target_ms: float = 50.0  # ... fewer while (held + 1) x the time a request costs now exceeds this
     retry_after_seconds: int = 1  # the Retry-After of that 503
     retire_joined: str = "archive"  # joined log files: archive (move to <log_dir>/archive/) | delete | keep
 

@@ -17,8 +17,9 @@ worker serves on and answers 503 (``/readyz``, and ``/home`` with the error) ins
 card is logged once, as an impression row (log schema, no reward) in rotating files under
 ``serving.log_dir``.
 
-Overload: each worker holds at most ``serving.max_in_flight`` ``/home`` + ``/feedback`` requests;
-beyond that it answers 503 with ``Retry-After`` at once (``bartops.serving.shedding``).
+Overload: each worker holds at most ``serving.max_in_flight`` ``/home`` + ``/feedback`` requests
+(fewer while requests are slow, ``serving.shed_target_ms``); beyond that it answers 503 with
+``Retry-After`` at once (``bartops.serving.shedding``).
 """
 
 from __future__ import annotations
@@ -285,5 +286,5 @@ class HomePage:
 # 429 without Retry-After and sheds /version too (shedding.py; measured in docs/performance.md).
 # Added first, it is the outer one: an excess request is answered before its body is read.
 HomePage.add_asgi_middleware(LoadShedMiddleware, max_in_flight=CONFIG.max_in_flight,
-                             retry_after_seconds=CONFIG.retry_after_seconds)
+                             target_latency_ms=CONFIG.shed_target_ms, retry_after_seconds=CONFIG.retry_after_seconds)
 HomePage.add_asgi_middleware(BodyLimitMiddleware, max_bytes=CONFIG.max_body_bytes)

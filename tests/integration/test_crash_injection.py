@@ -391,11 +391,12 @@ def test_zz_crash_summary():
              "| inconsistent after re-run | temp left after re-run |", "|---|---|---|---|---|---|---|---|"]
     bad = 0
     for row in RESULTS.values():
-        inc = len(row.get("inconsistent_after_crash", ["not run"])) + len(row.get("inconsistent_after_rerun", ["not run"]))
-        bad += bool(inc or row.get("left_after_rerun", ["not run"]) or not row.get("died"))
-        lines.append(f"| {row['step']} | {row['batch'] or '-'} | {row['point']} | {'yes' if row.get('died') else 'NO'} "
-                     f"| {len(row.get('left_after_crash', []))} | {len(row.get('inconsistent_after_crash', ['?']))} "
-                     f"| {len(row.get('inconsistent_after_rerun', ['?']))} | {len(row.get('left_after_rerun', ['?']))} |")
+        counts = [len(row.get(k, ["not run"])) for k in
+                  ("left_after_crash", "inconsistent_after_crash", "inconsistent_after_rerun", "left_after_rerun")]
+        bad += bool(sum(counts[1:]) or not row.get("died"))
+        died = "yes" if row.get("died") else "NO"
+        lines.append(f"| {row['step']} | {row['batch'] or '-'} | {row['point']} | {died} | "
+                     + " | ".join(map(str, counts)) + " |")
     lines.append(f"\n{len(RESULTS)} crash points tried, {bad} left an inconsistent state or temporary files")
     print("\n".join(lines))
     assert bad == 0, f"{bad} of {len(RESULTS)} crash points left an inconsistent state: " + "\n".join(lines)

@@ -33,11 +33,11 @@ import numpy as np
 import pandas as pd
 
 from bartops.logs.schema import SchemaError
+from bartops.ope.exposure import KERNEL_LOCK, common_exposures, forced_exposures, page_layout
 from bartops.policy.page import (
     EMPTY,
     CandidateSet,
     PagePolicy,
-    HeadProposal,
     TitleForcing,
     _construct,
     _locate,
@@ -290,46 +290,37 @@ def examination_marginals(
         return out
     # every page gets its own draws, even where pages are identical (a user's repeat visits): shared
     # draws would give those pages one common Monte-Carlo error, which the page bootstrap cannot see
-    sub, sub_scores, off = candidates, scores, candidates.offsets
-    sub_off = sub.offsets
-    width = int(max(np.diff(sub_off).max(initial=0), 1))
-    col_of = np.arange(len(sub)) - sub_off[sub.page]
+    layout = page_layout(candidates, scores)
+    group = layout["expl_group"]
     # a title the greedy page does not use is rare: its fills are estimated with the title forced
-    greedy = _construct(sub, sub_scores, S, K, 0.0, 0.0, np.random.default_rng(0))
+    greedy = _construct(candidates, scores, S, K, 0.0, 0.0, np.random.default_rng(0))
     heads = greedy.candidate[:, :, 0]
-    titled = pd.MultiIndex.from_arrays([np.nonzero(heads >= 0)[0], sub.explanation[heads[heads >= 0]]])
-    rare = pd.MultiIndex.from_arrays([sub.page, sub.explanation]).isin(titled) == False  # noqa: E712
-    rare_dense = np.zeros((sub.n_pages, width), bool)
-    rare_dense[sub.page, col_of] = rare
-    col = np.arange(len(candidates)) - off[candidates.page]
+    rare = ~np.isin(group, group[heads[heads >= 0]])
+    skipped = np.zeros(len(candidates), bool)
     if needed is not None:
         needed = np.asarray(needed, bool)
         if needed.shape != (len(candidates),):
             raise ValueError(f"needed must have one flag per candidate ({len(candidates)}), got {needed.shape}")
-        wanted = np.zeros((sub.n_pages, width), bool)
-        wanted[candidates.page[needed], col[needed]] = True
-        pairs = pd.MultiIndex.from_arrays([sub.page, sub.explanation])
-        skipped = rare & ~pairs.isin(pairs[rare & wanted[sub.page, col_of]])
-        rare = rare & ~skipped
+        skipped = rare & ~np.isin(group, group[rare & needed])
     rng = np.random.default_rng(seed)
-    acc = _exposure_common(sub, sub_scores, S, K, policy.epsilon_head, policy.epsilon_fill, kappa, int(n_samples),
-                           rng, ~rare_dense)
-    if rare.any():
-        task_page, task_expl = np.unique(np.stack([sub.page[rare], sub.explanation[rare]]), axis=1)
-        acc_rare = _exposure_forced(sub, sub_scores, S, K, policy.epsilon_head, policy.epsilon_fill, kappa,
-                                    int(n_samples), rng, task_page, task_expl)
-        np.add.at(acc, task_page, acc_rare)
-    if needed is not None and skipped.any():
-        acc[sub.page[skipped], col_of[skipped]] = np.nan
-    return acc[candidates.page, col]
-
-
-def _replicated(cands: CandidateSet, scores: np.ndarray, r: int) -> tuple[CandidateSet, np.ndarray]:
-    """r stacked copies of a candidate set (copy j's pages after copy j−1's) and their scores."""
-    U = cands.n_pages
-    rep = CandidateSet((np.arange(r)[:, None] * U + cands.page[None, :]).ravel(), np.tile(cands.item_id, r),
-                       np.tile(cands.explanation, r), U * r, np.tile(cands.choosable, r))
-    return rep, np.tile(scores, r)
+    args = (layout["off"], layout["by_score"], layout["by_expl"], layout["expl_off"], group, layout["item_local"],
+            layout["expl_local"])
+    choosable = np.asarray(candidates.choosable, bool)
+    page_seeds = rng.integers(0, 2**32 - 1, candidates.n_pages)
+    tasks = np.unique(group[rare & ~skipped])
+    page_of_group = np.zeros(int(group.max(initial=-1)) + 1, np.int64)
+    page_of_group[group] = candidates.page
+    with KERNEL_LOCK:  # numba's default thread pool takes one parallel call at a time
+        out = common_exposures(*args, layout["first_expl"], layout["width"], choosable, ~rare, kappa,
+                               float(policy.epsilon_head), float(policy.epsilon_fill), HEAD_PROPOSAL_EPSILON,
+                               int(n_samples), page_seeds)
+        if len(tasks):
+            out = out + forced_exposures(*args, layout["width"], choosable, page_of_group[tasks],
+                                         tasks.astype(np.int64), kappa, float(policy.epsilon_head),
+                                         float(policy.epsilon_fill), int(n_samples),
+                                         rng.integers(0, 2**32 - 1, len(tasks)))
+    out[skipped] = np.nan
+    return out
 
 
 def _step_probabilities(free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray, eps: float,
@@ -342,83 +333,6 @@ def _step_probabilities(free: np.ndarray, count: np.ndarray, greedy_col: np.ndar
     rows = np.flatnonzero(has)
     p[rows, greedy_col[has]] += (1 - eps) * kept[rows, greedy_col[has]]
     return p
-
-
-def _exposure_common(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float, eps_fill: float,
-                     kappa: np.ndarray, n_samples: int, rng: np.random.Generator,
-                     fill_mask: np.ndarray) -> np.ndarray:
-    """(pages, width) mean over sampled pages of Σ_steps κ·P(pair at step | prefix): every head step,
-    and the fill steps of pairs in ``fill_mask``.  Heads are drawn from a defensive mixture
-    (``HeadProposal``: every other sample explores the heads at HEAD_PROPOSAL_EPSILON), weighted."""
-    U = cands.n_pages
-    width = fill_mask.shape[1]
-    r = int(max(1, min(n_samples, _CELLS // max(U * width, 1))))
-    rep, rep_scores = _replicated(cands, scores, r)
-    mask = np.tile(fill_mask, (r, 1))
-    acc = np.zeros((U, width))
-    done = 0
-    while done < n_samples:
-        reps_now = min(r, n_samples - done)
-        alternative = np.repeat((done + np.arange(r)) % 2 == 1, U)  # every other sample
-        proposal = HeadProposal(HEAD_PROPOSAL_EPSILON, alternative, (n_samples + 1) // 2 / n_samples, np.ones(U * r))
-        heads = np.zeros((U * r, width))
-
-        def add(values: np.ndarray) -> None:
-            acc[:] += (values * proposal.weight[:, None]).reshape(r, U, width)[:reps_now].sum(axis=0)
-
-        def accumulate(s: int, k: int, free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray,
-                       eps: float) -> None:
-            if k == 0:  # the heads' weight is known only once all heads are drawn
-                heads[:] += kappa[s, k] * _step_probabilities(free, count, greedy_col, eps)
-                return
-            if s == 0 and k == 1:
-                add(heads)
-            add(kappa[s, k] * _step_probabilities(free, count, greedy_col, eps, mask))
-
-        _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, head_proposal=proposal)
-        if K == 1:
-            add(heads)
-        done += reps_now
-    return acc / n_samples
-
-
-def _exposure_forced(cands: CandidateSet, scores: np.ndarray, S: int, K: int, eps_head: float, eps_fill: float,
-                     kappa: np.ndarray, n_samples: int, rng: np.random.Generator, task_page: np.ndarray,
-                     task_expl: np.ndarray) -> np.ndarray:
-    """(tasks, width) fill part of the exposure of the pairs with explanation ``task_expl`` on page
-    ``task_page``: each sample forces that title on a uniformly drawn shelf s (``TitleForcing``) and
-    adds S · P(title_s | prefix) · Σ_k κ(s, k)·P(pair at (s, k) | prefix), whose mean over the shelf
-    draw and the prefix is Σ_s P(title_s) · E[fills of s | title_s]: the fill part, for a title however rare."""
-    sub = cands.subset(task_page)
-    sub_scores = np.concatenate([scores[cands.offsets[b]: cands.offsets[b + 1]] for b in task_page])
-    T = sub.n_pages
-    width = int(max(np.diff(sub.offsets).max(initial=0), 1))  # the dense width of these pages
-    in_task = np.zeros((T, width), bool)
-    col = np.arange(len(sub)) - sub.offsets[sub.page]
-    in_task[sub.page, col] = sub.explanation == task_expl[sub.page]
-    r = int(max(1, min(n_samples, _CELLS // max(T * width, 1))))
-    rep, rep_scores = _replicated(sub, sub_scores, r)
-    mask = np.tile(in_task, (r, 1))
-    acc = np.zeros((T, width))
-    done = 0
-    while done < n_samples:
-        reps_now = min(r, n_samples - done)
-        shelf = rng.integers(0, S, size=T * r)
-        force = TitleForcing(shelf, np.tile(task_expl, r), np.ones(T * r))
-
-        def accumulate(s: int, k: int, free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray,
-                       eps: float) -> None:
-            if k == 0:
-                return
-            w = np.where(shelf == s, S * force.weight, 0.0)
-            p = _step_probabilities(free, count, greedy_col, eps, mask) * (kappa[s, k] * w)[:, None]
-            acc[:] += p.reshape(r, T, -1)[:reps_now].sum(axis=0)
-
-        _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, force_title=force)
-        done += reps_now
-    full = np.zeros((T, int(max(np.diff(cands.offsets).max(initial=0), 1))))
-    full[:, :width] = acc / n_samples
-    return full
 
 
 def slot_marginal_probabilities(

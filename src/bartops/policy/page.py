@@ -182,21 +182,6 @@ class TitleForcing:
     weight: np.ndarray  # (B,) float64, written at the forced step (1 before it)
 
 
-@dataclass
-class HeadProposal:
-    """Defensive importance sampling of the shelf heads: pages with ``alternative[b]`` draw their heads
-    with exploration ``epsilon`` instead of the policy's (fills keep the policy's).  After the heads,
-    ``weight[b]`` receives the balance-heuristic ratio p(heads) / (a·p(heads) + (1−a)·p'(heads)),
-    a = share of all samples (over every call) drawn without the alternative, so that
-    E_mixture[weight · f] = E_policy[f] for any f of the page (multiple importance sampling); the
-    weight is at most 1/a."""
-
-    epsilon: float
-    alternative: np.ndarray  # (B,) bool
-    natural_share: float
-    weight: np.ndarray  # (B,) float64, written after the last head step
-
-
 def _construct(
     candidates: CandidateSet,
     scores: np.ndarray,
@@ -209,15 +194,13 @@ def _construct(
     observe: Callable[[int, int, np.ndarray, np.ndarray, np.ndarray, float], None] | None = None,
     force_title: TitleForcing | None = None,
     last_shelf: int | None = None,
-    head_proposal: HeadProposal | None = None,
 ) -> Pages:
     """The one page-construction loop.  ``forced`` (B, S, K) of candidate indices replays logs.
 
     ``observe(s, k, free, count, greedy_col, eps)``, if given, sees each step's dense (B, N) mask of
     remaining pairs, their count and the greedy column before the choice (used for marginals).
     ``force_title`` draws one shelf's title by importance sampling (see ``TitleForcing``);
-    ``last_shelf`` stops after that shelf's fills (later slots stay empty).  ``head_proposal`` draws
-    the heads of some pages with another exploration rate and weights them (see ``HeadProposal``).
+    ``last_shelf`` stops after that shelf's fills (later slots stay empty).
     """
     scores = np.asarray(scores, dtype=np.float64)
     if scores.shape != (len(candidates),):
@@ -241,7 +224,6 @@ def _construct(
         col_of[d["index"][d["valid"]]] = np.nonzero(d["valid"])[1]
         forced_col = np.where(forced >= 0, col_of[np.where(forced >= 0, forced, len(candidates))], EMPTY)
 
-    log_ratio = np.zeros(B)  # log p'(heads) − log p(heads), for head_proposal
     fill_shelves = S if last_shelf is None else min(S, last_shelf + 1)
     steps = [(s, 0) for s in range(S)] + [(s, k) for s in range(fill_shelves) for k in range(1, K)]
     for s, k in steps:
@@ -257,10 +239,7 @@ def _construct(
         if observe is not None:
             observe(s, k, free, count, greedy_col, eps)
         if forced is None:
-            if head_proposal is not None and k == 0:
-                explore = rng.random(B) < np.where(head_proposal.alternative, head_proposal.epsilon, eps)
-            else:
-                explore = rng.random(B) < eps
+            explore = rng.random(B) < eps
             uniform = rng.random(B)
             col = greedy_col.copy()
             if explore.any():  # the k-th remaining pair, k uniform over the count, for exploring pages
@@ -287,13 +266,6 @@ def _construct(
         out_expl[:, s, k] = explored
         out_greedy[:, s, k] = is_greedy
         out_eps[:, s, k] = eps
-        if head_proposal is not None and k == 0:
-            alt = head_proposal.epsilon
-            log_ratio += np.where(is_free, np.log(np.maximum((1 - alt) * is_greedy + alt / np.maximum(count, 1), 1e-300))
-                                  - np.log(np.maximum(prop, 1e-300)), 0.0)
-            if s == S - 1:
-                a = head_proposal.natural_share
-                head_proposal.weight[:] = 1.0 / (a + (1.0 - a) * np.exp(log_ratio))
         # the chosen card takes its item off the page's remaining pairs
         item_used[d["item_group"][rows[placed], col[placed]]] = True
         if k == 0:

@@ -95,6 +95,7 @@ def test_candidate_page_shows_every_section(client, registry):
     for name in ("dr", "ips", "snips"):
         assert f"<td>{name}</td>" in ope
     assert "[0.03, 0.05]" in text(ope)  # dr difference 0.04 ± 0.01
+    assert "page views like the 625 evaluated ones logged from 2026-11-01" in t, "what the intervals are for"
     assert "5,000" in text(ope) and "30,000" in text(ope)
     # rules with figures, thresholds, pass/fail
     rules = text(r.text[r.text.index('id="rules"'):])

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bartops.gate.evaluate import interval_scope
+
 POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
 TRAIN_PARAMS = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8},
                 "reward": {"num_boost_round": 20, "baselines": []}}
@@ -86,6 +88,7 @@ def gate_decision(status: str, flow_run_id: str | None = None, lift: float = 0.0
         ],
         "ope": ope,
         "weight_histogram": {"edges": edges, "counts": counts, "log_x": True},
+        "interval_scope": interval_scope(625, "2026-11-01T00:00:00+00:00", "2026-11-08T00:00:00+00:00"),
         "validation": {"batch": "sim-seed3.parquet", "passed": True, "decision": "accepted", "rows": 30000,
                        "pages": 625, "counts": {"expectations": 2, "failed": 0, "rows": 30000, "pages": 625},
                        "expectations": [

@@ -191,7 +191,7 @@ CANDIDATE = """{% extends "base.html" %}{% import "macros.html" as m %}
 <td class="num">{{ m.num(x.value if x else none) }}</td><td class="num">{{ m.ci(x) }}</td>
 </tr>{% endfor %}
 </tbody></table>
-<figure>{{ interval_plot|safe }}<figcaption>Candidate − production per estimator with its 95% interval{% if d.margin is not none %}; the dashed line is the gate margin {{ m.num(d.margin) }}{% endif %}.</figcaption></figure>
+<figure>{{ interval_plot|safe }}<figcaption>Candidate − production per estimator with its 95% interval{% if d.margin is not none %}; the dashed line is the gate margin {{ m.num(d.margin) }}{% endif %}.{% if d.interval_scope %} {{ d.interval_scope }}{% endif %}</figcaption></figure>
 {% else %}{{ m.na("OPE estimates") }}{% endif %}
 
 <h2>Gate rules</h2>

@@ -618,6 +618,7 @@ def candidate_detail(registry: Registry, version: str) -> dict:
         "ope": rows,
         "estimator": gate_estimator(gate),
         "margin": gate_margin(gate),
+        "interval_scope": _get(gate, "interval_scope"),
         "rules": gate_rules(gate),
         "calibration": calibration_points(metrics, model_name if isinstance(model_name, str) else None),
         "ece": calibration_error(metrics, model_name if isinstance(model_name, str) else None),

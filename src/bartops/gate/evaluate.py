@@ -127,7 +127,20 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds)
     return {"result": result, "production": production, "logging_version": logging_version, "config": asdict(cfg),
             "n_pages": lp.n_pages, "n_rows": len(lp),
-            "holdout_from": None if holdout_from is None else holdout_from.isoformat()}
+            "holdout_from": None if holdout_from is None else holdout_from.isoformat(),
+            "first_page_view": _iso(lp.contexts["timestamp"].min()), "last_page_view": _iso(lp.contexts["timestamp"].max())}
+
+
+def _iso(timestamp) -> str:
+    return pd.Timestamp(timestamp).isoformat()
+
+
+def interval_scope(n_pages: int, first: str | None, last: str | None) -> str:
+    """What the decision's intervals are for, in one sentence (gate.json, artifact, dashboard)."""
+    span = f" logged from {first} to {last}" if first and last else ""
+    return (f"The intervals are for the value per page view over page views like the {n_pages:,} evaluated "
+            f"ones{span} (the page bootstrap resamples them): the contexts of that window, not a forecast of "
+            "future traffic, which may differ if users, catalog or season drift.")
 
 
 def training_cut(bundle_dir: Path) -> pd.Timestamp | None:
@@ -180,7 +193,9 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
         "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "production": ev["production"] or f"logging policy ({ev['logging_version']})",
         "logs": {"rows": ev["n_rows"], "pages": ev["n_pages"], "policy_version": ev["logging_version"],
-                 "holdout_from": ev.get("holdout_from")},
+                 "holdout_from": ev.get("holdout_from"), "first_page_view": ev.get("first_page_view"),
+                 "last_page_view": ev.get("last_page_view")},
+        "interval_scope": interval_scope(ev["n_pages"], ev.get("first_page_view"), ev.get("last_page_view")),
         "ope": {"config": ev["config"], "table": estimate_table(result), "diagnostics": diag,
                 "per_kind": result["per_kind"], "kind_lifts": kind_lifts},
         "validation": validation,
@@ -192,7 +207,7 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
 def markdown(version: str, decision: dict) -> str:
     """The OPE table and rule results as Markdown (Prefect artifact, approval description)."""
     lines = [f"# Gate decision for `{version}`: **{decision['decision'].upper()}**", "", decision.get("summary", ""),
-             "", "| policy | estimator | value | 95% CI | ESS | max weight | support |", "|---|---|---|---|---|---|---|"]
+             "", decision.get("interval_scope", ""), "", "| policy | estimator | value | 95% CI | ESS | max weight | support |", "|---|---|---|---|---|---|---|"]
     for r in decision["ope"]["table"]:
         lines.append(f"| {r['policy']} | {r['estimator']} | {r['value']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
                      f"| {r['ess']:.0f} | {r['max_weight']:.1f} | {r['support']:.3f} |")

@@ -10,7 +10,7 @@ failure.  The load generator's own CPU share is reported (it shares the cores wi
 Run:
 
     python -m bench.serving [--workers 1 2] [--rate 50 --seconds 30] [--ladder 50,100,150,200]
-                            [--overload 300] [--max-in-flight 2 4] [--skip-one-client]
+                            [--overload 200,300] [--max-in-flight 4 0] [--skip-one-client]
 """
 
 from __future__ import annotations
@@ -156,7 +156,7 @@ class RawClient:
         return await asyncio.open_connection(self.host, self.port)
 
     async def post(self, path: str, body: bytes) -> tuple[int, dict[bytes, bytes]]:
-        """(status, lower-cased headers) of one POST; the body is read and dropped."""
+        """(status, lower-cased headers) of one POST; the body is read (kept as ``x-bench-body`` unless 200)."""
         reader, writer = await self._connection()
         try:
             writer.write(b"POST %s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\nConnection: %s\r\n"
@@ -165,7 +165,7 @@ class RawClient:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.split(b"\r\n")
             headers = dict((k.lower(), v) for k, _, v in (x.partition(b": ") for x in lines[1:] if x))
-            await reader.readexactly(int(headers[b"content-length"]))  # no chunked responses here
+            body = await reader.readexactly(int(headers[b"content-length"]))  # no chunked responses here
         except BaseException:
             writer.close()
             raise
@@ -173,7 +173,10 @@ class RawClient:
             writer.close()
         else:
             self.idle.append((reader, writer, time.perf_counter()))
-        return int(lines[0].split()[1]), headers
+        status = int(lines[0].split()[1])
+        if status != 200:
+            headers[b"x-bench-body"] = body[:200]
+        return status, headers
 
     def close(self) -> None:
         for _, writer, _ in self.idle:
@@ -186,6 +189,7 @@ async def _open_loop(url: str, reqs: list[dict], rate: float, seconds: float, ke
     payloads = [json.dumps(r).encode() for r in reqs]
     lat, shed_lat, shed, errors, no_retry_after = [], [], 0, 0, 0
     error_kinds: dict[str, int] = {}  # status code or exception name -> count
+    shed_kinds: dict[str, int] = {}  # 503s by the first words of their error
     client = RawClient(url, keep_alive)
     start = time.perf_counter() + 0.2
 
@@ -204,6 +208,11 @@ async def _open_loop(url: str, reqs: list[dict], rate: float, seconds: float, ke
             shed += 1
             shed_lat.append(took)
             no_retry_after += b"retry-after" not in headers
+            try:  # "overloaded: ..." (shed) or "model is loading" (a worker not warm yet)
+                why = json.loads(headers[b"x-bench-body"])["error"].split(":")[0]
+            except (KeyError, ValueError, TypeError):
+                why = "unknown"
+            shed_kinds[why] = shed_kinds.get(why, 0) + 1
         else:
             errors += 1
             error_kinds[str(code)] = error_kinds.get(str(code), 0) + 1
@@ -215,12 +224,23 @@ async def _open_loop(url: str, reqs: list[dict], rate: float, seconds: float, ke
     client.close()
     return {"p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "accepted": len(lat), "shed_503": shed,
             "shed_p99_ms": pct(shed_lat, 99), "shed_without_retry_after": no_retry_after, "errors": errors,
-            "error_kinds": error_kinds, "requests": n, "achieved_rps": n / wall, "accepted_rps": len(lat) / wall, "loadgen_cpu_share": cpu / wall,
+            "error_kinds": error_kinds, "shed_kinds": shed_kinds, "requests": n, "achieved_rps": n / wall, "accepted_rps": len(lat) / wall, "loadgen_cpu_share": cpu / wall,
             "loadavg_1min_before": load_before}
 
 
 def open_loop(url: str, reqs: list[dict], rate: float, seconds: float) -> dict:
     return asyncio.run(_open_loop(url, reqs, rate, seconds, KEEP_ALIVE))
+
+
+def restart_check(url: str, reqs: list[dict], rate: float = 50, seconds: float = 20) -> dict:
+    """Kill one worker (SIGKILL) 3 s into steady load: what the clients see while it restarts and warms up."""
+    import threading
+
+    victim = httpx.get(url + "/version", timeout=10).json()["worker"]
+    threading.Timer(3.0, os.kill, (victim, signal.SIGKILL)).start()
+    r = open_loop(url, reqs, rate, seconds)
+    workers = {httpx.get(url + "/version", timeout=10).json()["worker"] for _ in range(40)}
+    return {**r, "killed_worker": victim, "workers_after": sorted(workers), "restarted": victim not in workers}
 
 
 def main() -> None:
@@ -230,10 +250,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--ladder", default="50,100,150,200")
     ap.add_argument("--ladder-seconds", type=float, default=10)
-    ap.add_argument("--overload", default="300", help="offered rates (comma-separated) well above capacity")
+    ap.add_argument("--overload", default="200,300", help="offered rates (comma-separated) well above capacity")
     ap.add_argument("--overload-seconds", type=float, default=20)
     ap.add_argument("--max-in-flight", type=int, nargs="+", default=[None],
-                    help="serving.max_in_flight values, a server each (default: params.yaml's)")
+                    help="serving.max_in_flight values, a server each (0: no shedding; default: params.yaml's)")
+    ap.add_argument("--shed-target-ms", type=float, default=None, help="serving.shed_target_ms (default: params.yaml's)")
+    ap.add_argument("--restart-check", action="store_true", help="kill a worker under load (after the ladder)")
     ap.add_argument("--keep-alive", action="store_true",
                     help="open-loop requests reuse connections (default: a new connection each)")
     ap.add_argument("--port", type=int, default=0, help="server port (default: a free one)")
@@ -253,7 +275,12 @@ def main() -> None:
         params["serving"] = {**params.get("serving", {}), "workers": workers}
         if bound is not None:
             params["serving"]["max_in_flight"] = bound
+        if args.shed_target_ms is not None:
+            params["serving"]["shed_target_ms"] = args.shed_target_ms
         max_in_flight = params["serving"].get("max_in_flight", "default")
+        if bound == 0:  # no shedding: what the service did before it had a bound
+            params["serving"].update(max_in_flight=10**6, shed_target_ms=1e12)
+            max_in_flight = "off"
         pfile = work / f"params-{workers}-{max_in_flight}.yaml"
         pfile.write_text(yaml.safe_dump(params))
         env = {**os.environ, "BARTOPS_BUNDLE": str(bundle), "BARTOPS_PARAMS": str(pfile),
@@ -278,9 +305,12 @@ def main() -> None:
                     break
             rows.append({"case": f"highest rate with p99 < 100 ms, ≤ 1 % shed, {workers} worker(s), "
                                  f"max_in_flight {max_in_flight}", "rate": best})
+            if args.restart_check:
+                r = restart_check(srv.url, reqs)
+                rows.append({"case": f"a worker killed 3 s into 50 req/s × 20 s, {workers} worker(s)", **r})
             for rate in overload:
                 r = open_loop(srv.url, reqs, rate, args.overload_seconds)
-                floor = r["p99_ms"] < 100 and r["errors"] == 0 and r["shed_without_retry_after"] == 0
+                floor = bool(r["p99_ms"] < 100 and r["errors"] == 0 and r["shed_without_retry_after"] == 0)
                 rows.append({"case": f"overload {rate:g} req/s × {args.overload_seconds:g} s, {workers} worker(s), "
                                      f"max_in_flight {max_in_flight}", **r, "floor_met": floor})
         finally:

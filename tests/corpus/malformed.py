@@ -704,8 +704,8 @@ class Outcome:
 
 
 def fingerprint(path: Path) -> dict[str, str]:
-    """Relative name → sha256 of each file under ``path`` (links followed: a symlinked batch's
-    quarantine holds what the link pointed to, ``core._quarantine``)."""
+    """Relative name → sha256 of each file under ``path``, links followed (a symlinked batch is
+    quarantined as its link, which still reads as the same bytes)."""
     import hashlib
 
     path = Path(path)
@@ -723,7 +723,7 @@ def run_kind(kind: Kind, base: Base, work: Path) -> Outcome:
     shutil.copytree(base.store, store)
     before = sum(len(pd.read_parquet(f, columns=["impression_id"])) for f in store.glob("*.parquet"))
     path = kind.make(base, Path(work) / "incoming")
-    before_files = fingerprint(path)
+    before_files, outside = fingerprint(path), fingerprint(Path(work) / "elsewhere")
     params = kind.params(base.params) if kind.params else base.params
     report = ingest(path, base.data_dir, Path(work) / "quarantine", params, impressions_dir=store, now=base.now)
     ids = pd.concat([pd.read_parquet(f, columns=["impression_id"]) for f in store.glob("*.parquet")])["impression_id"]
@@ -740,6 +740,8 @@ def run_kind(kind: Kind, base: Base, work: Path) -> Outcome:
         out.problems.append(f"store: {out.added_rows} rows added by a {kind.verdict} batch")
     if kind.verdict == SPLIT and report.split and out.added_rows != report.split.get("kept_rows"):
         out.problems.append(f"store: {out.added_rows} rows added, expected the {report.split.get('kept_rows')} kept")
+    if fingerprint(Path(work) / "elsewhere") != outside:  # what a link points to is never moved or changed
+        out.problems.append("link targets outside the batch changed")
     if len(message) > 20_000:  # long values are cut in the message, never echoed
         out.problems.append(f"report: failure message of {len(message):,} characters")
     for e in report.failed:  # row and page checks name their counts and a few example rows

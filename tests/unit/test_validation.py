@@ -277,3 +277,36 @@ def test_suite_enums_match_the_shared_vocabularies():
     exps = {e["meta"]["check"]: e for e in load_suite_json("impressions")["expectations"]}
     assert set(exps["platform_enum"]["kwargs"]["value_set"]) == set(PLATFORMS)
     assert set(exps["region_enum"]["kwargs"]["value_set"]) == set(REGIONS)
+
+
+def test_stream_rate_reference_follows_the_accepted_history(tmp_path, data_dir, params, good):
+    """A world with another stream rate (a quarter of the simulator's) is not quarantined: with no
+    configured reference the first batch sets the history, the next batch of the same policy is judged
+    against it and accepted, and a batch of that policy streaming 3× as often is rejected by the drift
+    check.  Statistical: the accepted batch's false-alarm rate is validation.stream_rate.alpha (1e-6);
+    the tripled rate lies ~40 standard errors outside the band (fixed seed)."""
+    p = copy.deepcopy(params)
+    p["validation"]["stream_rate"]["reference"] = None
+    pages = good["request_id"].drop_duplicates().to_numpy()
+    rng = np.random.default_rng(5)
+    quiet = good.assign(reward=(good["reward"].to_numpy() * (rng.random(len(good)) < 0.25)).astype(good["reward"].dtype))
+    if "stream_seconds" in quiet:  # an unstreamed card has no stream duration
+        quiet["stream_seconds"] = quiet["stream_seconds"].where(quiet["reward"] == 1)
+    parts = np.array_split(pages, 3)
+    batch = {i: quiet[quiet["request_id"].isin(set(part))] for i, part in enumerate(parts)}
+    loud = batch[2].copy()
+    extra = rng.random(len(loud)) < 2 * float(loud["reward"].mean())
+    loud["reward"] = np.maximum(loud["reward"].to_numpy(), extra.astype(loud["reward"].dtype))
+    imp, q = tmp_path / "imp", tmp_path / "q"
+
+    first = ingest(_write(batch[0], tmp_path / "in" / "a.parquet"), data_dir, q, p, impressions_dir=imp)
+    assert first.decision == "accepted", first.failure_message()
+    assert first.parameters["stream_rate_reference"] is None, first.parameters
+    second = ingest(_write(batch[1], tmp_path / "in" / "b.parquet"), data_dir, q, p, impressions_dir=imp)
+    assert second.decision == "accepted", second.failure_message()
+    source = second.parameters["stream_rate_reference_source"]
+    assert source.startswith("accepted history of ") and "every policy" not in source, source
+    assert abs(second.parameters["stream_rate_reference"] - float(batch[0]["reward"].mean())) < 1e-12, second.parameters
+    third = ingest(_write(loud, tmp_path / "in" / "c.parquet"), data_dir, q, p, impressions_dir=imp)
+    assert third.decision == "rejected" and "impressions/stream_rate_drift" in _failed(third), (
+        third.decision, float(loud["reward"].mean()), third.parameters["stream_rate_max"])

@@ -124,7 +124,9 @@ def batch_parameters(stats: list[dict], data_dir: Path, params: dict[str, Any], 
     parameters = S.impression_parameters(stand_in, data_dir, params, now)
     # pages never straddle partitions, so the page sums of the stream rate's variance add up
     sums = {k: sum(s["page_sums"][k] for s in stats) for k in ("rows", "pages", "y", "y2", "ym", "m2")}
-    return {**parameters, **S.batch_stream_rate_bounds(sums, params.get("validation") or {})}
+    vparams = params.get("validation") or {}  # this path checks no accepted store: the configured reference
+    reference = S.stream_rate_reference([], S.store_stream_rates(None), vparams)
+    return {**parameters, **S.batch_stream_rate_bounds(sums, vparams, reference)}
 
 
 def validate_partitioned(client, path: Path, data_dir: Path, params: dict[str, Any], partition_rows: int, *,

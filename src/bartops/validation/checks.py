@@ -306,6 +306,29 @@ def store_ids(store_dir: str | os.PathLike | None, exclude_key: str = ""):
     return _store_ids(tuple(sig))
 
 
+@lru_cache(maxsize=256)
+def _store_file_rates(path: str, mtime_ns: int, size: int) -> pd.DataFrame:
+    """Per policy version of one accepted file: rows, page views and streams."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path, columns=["policy_version", "request_id", "reward"]).to_pandas()
+    g = t.groupby(t["policy_version"].astype(str), observed=True)
+    return pd.DataFrame({"rows": g.size(), "pages": g["request_id"].nunique(),
+                         "streams": g["reward"].sum().astype(float)})
+
+
+def store_stream_rates(store_dir: str | os.PathLike | None, exclude_key: str = "") -> pd.DataFrame:
+    """(policy_version → rows, pages, streams) of the accepted store, less the batch ``exclude_key``
+    (each file read once per version: only those three columns)."""
+    frames = []
+    for f in store_files(store_dir, exclude_key):
+        st = os.stat(f)
+        frames.append(_store_file_rates(f, st.st_mtime_ns, st.st_size))
+    if not frames:
+        return pd.DataFrame({"rows": [], "pages": [], "streams": []}, index=pd.Index([], name="policy_version"))
+    return pd.concat(frames).groupby(level=0).sum()
+
+
 def _text(values: pd.Series):
     import pyarrow as pa
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bartops.validation.checks import page_reward_sums
+from bartops.validation.checks import page_reward_sums, store_stream_rates
 from bartops.validation.report import ExpectationOutcome
 
 SUITES = ("impressions", "catalog", "history")
@@ -105,17 +105,57 @@ def stream_rate_bounds(rows: int, reference: float, reference_rows: int, rel_tol
     return max(0.0, reference - half), min(1.0, reference + half)
 
 
-def batch_stream_rate_bounds(sums: dict[str, float], vparams: dict[str, Any]) -> dict[str, Any]:
-    """Suite parameters of the stream-rate check from a batch's ``checks.page_reward_sums``."""
+@dataclass(frozen=True)
+class StreamRateReference:
+    """The stream rate a batch is compared with, how many cards measured it, and where it comes from."""
+
+    rate: float
+    rows: int
+    source: str
+
+
+def stream_rate_reference(batch_versions: list[str], rates: pd.DataFrame, vparams: dict[str, Any]
+                          ) -> StreamRateReference | None:
+    """The drift check's reference, following production: the accepted history of the policy
+    version(s) that logged the batch; for a version without enough history (a new production), the
+    accepted history of every version; before any history, ``validation.stream_rate.reference`` if set;
+    else None (no reference yet: the check passes and says so).  ``rates``: ``checks.store_stream_rates``.
+    "Enough" is ``validation.stream_rate.min_reference_pages`` page views."""
+    sr = vparams.get("stream_rate", {}) or {}
+    min_pages = int(sr.get("min_reference_pages", 50))
+    own = rates.loc[rates.index.intersection(batch_versions)]
+    for chosen, source in ((own, f"accepted history of {', '.join(sorted(batch_versions))}"),
+                           (rates, "accepted history of every policy version (none yet for this batch's)")):
+        if len(chosen) and chosen["pages"].sum() >= min_pages and chosen["rows"].sum() > 0:
+            rows = int(chosen["rows"].sum())
+            return StreamRateReference(float(chosen["streams"].sum()) / rows, rows,
+                                       f"{source}: {int(chosen['pages'].sum()):,} page views")
+    if sr.get("reference") is not None:
+        return StreamRateReference(float(sr["reference"]), int(sr.get("reference_rows", 100_000)),
+                                   "validation.stream_rate.reference (no accepted history yet)")
+    return None
+
+
+def batch_stream_rate_bounds(sums: dict[str, float], vparams: dict[str, Any],
+                             reference: StreamRateReference | None) -> dict[str, Any]:
+    """Suite parameters of the stream-rate check from a batch's ``checks.page_reward_sums`` and its
+    reference (None: no reference yet, bounds [0, 1])."""
     from bartops.validation.checks import design_effect
 
     sr = vparams.get("stream_rate", {}) or {}
     deff = design_effect(sums)
-    lo, hi = stream_rate_bounds(int(sums["rows"]), float(sr.get("reference", 0.05)),
-                                int(sr.get("reference_rows", 100_000)), float(sr.get("rel_tolerance", 0.5)),
-                                float(sr.get("alpha", 1e-6)), design_effect=deff, pages=int(sums["pages"]) or None)
+    if reference is None:
+        lo, hi = 0.0, 1.0
+    else:
+        lo, hi = stream_rate_bounds(int(sums["rows"]), reference.rate, reference.rows,
+                                    float(sr.get("rel_tolerance", 0.5)), float(sr.get("alpha", 1e-6)),
+                                    design_effect=deff, pages=int(sums["pages"]) or None)
     return {"stream_rate_min": lo, "stream_rate_max": hi, "stream_rate_design_effect": deff,
-            "stream_rate_pages": int(sums["pages"])}
+            "stream_rate_pages": int(sums["pages"]),
+            "stream_rate_reference": None if reference is None else reference.rate,
+            "stream_rate_reference_rows": None if reference is None else reference.rows,
+            "stream_rate_reference_source": "none: no accepted history and no configured reference"
+            if reference is None else reference.source}
 
 
 def reference_stream_rate(frame: pd.DataFrame) -> dict[str, Any]:
@@ -162,9 +202,11 @@ def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: dict[str,
     else:  # a stand-in frame (bartops.scale.validate sets the stream-rate bounds from its partitions' sums)
         sums = {"rows": len(frame), "pages": 0, "y": 0.0, "y2": 0.0, "ym": 0.0, "m2": 0.0}
     data_dir = Path(data_dir)
+    versions = sorted(frame["policy_version"].astype(str).unique()) if "policy_version" in frame.columns else []
+    reference = stream_rate_reference(versions, store_stream_rates(store, store_exclude), v)
     return {
         "window_start": start.isoformat(), "window_end": end.isoformat(),
-        **batch_stream_rate_bounds(sums, v),
+        **batch_stream_rate_bounds(sums, v, reference),
         "explored_z": normal_quantile(float(v.get("explored_share_alpha", 1e-6))),
         "max_shelf": int(pol.get("shelves", 6)) - 1, "max_position": int(pol.get("cards", 8)) - 1,
         "items_path": str(data_dir / "items.parquet"),

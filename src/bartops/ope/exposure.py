@@ -62,6 +62,27 @@ def page_layout(candidates: CandidateSet, scores: np.ndarray) -> dict[str, np.nd
 
 
 @numba.njit(cache=True, nogil=True)
+def _free_heads(lo, hi, by_score, choosable, item_used, item_local, expl_used, expl_local, free):
+    """The pairs a head step may choose (item not on the page, explanation not yet a title), in score
+    order into ``free``; their number (the greedy choice is ``free[0]``)."""
+    count = 0
+    for t in range(lo, hi):
+        c = by_score[t]
+        if choosable[c] and not item_used[item_local[c]] and not expl_used[expl_local[c]]:
+            free[count] = c
+            count += 1
+    return count
+
+
+@numba.njit(cache=True, nogil=True)
+def _place_head(pick, s, item_used, item_local, expl_used, expl_local, expl_group, title):
+    """The chosen head takes its item off the page and its explanation becomes shelf ``s``'s title."""
+    item_used[item_local[pick]] = True
+    expl_used[expl_local[pick]] = True
+    title[s] = expl_group[pick]
+
+
+@numba.njit(cache=True, nogil=True)
 def _fill_steps(b_lo, s_from, s_to, title, K, eps_fill, kappa, item_used, item_local, by_expl, expl_off,
                 choosable, weight_of_shelf, count_ok, acc, free):
     """Fills of shelves s_from..s_to−1 (policy ε): accumulate weight_of_shelf[s]·κ·P of the free pairs
@@ -125,12 +146,7 @@ def common_exposures(off, by_score, by_expl, expl_off, expl_group, item_local, e
             draw_eps = alternative_epsilon if j % 2 == 1 else eps_head
             log_ratio = 0.0
             for s in range(S):
-                count = 0
-                for t in range(lo, hi):
-                    c = by_score[t]
-                    if choosable[c] and not item_used[item_local[c]] and not expl_used[expl_local[c]]:
-                        free[count] = c
-                        count += 1
+                count = _free_heads(lo, hi, by_score, choosable, item_used, item_local, expl_used, expl_local, free)
                 if count == 0:
                     break
                 greedy = free[0]
@@ -145,9 +161,7 @@ def common_exposures(off, by_score, by_expl, expl_off, expl_group, item_local, e
                 g = 1.0 if pick == greedy else 0.0
                 log_ratio += np.log((1.0 - alternative_epsilon) * g + alternative_epsilon / count) - \
                     np.log((1.0 - eps_head) * g + eps_head / count)
-                item_used[item_local[pick]] = True
-                expl_used[expl_local[pick]] = True
-                title[s] = expl_group[pick]
+                _place_head(pick, s, item_used, item_local, expl_used, expl_local, expl_group, title)
             w = 1.0 / (natural + (1.0 - natural) * np.exp(log_ratio))
             for i in range(n):
                 acc[i] += w * heads[i]
@@ -186,19 +200,15 @@ def forced_exposures(off, by_score, by_expl, expl_off, expl_group, item_local, e
             forced_shelf = np.random.randint(0, S)
             weight = 0.0
             for s in range(S):
-                count = 0
-                n_set = 0
-                for t in range(lo, hi):
-                    c = by_score[t]
-                    if choosable[c] and not item_used[item_local[c]] and not expl_used[expl_local[c]]:
-                        free[count] = c
-                        count += 1
-                        if expl_group[c] == target:
-                            n_set += 1
+                count = _free_heads(lo, hi, by_score, choosable, item_used, item_local, expl_used, expl_local, free)
                 if count == 0:
                     break
                 greedy = free[0]
                 if s == forced_shelf:
+                    n_set = 0
+                    for i in range(count):
+                        if expl_group[free[i]] == target:
+                            n_set += 1
                     greedy_in = expl_group[greedy] == target
                     mass = (1.0 - eps_head) * (1.0 if greedy_in else 0.0) + eps_head * n_set / count
                     weight = mass if n_set > 0 else 0.0
@@ -220,9 +230,7 @@ def forced_exposures(off, by_score, by_expl, expl_off, expl_group, item_local, e
                         pick = free[min(int(np.random.random() * count), count - 1)]
                     else:
                         pick = greedy
-                item_used[item_local[pick]] = True
-                expl_used[expl_local[pick]] = True
-                title[s] = expl_group[pick]
+                _place_head(pick, s, item_used, item_local, expl_used, expl_local, expl_group, title)
             if weight == 0.0 or title[forced_shelf] != target:
                 continue
             shelf_weight[:] = 0.0

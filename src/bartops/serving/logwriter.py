@@ -19,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
+from bartops.leftovers import pid_alive
+
 PART = ".jsonl.part"
 DONE = ".jsonl"
 IMPRESSIONS = "impressions"
@@ -133,16 +135,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to the log")
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_partial_files(directory: str | Path) -> list[Path]:
     """Close ``.part`` files whose writer process is gone: drop a torn last line, fsync, rename."""
     directory = Path(directory)
@@ -152,7 +144,7 @@ def recover_partial_files(directory: str | Path) -> list[Path]:
             pid = int(part.name[: -len(PART)].split("-")[-2])
         except (IndexError, ValueError):
             continue
-        if pid == os.getpid() or _pid_alive(pid):
+        if pid == os.getpid() or pid_alive(pid):
             continue
         data = part.read_bytes()
         keep = data[: data.rfind(b"\n") + 1]

@@ -242,7 +242,8 @@ def greedy_reference(gate_bundle, eval_params, small_data_dir, parts, tmp_path_f
 
     at = pd.MultiIndex.from_tuples(sum((list(key(s.logs)) for s in states), [])).get_indexer(key(lp))
     assert (at >= 0).all() and len(at) == sum(len(s.logs) for s in states)
-    marg = LoggingMarginals(kappa, np.concatenate([s.marginals.exposure for s in states])[at])
+    marg = LoggingMarginals(kappa, np.concatenate([s.marginals.exposure for s in states])[at],
+                            setup.logging_features.candidates_for(lp.contexts))
     policy, feats = setup.targets["candidate"]
     targets = {"candidate": (policy, feats.candidates_for(lp.contexts)), "production": None}
     local = evaluate_policies(lp, marg, targets, setup.cfg, setup.featurize, setup.kinds)

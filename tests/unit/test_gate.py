@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bartops.gate import GateParams, decide, ece_from_metrics
@@ -106,3 +107,53 @@ def test_the_gate_evaluates_on_productions_own_logs_among_others():
     assert evaluated_policy(["v1"], "v2") == "v1", "logs of one earlier policy are still evaluable"
     with pytest.raises(ValueError, match=r"mix policies \['v1', 'v3'\] and none is production \(v2\)"):
         evaluated_policy(["v3", "v1"], "v2")
+
+
+def test_support_is_computed_on_the_log_time_candidate_sets(small_sim, small_data_dir):
+    """The simulator records the candidate sets its logging policy had (data/logging_candidates.parquet),
+    and the gate computes the logging exposures on them.  A candidate whose candidate generation was
+    enlarged after logging (3× the items per genre, mood, region and new releases) shows pairs the
+    logging policy could never show: on the log-time sets its support share (the exact one the gate
+    takes the lower of) drops by the share of its examination on such pairs; on the enlarged sets (the
+    old behaviour) it stays 1."""
+    from dataclasses import replace as dc_replace
+
+    from bartops.features.candidates import CandidateParams, candidate_table, candidates_for_requests
+    from bartops.gate.evaluate import LoggedCandidates, logging_policy_for
+    from bartops.ope.pipeline import logging_marginals, evaluate_policies
+    from bartops.ope.simulated import blended
+    from bartops.ope.slate import logged_pages
+
+    w = small_sim.world
+    logging, logged_sets = logging_policy_for("logging-popularity", small_data_dir, None,
+                                              {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1})
+    assert isinstance(logged_sets, LoggedCandidates), logged_sets
+    logs = small_sim.impressions[small_sim.impressions["request_id"].isin(
+        small_sim.impressions["request_id"].drop_duplicates().head(300))]
+    lp = logged_pages(logs, w.explanations)
+    wide = CandidateParams(items_per_genre=135, items_per_mood=105, items_per_region=135, items_new=135)
+    now = pd.Timestamp(small_sim.impressions["timestamp"].min()).floor("D")
+    enlarged = candidate_table(w.users, w.items, small_sim.history, w.explanations, now=now, params=wide)
+    log_time = logged_sets.candidates_for(lp.contexts)
+    later = candidates_for_requests(enlarged, lp.contexts["user_id"].to_numpy())
+    assert len(later) > 1.5 * len(log_time), (len(later), len(log_time))
+    candidate = dc_replace(blended(logging, w, 1.0, "enlarged"), version="enlarged")
+    kappa = w.examination(np.arange(6)[:, None], np.arange(8)[None, :])
+    cfg = OPEConfig(n_boot=50, marginal_samples=20, target_samples=1)
+    share = {}
+    for name, sets in (("log-time", log_time), ("enlarged", later)):
+        marg = logging_marginals(logging, lp, sets, cfg, kappa)
+        res = evaluate_policies(lp, marg, {"candidate": (candidate, later)}, cfg)
+        share[name] = res["diagnostics"]["candidate"]["log_time_support"]
+    # the candidate's examination on pairs outside the log-time sets
+    from bartops.policy.page import build_pages
+
+    pages = build_pages(candidate, lp.contexts, later, np.random.default_rng(0))
+    b, s, k = np.nonzero(pages.filled)
+    c = pages.candidate[b, s, k]
+    known = pd.MultiIndex.from_arrays([log_time.page, log_time.explanation, log_time.item_id])
+    inside = pd.MultiIndex.from_arrays([later.page[c], later.explanation[c], later.item_id[c]]).isin(known)
+    outside = float((kappa[s, k] * ~inside).sum() / kappa[s, k].sum())
+    assert outside > 0.1, f"the enlarged candidate should show new pairs; outside share {outside:.3f}"
+    assert share["enlarged"] == 1.0, share
+    assert abs(share["log-time"] - (1 - outside)) < 1e-9, (share, outside)

@@ -11,7 +11,8 @@ import csv
 import glob
 import io
 import json
-from dataclasses import asdict
+import logging
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bartops.features.candidates import candidates_for_requests
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
 from bartops.ope.pipeline import (OPEConfig, estimate_examination, estimate_table, evaluate_policies,
                                   logging_marginals, subsample_pages)
 from bartops.ope.slate import logged_pages
-from bartops.policy.page import PagePolicy
+from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
+
+log = logging.getLogger(__name__)
 
 SIM_LOGGING_VERSION = "logging-popularity"
 
@@ -54,19 +58,39 @@ def validation_reports(files: list[Path], build_dir: Path | None = None) -> list
     return out
 
 
+@dataclass(frozen=True)
+class LoggedCandidates:
+    """The candidate sets a logging policy had when it logged (a table of user_id, explanation, item_id)."""
+
+    table: pd.DataFrame
+
+    def candidates_for(self, contexts: pd.DataFrame) -> CandidateSet:
+        """One page of the logged-time candidates per context row."""
+        return candidates_for_requests(self.table, contexts["user_id"].to_numpy())
+
+
 def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, policy_params: dict
                        ) -> tuple[PagePolicy, Any]:
-    """The policy that served the logs: the simulator's logging policy or a registered bundle."""
+    """The policy that served the logs and what gives its log-time candidate sets (``.candidates_for``):
+    a registered bundle's own feature snapshot, or the simulator's recorded candidate table.  None
+    (an old simulation without the table) means the current snapshot's sets stand in, with a warning."""
     from bartops.reward.policy import load_policy_bundle
 
     if version == SIM_LOGGING_VERSION:
         from bartops.sim.simulate import PopularityAffinityScorer
+        from bartops.sim.store import LOGGING_CANDIDATES
 
         items = pd.read_parquet(Path(data_dir) / "items.parquet")
         history = pd.read_parquet(Path(data_dir) / "history.parquet")
         p = policy_params
-        return PagePolicy(PopularityAffinityScorer(items, history), p["shelves"], p["cards"], p["epsilon_head"],
-                          p["epsilon_fill"], version=version), None
+        policy = PagePolicy(PopularityAffinityScorer(items, history), p["shelves"], p["cards"], p["epsilon_head"],
+                            p["epsilon_fill"], version=version)
+        table = Path(data_dir) / LOGGING_CANDIDATES
+        if not table.is_file():
+            log.warning("%s is missing: the logging policy's support is computed on the current snapshot's "
+                        "candidate sets (re-run `bartops simulate` to record the log-time sets)", table)
+            return policy, None
+        return policy, LoggedCandidates(pd.read_parquet(table))
     if registry is not None and (registry.versions_dir / version).is_dir():
         return load_policy_bundle(registry.path(version))
     raise ValueError(f"the logs were served by policy {version!r}, which is neither the simulator's logging "
@@ -170,8 +194,9 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
     diff = result["differences"]["production"][gp.estimator]
     cand = result["estimates"]["candidate"][gp.estimator]
     kind_lifts = {k: v.to_dict() for k, v in result["kind_lifts"]["production"].items()}
+    cand_diag = result["diagnostics"]["candidate"]  # support: what the logs check, within what the logger could show
     decision = decide(gp, validation_passed, diff.to_dict(), cand.ess, ece_from_metrics(metrics), kind_lifts,
-                      result["diagnostics"]["candidate"]["support_share"])
+                      min(cand_diag["support_share"], cand_diag.get("log_time_support", 1.0)))
     diag = {}
     for name, d in result["diagnostics"].items():
         d = dict(d)

@@ -16,7 +16,9 @@ A candidate is promoted only if every rule passes:
    falsely rejects at most 2.5 % of candidates (at level 0.95) whose kinds all lose less than the
    tolerance.  A kind the logs cannot measure is reported as unmeasured, not as a loss;
 6. ``support``: at least ``min_support_share`` of the candidate's cards fall where the logs can
-   check them (``bartops.ope.pipeline``): beyond that DR is the reward model's extrapolation.
+   check them (``bartops.ope.pipeline``): beyond that DR is the reward model's extrapolation.  The
+   share is the lower of the weights' estimate and the exact share of the candidate's examination
+   on pairs the logging policy could show when it logged (its log-time candidate sets).
 """
 
 from __future__ import annotations

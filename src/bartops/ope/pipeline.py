@@ -104,6 +104,16 @@ class LoggingMarginals:
 
     examination: np.ndarray  # (S, K) examination profile κ, max 1
     exposure: np.ndarray  # per logged row: E₀ of its card (the IPS denominator), > 0 under support
+    candidates: CandidateSet | None = None  # the logging policy's (log-time) candidate sets of the logged pages
+
+
+def log_time_support(marginals: LoggingMarginals, cards: CandidateSet, examination: np.ndarray) -> float:
+    """Σ κ over a target's cards that the logging policy could show (pairs of its log-time candidate
+    sets: under ε-greedy each has E₀ > 0), as part of Σ κ over all its cards; 1 without the sets."""
+    if marginals.candidates is None or not len(cards):
+        return 1.0
+    inside = _locate(marginals.candidates, cards.page, cards.explanation, cards.item_id) >= 0
+    return float((examination * inside).sum() / max(float(examination.sum()), 1e-300))
 
 
 def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, cards: int, seed: int = 0,
@@ -147,7 +157,7 @@ def logging_marginals(logging: PagePolicy, logs: LoggedPages, candidates: Candid
     e0 = examination_marginals(logging, logs.contexts, candidates, kappa, cfg.marginal_samples, cfg.seed,
                                needed=logged)
     exposure = np.where(idx >= 0, e0[np.maximum(idx, 0)], 0.0)
-    return LoggingMarginals(kappa, exposure)
+    return LoggingMarginals(kappa, exposure, candidates)
 
 
 @dataclass(frozen=True)
@@ -255,7 +265,7 @@ def evaluate_policies(
             if kind_code is not None:
                 kind_sums[name] = logging_kind_sums(logs.page, kind_code[logs.explanation], logs.reward,
                                                     logs.n_pages, len(kind_names))
-            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0}
+            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0, "log_time_support": 1.0}
             shown = n
         else:
             policy, cands = spec
@@ -265,7 +275,8 @@ def evaluate_policies(
             target_mass = np.bincount(tp.cards.page, weights=t_exam, minlength=logs.n_pages) / tp.m
             shown = len(tp.cards) / tp.m
             diag[name] = {"policy": policy.version, "target_samples": tp.m,
-                          "unsupported_share": float(tp.exposure[~supported].sum() / max(tp.exposure.sum(), 1e-300))}
+                          "unsupported_share": float(tp.exposure[~supported].sum() / max(tp.exposure.sum(), 1e-300)),
+                          "log_time_support": log_time_support(marginals, tp.cards, t_exam)}
             pt = None
             if x_logged is not None:
                 x_t = featurize(logs.contexts, tp.cards, tp.shelf, tp.position)

@@ -48,6 +48,7 @@ import pandas as pd
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimator, weights
 from bartops.ope.kinds import KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
 from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, TargetPages, estimate_examination, first_row_of_page,
+                                  log_time_support,
                                   logged_row_terms, logging_marginals, on_first_rows, sample_target_pages,
                                   subsample_pages)
 from bartops.ope.slate import LoggedPages, logged_pages
@@ -316,6 +317,8 @@ class PartitionResult:
     kind_streams: np.ndarray  # logged streams of each kind
     supported: int
     min_exposure: float  # among supported rows (inf if none)
+    first_page_view: pd.Timestamp
+    last_page_view: pd.Timestamp
 
 
 def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: np.ndarray, models: Sequence[Any],
@@ -352,8 +355,11 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
             corr = weights(LoggedData(lp.reward, p, q, lp.page, lp.n_pages), clip) * (lp.reward - prediction)
             per_kind[name] = target_kind_sums(lp.page, row_kind, corr, tp.cards.page, kind_code[tp.cards.explanation],
                                               pt, tp.m, lp.n_pages, n_kinds)
+            t_exam = kappa[tp.shelf, tp.position]
             sums[name] = {"shown": len(tp.cards) / tp.m, "cards": float(len(tp.cards)), "m": float(tp.m),
-                          "exposure": float(tp.exposure.sum()), "unsupported": float(tp.exposure[~supported].sum())}
+                          "exposure": float(tp.exposure.sum()), "unsupported": float(tp.exposure[~supported].sum()),
+                          "exam": float(t_exam.sum()),
+                          "exam_inside": log_time_support(marginals, tp.cards, t_exam) * float(t_exam.sum())}
         d = check_inputs(lp.reward, p, q, lp.page, None, prediction, expected, examination=slot_exam,
                          target_mass=on_first_rows(target_mass, first, n))
         stats[name] = partition_statistics(ests, d, lp.request_id)
@@ -364,7 +370,7 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
     min_exposure = float(marginals.exposure[supported].min()) if supported.any() else np.inf
     return PartitionResult(n, lp.n_pages, stats, w_out, sums, per_kind, np.bincount(row_kind, minlength=n_kinds),
                            np.bincount(row_kind, weights=lp.reward, minlength=n_kinds), int(supported.sum()),
-                           min_exposure)
+                           min_exposure, lp.contexts["timestamp"].min(), lp.contexts["timestamp"].max())
 
 
 def _one(stats: PartitionStatistics, i: int) -> PartitionStatistics:
@@ -390,10 +396,12 @@ def reduce_results(results: Sequence[PartitionResult], setup: EvaluationSetup, k
     for name in names:
         s = {k: sum(r.sums[name][k] for r in results) for k in results[0].sums[name]}
         if setup.targets[name] is None:
-            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0}
+            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0, "log_time_support": 1.0}
         else:
             diag[name] = {"policy": setup.targets[name][0].version, "target_samples": int(results[0].sums[name]["m"]),
-                          "unsupported_share": float(s["unsupported"] / max(s["exposure"], 1e-300))}
+                          "unsupported_share": float(s["unsupported"] / max(s["exposure"], 1e-300)),
+                          "log_time_support": float(s["exam_inside"] / max(s["exam"], 1e-300)) if s["exam"] > 0
+                          else 1.0}
         diag[name].update({"weights": np.concatenate([r.weights[name] for r in results]),
                            "support_share": min(1.0, s["covered"] / max(s["mass"], 1e-300)),
                            "clipped_share": float(s["clipped"] / n), "cards_per_page": s["shown"] / n_pages})
@@ -441,6 +449,8 @@ class PartitionedEvaluation:
     models: list[Any]
     n_rows: int
     n_pages: int
+    first_page_view: pd.Timestamp
+    last_page_view: pd.Timestamp
 
 
 def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSetup,
@@ -475,7 +485,8 @@ def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSet
                              for s, f in zip(states, folds)])
     del states
     return PartitionedEvaluation(reduce_results(results, setup, kappa), kappa, models, sum(r.rows for r in results),
-                                 sum(r.pages for r in results))
+                                 sum(r.pages for r in results), min(r.first_page_view for r in results),
+                                 max(r.last_page_view for r in results))
 
 
 def evaluate_bundle_dask(client, bundle_dir: Path, params: dict, registry, impressions: Path | Sequence[Path],
@@ -502,4 +513,6 @@ def evaluate_bundle_dask(client, bundle_dir: Path, params: dict, registry, impre
     return {"result": ev.result, "production": production, "logging_version": version, "config": asdict(cfg),
             "n_pages": ev.n_pages, "n_rows": ev.n_rows,
             "holdout_from": None if holdout_from is None else holdout_from.isoformat(),
+            "first_page_view": pd.Timestamp(ev.first_page_view).isoformat(),
+            "last_page_view": pd.Timestamp(ev.last_page_view).isoformat(),
             "backend": "dask", "partitions": len(parts)}

@@ -13,6 +13,9 @@ from bartops.sim.simulate import SimulatedData, logging_policy, oracle_policy, s
 from bartops.sim.world import _atomic_parquet
 
 
+LOGGING_CANDIDATES = "logging_candidates.parquet"  # (user_id, explanation code, item_id) of the logging policy
+
+
 def write_simulation(data: SimulatedData, out: Path, batch_name: str) -> dict[str, Path]:
     """Catalog, users, truth and history under ``out``; the impression batch under ``out/incoming``.
 
@@ -21,6 +24,8 @@ def write_simulation(data: SimulatedData, out: Path, batch_name: str) -> dict[st
     out = Path(out)
     data.world.save(out)
     _atomic_parquet(data.history, out / "history.parquet")
+    # the candidate sets the logging policy had when it logged: evaluation computes support on these
+    _atomic_parquet(data.candidates[["user_id", "explanation", "item_id"]], out / LOGGING_CANDIDATES)
     incoming = out / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     batch = incoming / f"{batch_name}.parquet"

@@ -108,7 +108,7 @@ def summary_rows(records: list[RoundRecord]) -> list[dict]:
              "decision": r.decision, "DR lift": f"{r.dr_lift:+.3f} [{r.dr_lift_lo:+.3f}, {r.dr_lift_hi:+.3f}]",
              "true lift": f"{r.true_lift:+.3f}",
              "served=logged=joined=accepted": f"{r.served}={r.logged}={r.joined}={r.accepted}",
-             "failed": r.failed_requests} for r in records]
+             "failed": r.failed_requests, "shed (retried)": r.shed_requests} for r in records]
 
 
 def time_rows(records: list[RoundRecord]) -> list[dict]:

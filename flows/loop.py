@@ -140,7 +140,7 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
             oracle_share=truth.value / refs.oracle.value, online_rate=rate, online_rate_lo=rate_lo,
             online_rate_hi=rate_hi, candidate_version=cand, decision=decision, dr_lift=lift[0],
             dr_lift_lo=lift[1], dr_lift_hi=lift[2], true_lift=true_lift, served=served, logged=logged,
-            joined=joined, accepted=accepted, failed_requests=len(traffic.failed),
+            joined=joined, accepted=accepted, failed_requests=len(traffic.failed), shed_requests=traffic.shed,
             page_p50_ms=_percentile(traffic.page_ms, 50), page_p99_ms=_percentile(traffic.page_ms, 99),
             swap_seconds=round(swap_s, 1), traffic_seconds=round(t_traffic, 1), truth_seconds=round(t_truth, 1),
             ingest_seconds=round(t_ingest, 1), retrain_seconds=round(t_retrain, 1),

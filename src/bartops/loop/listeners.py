@@ -5,7 +5,9 @@ region by home).  Its page comes from the live service (``POST /home``); each ca
 streamed with the true probability ``relevance × examination(shelf, position)``; every stream is
 reported to ``POST /feedback``.  Pages are requested first (concurrently), then all streams drawn
 in one vectorised step, then reported (concurrently): the service sees the same requests as from
-real clients, only faster.
+real clients, only faster.  Like a well-behaved client, a listener whose request is shed (503 with
+``Retry-After``) waits that long and asks again, up to ``MAX_ATTEMPTS`` times; a shed request is
+refused before the service does anything, so asking again never serves or records twice.
 """
 
 from __future__ import annotations
@@ -21,6 +23,9 @@ import pandas as pd
 from bartops.policy.page import CandidateSet
 from bartops.sim import World, sample_contexts
 
+MAX_ATTEMPTS = 5  # tries per request while the service sheds it (503 + Retry-After)
+MAX_RETRY_AFTER_S = 5.0  # the longest Retry-After a listener honours
+
 CARD_COLUMNS = ("request_id", "user_id", "platform", "region", "timestamp", "shelf", "position", "item_id",
                 "explanation_id", "policy_version", "propensity")
 
@@ -31,7 +36,8 @@ class Traffic:
 
     cards: pd.DataFrame  # one row per card received (CARD_COLUMNS + p_stream, streamed)
     pages: int  # pages received
-    failed: list[str]  # one line per request that did not get a 200 (status and body)
+    failed: list[str]  # one line per request that did not get a 200 (status and body), retries spent
+    shed: int  # 503 + Retry-After answers that were retried (load shedding, not failures)
     page_ms: np.ndarray  # latency of each /home request
     feedback_ms: np.ndarray  # latency of each /feedback request
 
@@ -45,35 +51,52 @@ class Traffic:
         return self.cards.groupby("request_id", sort=False)["streamed"].sum()
 
 
+def _retry_after(response: httpx.Response) -> float | None:
+    """Seconds to wait before asking again, for a shed request (503 with ``Retry-After``); else None."""
+    if response.status_code != 503 or "retry-after" not in response.headers:
+        return None
+    try:
+        return min(max(float(response.headers["retry-after"]), 0.0), MAX_RETRY_AFTER_S)
+    except ValueError:
+        return None
+
+
 def _post_each(url: str, path: str, bodies: list[dict], timeout: float):
-    """POST each body in turn: (the JSON answers, None where a request failed), failure lines, latencies."""
-    answers, failed, ms = [], [], []
+    """POST each body in turn: (JSON answers, None where a request failed), failure lines, latencies, sheds."""
+    answers, failed, ms, shed = [], [], [], 0
     with httpx.Client(base_url=url, timeout=timeout) as client:
         for body in bodies:
-            t0 = time.perf_counter()
-            try:
-                r = client.post(path, json=body)
-            except httpx.HTTPError as exc:
-                failed.append(f"{path} {body}: {type(exc).__name__}: {exc}")
-                answers.append(None)
-                continue
-            ms.append(1e3 * (time.perf_counter() - t0))
-            if r.status_code != 200:
-                failed.append(f"{path} {body}: {r.status_code} {r.text[:200]}")
-                answers.append(None)
-                continue
-            answers.append(r.json())
-    return answers, failed, ms
+            for attempt in range(1, MAX_ATTEMPTS + 1):
+                t0 = time.perf_counter()
+                try:
+                    r = client.post(path, json=body)
+                except httpx.HTTPError as exc:
+                    failed.append(f"{path} {body}: {type(exc).__name__}: {exc}")
+                    answers.append(None)
+                    break
+                wait = _retry_after(r)
+                if wait is not None and attempt < MAX_ATTEMPTS:
+                    shed += 1
+                    time.sleep(wait)
+                    continue
+                ms.append(1e3 * (time.perf_counter() - t0))
+                if r.status_code != 200:
+                    failed.append(f"{path} {body}: {r.status_code} {r.text[:200]} (attempt {attempt})")
+                    answers.append(None)
+                else:
+                    answers.append(r.json())
+                break
+    return answers, failed, ms, shed
 
 
 def post_concurrently(url: str, path: str, bodies: list[dict], threads: int, timeout: float):
-    """``bodies`` split over ``threads`` clients: (answers in order, failure lines, latencies in ms)."""
+    """``bodies`` split over ``threads`` clients: (answers in order, failure lines, latencies in ms, sheds)."""
     step = max(1, -(-len(bodies) // threads))
     chunks = [bodies[lo: lo + step] for lo in range(0, len(bodies), step)]
     with ThreadPoolExecutor(threads) as pool:
         parts = list(pool.map(lambda chunk: _post_each(url, path, chunk, timeout), chunks))
     return ([a for p in parts for a in p[0]], [f for p in parts for f in p[1]],
-            np.array([m for p in parts for m in p[2]]))
+            np.array([m for p in parts for m in p[2]]), sum(p[3] for p in parts))
 
 
 def _card_rows(body: dict, page: dict) -> list[tuple]:
@@ -100,7 +123,7 @@ def play_listeners(url: str, world: World, page_views: int, rng: np.random.Gener
     contexts = sample_contexts(world, page_views, rng)
     bodies = [{"user_id": int(u), "platform": str(p), "region": str(r)}
               for u, p, r in zip(contexts["user_id"], contexts["platform"], contexts["region"])]
-    pages, failed, page_ms = post_concurrently(url, "/home", bodies, threads, timeout)
+    pages, failed, page_ms, page_shed = post_concurrently(url, "/home", bodies, threads, timeout)
     rows = [row for body, page in zip(bodies, pages) if page is not None for row in _card_rows(body, page)]
     cards = pd.DataFrame(rows, columns=list(CARD_COLUMNS))
     cards["p_stream"] = stream_probability(world, cards) if len(cards) else np.zeros(0)
@@ -109,5 +132,6 @@ def play_listeners(url: str, world: World, page_views: int, rng: np.random.Gener
     seconds = np.round(rng.lognormal(4.9, 0.6, len(streams)), 1)
     reports = [{"request_id": str(rid), "item_id": int(item), "streamed": True, "seconds": float(sec)}
                for rid, item, sec in zip(streams["request_id"], streams["item_id"], seconds)]
-    _, feedback_failed, feedback_ms = post_concurrently(url, "/feedback", reports, threads, timeout)
-    return Traffic(cards, int(cards["request_id"].nunique()), failed + feedback_failed, page_ms, feedback_ms)
+    _, feedback_failed, feedback_ms, feedback_shed = post_concurrently(url, "/feedback", reports, threads, timeout)
+    return Traffic(cards, int(cards["request_id"].nunique()), failed + feedback_failed, page_shed + feedback_shed,
+                   page_ms, feedback_ms)

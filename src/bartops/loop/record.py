@@ -6,7 +6,7 @@ import csv
 import math
 import os
 import uuid
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
 
 ROUNDS_FILE = "rounds.csv"
@@ -49,6 +49,7 @@ class RoundRecord:
     ingest_seconds: float  # closing the log files, the deployment ingest-served-logs (join + validate)
     retrain_seconds: float  # the deployment retrain/nightly (validate, features, train, evaluate, gate)
     seconds: float  # wall time of the round
+    shed_requests: int = 0  # requests the service shed (503 + Retry-After) that the listeners asked again
 
 
 def write_rounds(records: list[RoundRecord], path: str | Path) -> Path:
@@ -81,12 +82,14 @@ def read_rounds(path: str | Path) -> list[RoundRecord]:
     try:
         with open(path, newline="", encoding="utf-8") as fh:
             reader = csv.DictReader(fh)
-            missing = [n for n in names if n not in (reader.fieldnames or [])]
+            optional = {f.name for f in fields(RoundRecord) if f.default is not MISSING}
+            missing = [n for n in names if n not in (reader.fieldnames or []) and n not in optional]
             if missing:
                 raise ValueError(f"{path} is not a loop rounds file: it lacks the column(s) {missing}")
             for i, row in enumerate(reader, start=2):
                 try:
-                    out.append(RoundRecord(**{f.name: _parse(f.type, row[f.name]) for f in fields(RoundRecord)}))
+                    out.append(RoundRecord(**{f.name: _parse(f.type, row[f.name])
+                                              for f in fields(RoundRecord) if f.name in row}))
                 except (ValueError, TypeError) as exc:
                     raise ValueError(f"{path}: line {i} is not a loop round ({type(exc).__name__}: {exc})") from None
     except (UnicodeDecodeError, csv.Error) as exc:

@@ -60,7 +60,7 @@ from bartops.features.assemble import CONTEXT_COLUMNS, FEATURE_NAMES, assemble_r
 from bartops.features.candidates import EXPLANATION_KINDS, candidates_for_requests
 from bartops.features.logstats import page_folds, response_table
 from bartops.features.store import Features
-from bartops.policy.page import EMPTY, CandidateSet, PagePolicy, _construct, logged_slots_to_candidates
+from bartops.policy.page import EMPTY, CandidateSet, PagePolicy, construct_page, logged_slots_to_candidates
 from bartops.reward.policy import candidate_policy
 from bartops.reward.train import RewardParams, time_split, train_reward_models
 from bartops.sim import true_value
@@ -142,7 +142,7 @@ def sample_action_sets(table: pd.DataFrame, impressions: pd.DataFrame, explanati
             out_expl[rows, :m] = np.where(ok, widened.explanation[cand], EMPTY)
             remaining[rows] = count[b]
 
-        _construct(widened, np.zeros(len(widened)), shelves, cards, 0.0, 0.0, rng=None, forced=forced,
+        construct_page(widened, np.zeros(len(widened)), shelves, cards, 0.0, 0.0, rng=None, forced=forced,
                    observe=observe)
     if not in_support.all():
         raise ValueError(f"{int((~in_support).sum())} logged cards lie outside the logging candidate table")

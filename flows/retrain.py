@@ -8,7 +8,6 @@ run before anything downstream; a candidate the gate rejects is not packaged.
 
 from __future__ import annotations
 
-from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact

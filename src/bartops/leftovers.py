@@ -14,13 +14,18 @@ attributed; they are removed once older than ``LEGACY_AGE_S``, longer than any s
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+from bartops.faults import crash_point
 
 TMP, OLD = "tmp", "old"
 OWNED = re.compile(r"^\.(?P<final>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)-[0-9A-Za-z_]+$")
@@ -43,6 +48,44 @@ def temp_path(final: Path, kind: str = TMP) -> Path:
     """A hidden sibling name of ``final`` owned by this process: ``.<name>.<kind>-<pid>-<random>``."""
     final = Path(final)
     return final.with_name(f".{final.name}.{kind}-{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def write_atomic(path: Path | str, write: Callable[[Path], Any]) -> Path:
+    """Write ``path`` all at once: ``write(tmp)`` fills a temporary sibling (``temp_path``), which is
+    flushed to disk and renamed over ``path``; on any error the temporary file is removed and
+    ``path`` keeps its previous content.  Crash point: ``write-file:<name>:before-rename``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        crash_point(f"write-file:{path.name}:before-rename")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def write_text_atomic(path: Path | str, text: str) -> Path:
+    """``write_atomic`` of UTF-8 text."""
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path | str, data: Any, *, sort_keys: bool = False) -> Path:
+    """``write_atomic`` of ``data`` as indented JSON (NumPy values as numbers, paths and other objects
+    as ``str``)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=sort_keys, default=_json_value) + "\n")
+
+
+def _json_value(o: Any) -> Any:
+    return o.tolist() if hasattr(o, "tolist") else str(o)
+
+
+def write_parquet_atomic(frame: Any, path: Path | str) -> Path:
+    """``write_atomic`` of a pandas frame as Parquet (without its index)."""
+    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def make_temp_dir(final: Path) -> Path:

@@ -3,6 +3,7 @@ only what a changed parameter touches; `dvc exp run -S` works.  Real DVC, real s
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -64,6 +65,23 @@ def test_repro_builds_everything_then_does_nothing_then_reruns_only_what_changed
     assert "reward_metrics.json" in metrics and "ope.json" in metrics
     plots = run(["dvc", "plots", "show", "--json"], project)
     assert "calibration.csv" in plots and "policy_value.csv" in plots
+
+
+def test_a_code_change_makes_the_evaluation_stale(project):
+    """Evaluation builds pages with ``policy/``: editing it must make ``evaluate`` (and the rest) stale."""
+    run(["dvc", "repro"], project)
+    assert json.loads(run(["dvc", "status", "--json", "evaluate"], project).strip() or "{}") == {}, \
+        "evaluate is stale right after dvc repro"
+    page = project / "src" / "bartops" / "policy" / "page.py"
+    original = page.read_text()
+    page.write_text(original + "\n# an edit\n")
+    try:
+        status = json.loads(run(["dvc", "status", "--json", "evaluate"], project))
+    finally:
+        page.write_text(original)
+    changed = {path for entry in status.get("evaluate", []) if isinstance(entry, dict)
+               for path in (entry.get("changed deps") or {})}
+    assert "src/bartops" in changed, f"editing policy/page.py left evaluate up to date: dvc status {status}"
 
 
 def test_experiment_with_a_set_parameter(project):

@@ -3,7 +3,6 @@ still lists its deployments (they outlive their runner); `bartops check`'s Prefe
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from bartops.loop.record import read_rounds
+from bartops.ope.estimators import log_weight_histogram
 from bartops.registry import Registry, RegistryError
 
 # ---------------------------------------------------------------------- statuses
@@ -434,20 +435,8 @@ def weight_histogram(gate: Mapping | None, metrics: Mapping | None = None, bins:
 
 
 def histogram_of(weights: Sequence[Any], bins: int = 30) -> dict | None:
-    """Log10-binned histogram of positive finite weights (zeros are counted apart)."""
-    w = np.asarray([v for v in (_num(x) for x in weights) if v is not None], dtype=np.float64)
-    if not len(w):
-        return None
-    pos = w[w > 0]
-    if not len(pos):
-        return {"edges": [0.0, 1.0], "counts": [float(len(w))], "log_x": False, "zeros": int(len(w))}
-    lw = np.log10(pos)
-    lo, hi = float(np.floor(lw.min() * 4) / 4), float(np.ceil(lw.max() * 4) / 4)
-    if hi <= lo:
-        hi = lo + 0.25
-    counts, edges = np.histogram(lw, bins=bins, range=(lo, hi))
-    return {"edges": edges.tolist(), "counts": counts.astype(float).tolist(), "log_x": True,
-            "zeros": int((w == 0).sum())}
+    """``log_weight_histogram`` of the finite figures in ``weights`` (other entries skipped)."""
+    return log_weight_histogram(np.asarray([v for v in (_num(x) for x in weights) if v is not None], np.float64), bins)
 
 
 # ---------------------------------------------------------------------- validation and lineage

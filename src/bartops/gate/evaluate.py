@@ -17,13 +17,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bartops.features.candidates import candidates_for_requests
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
+from bartops.leftovers import recover_leftovers, write_text_atomic
 from bartops.ope.pipeline import (OPEConfig, estimate_examination, estimate_table, evaluate_policies,
                                   logging_marginals, subsample_pages)
+from bartops.ope.estimators import log_weight_histogram
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
@@ -179,12 +180,6 @@ def training_cut(bundle_dir: Path) -> pd.Timestamp | None:
         pd.Timestamp(cut, tz="UTC")
 
 
-def _weight_histogram(w: np.ndarray) -> dict | None:
-    from bartops.dashboard.views import histogram_of
-
-    return histogram_of(np.asarray(w, float).tolist())
-
-
 def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list[dict] | None,
                   lineage: dict | None = None, version: str | None = None) -> dict:
     """The gate decision with its evidence (the content of gate.json)."""
@@ -204,7 +199,7 @@ def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list
         d.update({"ess": float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0,
                   "max_weight": float(w.max()), "nonzero_weights": int((w > 0).sum())})
         if name == "candidate":
-            d["weight_histogram"] = _weight_histogram(w)
+            d["weight_histogram"] = log_weight_histogram(w)
         diag[name] = d
     diag["logging_marginals"] = result["logging"]
     lin = lineage or {}
@@ -243,35 +238,21 @@ def markdown(version: str, decision: dict) -> str:
     return "\n".join(lines)
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    """Write ``text`` to a hidden temporary file named after this process, then rename it to ``path``."""
-    from bartops.faults import crash_point
-    from bartops.leftovers import temp_path
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_path(path)
-    tmp.write_text(text, encoding="utf-8")
-    crash_point(f"write-file:{path.name}:before-rename")
-    tmp.replace(path)
-
-
 def write_reports(decision: dict, out_dir: Path) -> tuple[Path, Path]:
     """``ope.json`` (DVC metrics: the OPE table and the decision) and ``policy_value.csv`` (DVC plot
     data: estimator, policy, value, lower, upper), each written atomically."""
-    from bartops.leftovers import recover_leftovers
-
     out_dir = Path(out_dir)
     recover_leftovers(out_dir)  # what a killed earlier run left
     metrics = {k: decision[k] for k in ("decision", "summary", "failed", "rules", "estimator", "production", "logs")}
     metrics["table"] = decision["ope"]["table"]
     metrics["diagnostics"] = decision["ope"]["diagnostics"]
     ope_json = out_dir / "ope.json"
-    _atomic_write(ope_json, json.dumps(metrics, indent=2, default=float))
+    write_text_atomic(ope_json, json.dumps(metrics, indent=2, default=float))
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
     wr.writerow(["estimator", "policy", "value", "lower", "upper"])
     for r in decision["ope"]["table"]:
         wr.writerow([r["estimator"], r["policy"], r["value"], r["ci_low"], r["ci_high"]])
     csv_path = out_dir / "policy_value.csv"
-    _atomic_write(csv_path, buf.getvalue())
+    write_text_atomic(csv_path, buf.getvalue())
     return ope_json, csv_path

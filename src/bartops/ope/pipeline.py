@@ -61,7 +61,7 @@ from bartops.ope.kinds import KindPageSums, kind_lifts, logging_kind_sums, per_k
 from bartops.ope.reward import cross_fit
 from bartops.ope.slate import LoggedPages, examination_marginals
 from bartops.ope.validate import LoggedData, check_inputs
-from bartops.policy.page import CandidateSet, PagePolicy, _locate, build_pages
+from bartops.policy.page import CandidateSet, PagePolicy, locate_cards, build_pages
 
 Featurize = Callable[[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray], np.ndarray]
 
@@ -112,7 +112,7 @@ def log_time_support(marginals: LoggingMarginals, cards: CandidateSet, examinati
     sets: under ε-greedy each has E₀ > 0), as part of Σ κ over all its cards; 1 without the sets."""
     if marginals.candidates is None or not len(cards):
         return 1.0
-    inside = _locate(marginals.candidates, cards.page, cards.explanation, cards.item_id) >= 0
+    inside = locate_cards(marginals.candidates, cards.page, cards.explanation, cards.item_id) >= 0
     return float((examination * inside).sum() / max(float(examination.sum()), 1e-300))
 
 
@@ -151,7 +151,7 @@ def logging_marginals(logging: PagePolicy, logs: LoggedPages, candidates: Candid
     """E₀ of each logged card under the logging policy (Rao-Blackwellised MC, ``ope.slate``), for the
     examination profile ``examination`` (from ``estimate_examination``; None = every slot alike)."""
     kappa = np.ones((logging.shelves, logging.cards)) if examination is None else np.asarray(examination, float)
-    idx = _locate(candidates, logs.page, logs.explanation, logs.item_id)
+    idx = locate_cards(candidates, logs.page, logs.explanation, logs.item_id)
     logged = np.zeros(len(candidates), bool)
     logged[idx[idx >= 0]] = True
     e0 = examination_marginals(logging, logs.contexts, candidates, kappa, cfg.marginal_samples, cfg.seed,

@@ -39,8 +39,8 @@ from bartops.policy.page import (
     CandidateSet,
     PagePolicy,
     TitleForcing,
-    _construct,
-    _locate,
+    construct_page,
+    locate_cards,
     build_pages,
     logged_choice_probabilities,
 )
@@ -196,7 +196,7 @@ def _rb_query_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int,
                 out[queries[at]] += (p * w).sum(axis=0)
                 support[queries[at]] += (avail & (np.asarray(w) > 0)).sum(axis=0)
 
-            _construct(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, force_title=force,
+            construct_page(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, force_title=force,
                        last_shelf=int(s))
             done += reps_now
     return out / n_samples, support
@@ -229,7 +229,7 @@ def slot_marginals_with_support(
     scores = np.asarray(scores, np.float64)
     S, K = policy.shelves, policy.cards
     inside = (shelf >= 0) & (shelf < S) & (position >= 0) & (position < K)
-    idx = _locate(candidates, page, np.asarray(explanation, np.int64), np.asarray(item_id, np.int64))
+    idx = locate_cards(candidates, page, np.asarray(explanation, np.int64), np.asarray(item_id, np.int64))
     ok = inside & (idx >= 0)
     ok[ok] &= candidates.choosable[idx[ok]]
     out = np.zeros(len(page))
@@ -293,7 +293,7 @@ def examination_marginals(
     layout = page_layout(candidates, scores)
     group = layout["expl_group"]
     # a title the greedy page does not use is rare: its fills are estimated with the title forced
-    greedy = _construct(candidates, scores, S, K, 0.0, 0.0, np.random.default_rng(0))
+    greedy = construct_page(candidates, scores, S, K, 0.0, 0.0, np.random.default_rng(0))
     heads = greedy.candidate[:, :, 0]
     rare = ~np.isin(group, group[heads[heads >= 0]])
     skipped = np.zeros(len(candidates), bool)

@@ -182,7 +182,7 @@ class TitleForcing:
     weight: np.ndarray  # (B,) float64, written at the forced step (1 before it)
 
 
-def _construct(
+def construct_page(
     candidates: CandidateSet,
     scores: np.ndarray,
     shelves: int,
@@ -306,7 +306,7 @@ def build_pages(
         raise ValueError(f"candidates describe {candidates.n_pages} pages but contexts has {len(contexts)} rows")
     if scores is None:
         scores = policy.scorer(contexts, candidates)
-    return _construct(
+    return construct_page(
         candidates, scores, policy.shelves, policy.cards, policy.epsilon_head, policy.epsilon_fill, rng
     )
 
@@ -338,7 +338,7 @@ def logged_slots_to_candidates(
         candidates.n_pages,
         np.concatenate([candidates.choosable, np.zeros(len(page), bool)]),
     )
-    idx = _locate(widened, page, explanation, item_id)
+    idx = locate_cards(widened, page, explanation, item_id)
     inside = (shelf < shelves) & (position < cards) & (shelf >= 0) & (position >= 0)
     forced = np.full((candidates.n_pages, shelves, cards), EMPTY, np.int64)
     forced[page[inside], shelf[inside], position[inside]] = idx[inside]
@@ -368,7 +368,7 @@ def logged_choice_probabilities(
     if ch.any():
         sub = CandidateSet(widened.page[ch], widened.item_id[ch], widened.explanation[ch], widened.n_pages, widened.choosable[ch])
         scores[ch] = policy.scorer(contexts, sub)
-    replay = _construct(
+    replay = construct_page(
         widened, np.where(ch, scores, -1e300), policy.shelves, policy.cards,
         policy.epsilon_head, policy.epsilon_fill, rng=None, forced=forced,
     )
@@ -418,7 +418,7 @@ def slot_marginals(
     while done < reps:
         r = min(chunk, reps - done)
         rep = _replicate(candidates, r)
-        built = _construct(rep, np.tile(scores, r), policy.shelves, policy.cards,
+        built = construct_page(rep, np.tile(scores, r), policy.shelves, policy.cards,
                            policy.epsilon_head, policy.epsilon_fill, rng)
         n = len(candidates)
         cand = built.candidate.reshape(r, candidates.n_pages, policy.shelves, policy.cards)
@@ -432,7 +432,7 @@ def slot_marginals(
     return p, se
 
 
-def _locate(cands: CandidateSet, page: np.ndarray, explanation: np.ndarray, item_id: np.ndarray) -> np.ndarray:
+def locate_cards(cands: CandidateSet, page: np.ndarray, explanation: np.ndarray, item_id: np.ndarray) -> np.ndarray:
     """Index of each (page, explanation, item) query in the candidate set, -1 where absent."""
     index = pd.MultiIndex.from_arrays([cands.page, cands.explanation, cands.item_id])
     return index.get_indexer(pd.MultiIndex.from_arrays([page, explanation, item_id]))
@@ -440,7 +440,7 @@ def _locate(cands: CandidateSet, page: np.ndarray, explanation: np.ndarray, item
 
 def _candidate_index_map(original: CandidateSet, widened: CandidateSet) -> np.ndarray:
     """For each widened index, the original candidate index (-1 for added, unchoosable pairs)."""
-    pos = _locate(original, widened.page, widened.explanation, widened.item_id)
+    pos = locate_cards(original, widened.page, widened.explanation, widened.item_id)
     return np.where(widened.choosable, pos, EMPTY)
 
 

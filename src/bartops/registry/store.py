@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from bartops.faults import crash_point
-from bartops.leftovers import recover_leftovers, temp_path
+from bartops.leftovers import recover_leftovers, temp_path, write_json_atomic
 
 POINTER = "production.json"
 HISTORY = "history.jsonl"
@@ -54,23 +54,6 @@ class RegistryError(RuntimeError):
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` via a flushed temporary file (named after this process) and ``os.replace``."""
-    path = Path(path)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, sort_keys=True, default=str)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        crash_point(f"write-file:{path.name}:before-rename")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _read_json(path: Path) -> Any:
@@ -166,13 +149,13 @@ class Registry:
             try:
                 shutil.copytree(bundle, tmp)
                 crash_point("registry:register:copied")
-                atomic_write_json(tmp / "policy.json", {**policy, "version": version})
-                atomic_write_json(tmp / "registry.json", {
+                write_json_atomic(tmp / "policy.json", {**policy, "version": version}, sort_keys=True)
+                write_json_atomic(tmp / "registry.json", {
                     "version": version,
                     "registered_at": _now(),
                     "source": str(bundle.resolve()),
                     "source_version": policy.get("version"),
-                })
+                }, sort_keys=True)
                 os.rename(tmp, final)
                 crash_point("registry:register:renamed")
             finally:
@@ -214,7 +197,7 @@ class Registry:
             raise TypeError(f"decision must be a dict, got {type(decision).__name__}")
         target = self.path(version) / "gate.json"
         with self._locked():
-            atomic_write_json(target, {**decision, "version": version, "recorded_at": _now()})
+            write_json_atomic(target, {**decision, "version": version, "recorded_at": _now()}, sort_keys=True)
         return target
 
     # ------------------------------------------------------------------ production pointer
@@ -287,7 +270,8 @@ class Registry:
         seq = 1 if ptr is None else int(ptr["seq"]) + 1
         event = {"seq": seq, "action": action, "version": version, "previous": previous,
                  "reason": reason.strip(), "at": _now()}
-        atomic_write_json(self.root / POINTER, {"version": version, "seq": seq, "stack": stack, "event": event})
+        write_json_atomic(self.root / POINTER, {"version": version, "seq": seq, "stack": stack, "event": event},
+                          sort_keys=True)
         crash_point("registry:switched")
         self._append_history(event)  # after the commit: history() recovers it from the pointer if lost
         return event
@@ -328,7 +312,7 @@ class Registry:
             self.path(check_version_name(current))
             seq, last = events[-1]
             ptr = {"version": current, "seq": seq, "stack": stack, "event": last}
-            atomic_write_json(self.root / POINTER, ptr)
+            write_json_atomic(self.root / POINTER, ptr, sort_keys=True)
             return ptr
 
     def history(self) -> list[dict]:

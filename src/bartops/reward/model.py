@@ -8,7 +8,6 @@ so any of them can be a page-policy scorer (``bartops.reward.policy.model_scorer
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ from bartops.faults import crash_point
 from bartops.features.arrays import native_threads
 from bartops.features.assemble import FEATURE_NAMES, assemble_rows, feature_schema_hash
 from bartops.features.store import Features, atomic_replace_dir
-from bartops.leftovers import make_temp_dir, recover_leftovers, temp_path
+from bartops.leftovers import make_temp_dir, recover_leftovers
 from bartops.policy.page import CandidateSet
 
 MODEL_FILE = "model.ubj"
@@ -258,21 +257,3 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON-serialisable: {type(o).__name__}")
-
-
-def write_json_atomic(path: Path, data: Any) -> Path:
-    """Write JSON to a temp file beside ``path`` (named after this process) and rename it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    recover_leftovers(path.parent)
-    tmp = temp_path(path)
-    try:
-        with open(tmp, "x", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2, default=_json_default)
-        crash_point(f"write-file:{path.name}:before-rename")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path

@@ -11,10 +11,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bartops.features.logstats import load_impressions
 from bartops.features.store import Features, build_features, load_features, save_features
-from bartops.reward.model import RewardModel, save_model, write_json_atomic
+from bartops.leftovers import recover_leftovers, write_json_atomic
+from bartops.reward.model import RewardModel, save_model
 from bartops.reward.policy import write_policy_bundle
-from bartops.reward.train import TrainingResult, load_impressions, train_reward_models
+from bartops.reward.train import TrainingResult, train_reward_models
 
 
 def default_paths(params: dict[str, Any]) -> dict[str, Path]:
@@ -77,6 +79,7 @@ def write_training_outputs(result: TrainingResult, features: Features, data_vers
               "features_response_current": source.get("data_version") == data_version,
               "backend": backend, **result.metrics}
     if metrics_path is not None:
+        recover_leftovers(Path(metrics_path).parent)
         write_json_atomic(Path(metrics_path), report)
         written["metrics"] = str(metrics_path)
         written["calibration"] = str(write_calibration_csv(report, Path(metrics_path).with_name("calibration.csv")))

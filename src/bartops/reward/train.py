@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,7 +26,7 @@ from bartops.features.arrays import native_threads
 from bartops.features.assemble import (FEATURE_NAMES, RESPONSE_NAMES, assemble_rows, feature_schema_hash,
                                        impression_inputs, response_columns)
 from bartops.features.candidates import EXPLANATION_KINDS
-from bartops.features.logstats import load_impressions, page_folds, response_tables, time_split
+from bartops.features.logstats import page_folds, response_tables, time_split
 from bartops.features.store import Features
 from bartops.reward.model import LogisticModel, PopularityModel, RewardModel
 

@@ -133,11 +133,11 @@ def validate_partitioned(client, path: Path, data_dir: Path, params: dict[str, A
                          now: pd.Timestamp | None = None) -> ValidationReport:
     """``validate_batch`` of a parquet batch (file or folder) on page-aligned partitions (moves nothing)."""
     from bartops.validation import suites as S
-    from bartops.validation.core import _check_reference
+    from bartops.validation.core import check_reference
 
     t0 = time.perf_counter()
     path, data_dir = Path(path), Path(data_dir)
-    _check_reference(data_dir)
+    check_reference(data_dir)
     report = ValidationReport(batch=str(path), passed=False, decision="validated",
                               created_at=pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds"))
     now = pd.Timestamp(now if now is not None else pd.Timestamp.now(tz="UTC"))

@@ -30,16 +30,16 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from bartops.leftovers import write_atomic
 from bartops.logs.schema import IMPRESSION_COLUMNS, conform_impressions
 from bartops.serving.logwriter import (
     DONE,
@@ -253,20 +253,8 @@ def _load_manifest(log_dir: Path) -> dict[str, Any]:
     return manifest
 
 
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def _write_manifest(log_dir: Path, manifest: dict[str, Any]) -> None:
-    _atomic_write(log_dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
+    write_atomic(log_dir / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=2, sort_keys=True)))
 
 
 def _consumed(log_dir: Path, manifest: dict[str, Any]) -> tuple[list[Path], list[Path], list[Path]]:
@@ -413,13 +401,13 @@ def _join(log_dir: Path, out_dir: Path, window: pd.Timedelta, now_ts: pd.Timesta
             manifest["pending"] = {"files": names, "batch": name}
             _write_manifest(log_dir, manifest)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write(out_dir / name, lambda p: batch.to_parquet(p, index=False))
+        write_atomic(out_dir / name, lambda p: batch.to_parquet(p, index=False))
         result.batch = str(out_dir / name)
     new_carry = None
     if len(kept):
         digest = hashlib.sha256(pd.util.hash_pandas_object(kept, index=False).to_numpy().tobytes()).hexdigest()
         new_carry = f"{CARRY}-{digest[:16]}{DONE}"
-        _atomic_write(log_dir / new_carry, lambda p: _write_jsonl(p, kept))
+        write_atomic(log_dir / new_carry, lambda p: _write_jsonl(p, kept))
     if not names and offsets == manifest["feedback"] and new_carry == manifest["carry"] \
             and cache == manifest["waiting"]:
         result.retired = retired

@@ -10,7 +10,7 @@ import pandas as pd
 
 from bartops.features.candidates import candidates_for_requests
 from bartops.sim.simulate import SimulatedData, logging_policy, oracle_policy, sample_contexts, true_value
-from bartops.sim.world import _atomic_parquet
+from bartops.leftovers import write_parquet_atomic
 
 
 LOGGING_CANDIDATES = "logging_candidates.parquet"  # (user_id, explanation code, item_id) of the logging policy
@@ -23,13 +23,13 @@ def write_simulation(data: SimulatedData, out: Path, batch_name: str) -> dict[st
     """
     out = Path(out)
     data.world.save(out)
-    _atomic_parquet(data.history, out / "history.parquet")
+    write_parquet_atomic(data.history, out / "history.parquet")
     # the candidate sets the logging policy had when it logged: evaluation computes support on these
-    _atomic_parquet(data.candidates[["user_id", "explanation", "item_id"]], out / LOGGING_CANDIDATES)
+    write_parquet_atomic(data.candidates[["user_id", "explanation", "item_id"]], out / LOGGING_CANDIDATES)
     incoming = out / "incoming"
     incoming.mkdir(parents=True, exist_ok=True)
     batch = incoming / f"{batch_name}.parquet"
-    _atomic_parquet(data.impressions, batch)
+    write_parquet_atomic(data.impressions, batch)
     return {"world": out, "history": out / "history.parquet", "batch": batch}
 
 

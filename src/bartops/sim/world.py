@@ -21,6 +21,7 @@ import pandas as pd
 
 from bartops.context import PLATFORMS, REGIONS, local_hour, platform_code
 from bartops.features.candidates import EXPLANATION_KINDS, explanation_table
+from bartops.leftovers import write_parquet_atomic
 from bartops.policy.page import CandidateSet
 
 GENRES = ("pop", "rock", "hip-hop", "electronic", "jazz", "classical", "indie", "metal", "latin",
@@ -237,9 +238,9 @@ class World:
     def save(self, directory: Path) -> None:
         """Write the catalog and users as parquet and the hidden truth as ``truth/`` (.npy + JSON)."""
         directory.mkdir(parents=True, exist_ok=True)
-        _atomic_parquet(self.items, directory / "items.parquet")
-        _atomic_parquet(self.users, directory / "users.parquet")
-        _atomic_parquet(self.explanations, directory / "explanations.parquet")
+        write_parquet_atomic(self.items, directory / "items.parquet")
+        write_parquet_atomic(self.users, directory / "users.parquet")
+        write_parquet_atomic(self.explanations, directory / "explanations.parquet")
         # .npy files and JSON rather than .npz: byte-identical for the same seed (zip stores times)
         truth = directory / "truth"
         tmp = directory / ".truth.tmp"
@@ -276,8 +277,3 @@ def _zipf(n: int, a: float) -> np.ndarray:
     w = 1.0 / np.arange(1, n + 1) ** a
     return w / w.sum()
 
-
-def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    df.to_parquet(tmp, index=False)
-    tmp.replace(path)

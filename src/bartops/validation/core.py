@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from bartops.faults import crash_point
@@ -68,7 +67,8 @@ def _now_iso() -> str:
     return pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
 
 
-def _check_reference(data_dir: Path) -> None:
+def check_reference(data_dir: Path) -> None:
+    """Raise ``ValidationSetupError`` naming the catalog files missing under ``data_dir``."""
     missing = [n for n in CATALOG_FILES if not (Path(data_dir) / n).exists()]
     if missing:
         raise ValidationSetupError(f"reference data {missing} missing under {data_dir}: run `bartops simulate` "
@@ -81,7 +81,7 @@ def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timest
 
     t0 = time.perf_counter()
     path = Path(path)
-    _check_reference(data_dir)
+    check_reference(data_dir)
     report = ValidationReport(batch=str(path), passed=False, decision="validated", created_at=_now_iso())
     try:
         batch = read_batch(path)

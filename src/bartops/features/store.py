@@ -53,8 +53,8 @@ SNAPSHOT_ARRAYS = ("item_ids", "item_emb", "user_ids", "user_emb", "user_plays",
 class FeatureParams:
     """``params.yaml`` → ``features:``."""
 
-    half_life_days: float = 30.0
-    embedding_dim: int = 16
+    half_life_days: float = 365.0
+    embedding_dim: int = 8
     clusters: int = 24
     similar_items: int = 10
     response_prior: float = 2.0  # prior strength (expected streams) of the user × kind lift

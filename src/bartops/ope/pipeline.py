@@ -74,7 +74,7 @@ class OPEConfig:
     level: float = 0.95
     seed: int = 0
     marginal_samples: int = 100  # Monte-Carlo pages for the logging policy's exposures E₀
-    target_samples: int = 8  # sampled pages per context for a stochastic target (1 if greedy)
+    target_samples: int = 4  # sampled pages per context for a stochastic target (1 if greedy)
     clip: float | None = None  # optional weight cap of IPS and SNIPS
     dr_clip: float | None = 100.0  # weight cap of DR's correction term (see module docs)
     folds: int = 2

@@ -38,19 +38,19 @@ class RewardParams:
     """``params.yaml`` → ``reward:``."""
 
     weighting: str = "ips"  # "ips" (1/propensity) or "none"
-    clip: float | None = 10.0  # largest sample weight; None = no clipping
+    clip: float | None = 3.0  # largest sample weight; None = no clipping
     normalize: bool = True  # scale weights to mean 1
     validation_fraction: float = 0.2  # the latest share of page views, by time
-    num_boost_round: int = 200
+    num_boost_round: int = 300
     xgboost: dict = field(default_factory=lambda: {
-        "max_depth": 6, "eta": 0.1, "subsample": 1.0, "min_child_weight": 1.0, "lambda": 1.0,
+        "max_depth": 4, "eta": 0.02, "min_child_weight": 200, "subsample": 1.0, "lambda": 1.0,
     })
     baselines: tuple[str, ...] = BASELINES
     logistic_C: float = 1.0
     popularity_prior: float = 20.0
     ece_bins: int = 10
     response_folds: int = 5  # out-of-fold folds (by page view) of the logged-response features
-    stack: str = "none"  # "logistic": trees fitted on top of a logistic regression's log-odds (base_margin)
+    stack: str = "logistic"  # "logistic": trees fitted on top of a logistic regression's log-odds (base_margin)
     stack_rows: int = 200_000  # training rows (a seeded sample) the stacked logistic regression is fitted on
     baseline_rows: int | None = 1_000_000  # the comparison baselines fit on a seeded sample of at most this many rows
 

@@ -20,10 +20,10 @@ class ServingConfig:
 
     log_dir: str = "serving-logs"
     log_rotate_rows: int = 20_000  # rows per log file before it is closed (flushed + fsynced)
-    log_rotate_seconds: float = 60.0  # ... or once the file is this old, even when idle
+    log_rotate_seconds: float = 15.0  # ... or once the file is this old, even when idle
     max_body_bytes: int = 8192  # larger request bodies get a 413
     attribution_window_seconds: float = 1800.0  # a stream counts if reported this soon after the page
-    workers: int = 1  # BentoML API worker processes
+    workers: int = 2  # BentoML API worker processes
     registry_poll_seconds: float = 1.0  # how often a service serving the registry looks for a new production
     max_in_flight: int = 4  # at most this many /home + /feedback requests held per worker; more get 503
     shed_target_ms: float = 50.0  # ... fewer while (held + 1) x the time a request costs now exceeds this

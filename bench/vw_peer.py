@@ -143,7 +143,7 @@ def sample_action_sets(table: pd.DataFrame, impressions: pd.DataFrame, explanati
             remaining[rows] = count[b]
 
         construct_page(widened, np.zeros(len(widened)), shelves, cards, 0.0, 0.0, rng=None, forced=forced,
-                   observe=observe)
+                       observe=observe)
     if not in_support.all():
         raise ValueError(f"{int((~in_support).sum())} logged cards lie outside the logging candidate table")
     pi = impressions["propensity"].to_numpy(np.float64)

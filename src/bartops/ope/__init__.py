@@ -14,18 +14,8 @@ from bartops.ope.estimators import (
     paired_difference,
     snips,
 )
-from bartops.ope.slate import (
-    LoggedActionProbabilities,
-    LoggedPages,
-    expected_under_target,
-    logged_pages,
-    logging_probabilities,
-    probabilities_of_logged_actions,
-    slot_marginal_probabilities,
-)
+from bartops.ope.slate import LoggedPages, logged_pages
 from bartops.ope.validate import LoggedData, check_inputs
 
 __all__ = ["IPS", "SNIPS", "DR", "Estimate", "LoggedData", "check_inputs", "evaluate", "evaluate_many", "ips",
-           "snips", "dr", "page_ips", "paired_difference", "make_estimator", "LoggedPages", "logged_pages",
-           "LoggedActionProbabilities", "probabilities_of_logged_actions", "logging_probabilities",
-           "slot_marginal_probabilities", "expected_under_target"]
+           "snips", "dr", "page_ips", "paired_difference", "make_estimator", "LoggedPages", "logged_pages"]

@@ -27,23 +27,13 @@ of every candidate, which ``bartops.ope.pipeline`` uses as the gate's weights.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
 
 from bartops.logs.schema import SchemaError
 from bartops.ope.exposure import KERNEL_LOCK, common_exposures, forced_exposures, page_layout
-from bartops.policy.page import (
-    EMPTY,
-    CandidateSet,
-    PagePolicy,
-    TitleForcing,
-    construct_page,
-    locate_cards,
-    build_pages,
-    logged_choice_probabilities,
-)
+from bartops.policy.page import CandidateSet, PagePolicy, TitleForcing, build_pages, construct_page, locate_cards
 
 _CELLS = 4_000_000  # dense cells per vectorised replicate chunk
 HEAD_PROPOSAL_EPSILON = 0.6  # head exploration of the defensive proposal for exposure marginals
@@ -98,22 +88,6 @@ def logged_pages(logs: pd.DataFrame, explanations: pd.DataFrame) -> LoggedPages:
                        logs["position"].to_numpy(np.int64), logs["item_id"].to_numpy(np.int64),
                        code.loc[ids].to_numpy(np.int64), logs["reward"].to_numpy(np.float64),
                        logs["propensity"].to_numpy(np.float64), pv)
-
-
-@dataclass(frozen=True)
-class LoggedActionProbabilities:
-    """Per logged row: the policy's probability of that card in each of the senses above."""
-
-    conditional: np.ndarray
-    prefix: np.ndarray
-    page: np.ndarray
-    marginal: np.ndarray
-    marginal_se: np.ndarray
-
-    def kind(self, name: str) -> np.ndarray:
-        if name not in ("conditional", "prefix", "page", "marginal"):
-            raise ValueError(f"unknown probability kind {name!r}; use conditional, prefix, page or marginal")
-        return getattr(self, name)
 
 
 def step_index(shelf: np.ndarray, position: np.ndarray, shelves: int, cards: int) -> np.ndarray:
@@ -197,7 +171,7 @@ def _rb_query_marginals(cands: CandidateSet, scores: np.ndarray, S: int, K: int,
                 support[queries[at]] += (avail & (np.asarray(w) > 0)).sum(axis=0)
 
             construct_page(rep, rep_scores, S, K, eps_head, eps_fill, rng, observe=accumulate, force_title=force,
-                       last_shelf=int(s))
+                           last_shelf=int(s))
             done += reps_now
     return out / n_samples, support
 
@@ -321,127 +295,3 @@ def examination_marginals(
                                          rng.integers(0, 2**32 - 1, len(tasks)))
     out[skipped] = np.nan
     return out
-
-
-def _step_probabilities(free: np.ndarray, count: np.ndarray, greedy_col: np.ndarray, eps: float,
-                        keep: np.ndarray | None = None) -> np.ndarray:
-    """Exact ε-greedy probability of every remaining pair at this step, given the prefix (dense),
-    zero outside ``keep``."""
-    has = count > 0
-    kept = free if keep is None else free & keep
-    p = kept * (eps / np.maximum(count, 1))[:, None]
-    rows = np.flatnonzero(has)
-    p[rows, greedy_col[has]] += (1 - eps) * kept[rows, greedy_col[has]]
-    return p
-
-
-def slot_marginal_probabilities(
-    policy: PagePolicy,
-    contexts: pd.DataFrame,
-    candidates: CandidateSet,
-    page: np.ndarray,
-    shelf: np.ndarray,
-    position: np.ndarray,
-    item_id: np.ndarray,
-    explanation: np.ndarray,
-    n_samples: int = 200,
-    seed: int = 0,
-    scores: np.ndarray | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Marginal P(policy puts (item, explanation) at (shelf, position) | context) per query row.
-
-    Exact for ε = 0; otherwise Rao-Blackwellised Monte Carlo (see module docs).  Returns the
-    probabilities and a bound on their MC standard error (0 when exact).
-    """
-    out, _ = slot_marginals_with_support(policy, contexts, candidates, page, shelf, position, item_id,
-                                         explanation, n_samples, seed, scores)
-    if policy.epsilon_head == 0 and policy.epsilon_fill == 0:
-        return out, np.zeros(len(out))
-    return out, np.sqrt(out * (1 - out) / int(n_samples))
-
-
-def probabilities_of_logged_actions(
-    policy: PagePolicy,
-    logs: LoggedPages,
-    candidates: CandidateSet,
-    n_samples: int = 200,
-    seed: int = 0,
-    scores: np.ndarray | None = None,
-) -> LoggedActionProbabilities:
-    """The policy's probabilities of each logged card: conditional (on the logged prefix, from the
-    page policy's ``logged_choice_probabilities``), prefix and page products, and slot marginals.
-
-    ``candidates`` holds the policy's candidate pairs for ``logs.contexts`` (one page per row).
-    """
-    if candidates.n_pages != logs.n_pages:
-        raise ValueError(f"candidates describe {candidates.n_pages} pages but the logs have {logs.n_pages}")
-    cond = logged_choice_probabilities(policy, logs.contexts, candidates, logs.page, logs.shelf, logs.position,
-                                       logs.item_id, logs.explanation)
-    prefix, page = products(cond, logs, policy.shelves, policy.cards)
-    marg, se = slot_marginal_probabilities(policy, logs.contexts, candidates, logs.page, logs.shelf,
-                                           logs.position, logs.item_id, logs.explanation, n_samples, seed, scores)
-    return LoggedActionProbabilities(cond, prefix, page, marg, se)
-
-
-def logging_probabilities(logs: LoggedPages, shelves: int, cards: int,
-                          marginal: np.ndarray | None = None,
-                          marginal_se: np.ndarray | None = None) -> LoggedActionProbabilities:
-    """The logging policy's probabilities from the logs' own propensities (conditional on the prefix);
-    the marginal must come from ``slot_marginal_probabilities`` of the logging policy (or the logs,
-    when they record marginal propensities, as the Open Bandit Dataset does)."""
-    prefix, page = products(logs.propensity, logs, shelves, cards)
-    m = np.full(len(logs), np.nan) if marginal is None else marginal
-    return LoggedActionProbabilities(logs.propensity, prefix, page, m,
-                                     np.zeros(len(logs)) if marginal_se is None else marginal_se)
-
-
-Predictor = Callable[[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray], np.ndarray]
-
-
-def expected_under_target(
-    policy: PagePolicy,
-    logs: LoggedPages,
-    candidates: CandidateSet,
-    predict: Predictor,
-    n_samples: int = 20,
-    seed: int = 0,
-    scores: np.ndarray | None = None,
-) -> np.ndarray:
-    """Per logged row, E_target[prediction of the card the target puts at that row's slot].
-
-    ``predict(contexts, cards, shelf, position)`` scores cards (a CandidateSet, one entry per slot)
-    at their slots.  Exact for a greedy target; otherwise the mean over ``n_samples`` sampled pages.
-    A slot the target leaves empty contributes 0.
-    """
-    if scores is None:
-        scores = policy.scorer(logs.contexts, candidates)
-    greedy = policy.epsilon_head == 0 and policy.epsilon_fill == 0
-    reps = 1 if greedy else int(n_samples)
-    rng = np.random.default_rng(seed)
-    S, K = policy.shelves, policy.cards
-    inside = (logs.shelf < S) & (logs.position < K)
-    total = np.zeros(len(logs))
-    for _ in range(reps):
-        built = build_pages(policy, logs.contexts, candidates, rng, scores=scores)
-        cand = np.full(len(logs), EMPTY, np.int64)
-        cand[inside] = built.candidate[logs.page[inside], logs.shelf[inside], logs.position[inside]]
-        has = cand != EMPTY
-        cards = CandidateSet(logs.page[has], candidates.item_id[cand[has]], candidates.explanation[cand[has]],
-                             logs.n_pages, np.ones(int(has.sum()), bool))
-        total[has] += predict(logs.contexts, cards, logs.shelf[has], logs.position[has])
-    return total / reps
-
-
-def target_cards(policy: PagePolicy, logs: LoggedPages, candidates: CandidateSet, seed: int = 0,
-                 scores: np.ndarray | None = None) -> tuple[CandidateSet, np.ndarray]:
-    """One sampled target page per logged page, as cards aligned with the logged rows
-    (CandidateSet with one entry per row whose slot the target fills) and that mask."""
-    if scores is None:
-        scores = policy.scorer(logs.contexts, candidates)
-    built = build_pages(policy, logs.contexts, candidates, np.random.default_rng(seed), scores=scores)
-    inside = (logs.shelf < policy.shelves) & (logs.position < policy.cards)
-    cand = np.full(len(logs), EMPTY, np.int64)
-    cand[inside] = built.candidate[logs.page[inside], logs.shelf[inside], logs.position[inside]]
-    has = cand != EMPTY
-    return CandidateSet(logs.page[has], candidates.item_id[cand[has]], candidates.explanation[cand[has]],
-                        logs.n_pages, np.ones(int(has.sum()), bool)), has

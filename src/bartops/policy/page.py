@@ -419,7 +419,7 @@ def slot_marginals(
         r = min(chunk, reps - done)
         rep = _replicate(candidates, r)
         built = construct_page(rep, np.tile(scores, r), policy.shelves, policy.cards,
-                           policy.epsilon_head, policy.epsilon_fill, rng)
+                               policy.epsilon_head, policy.epsilon_fill, rng)
         n = len(candidates)
         cand = built.candidate.reshape(r, candidates.n_pages, policy.shelves, policy.cards)
         cand = np.where(cand >= 0, cand % max(n, 1), EMPTY)

@@ -17,7 +17,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from bartops.config import load_params
+from bartops.config import Paths, load_params
 from bartops.gate import GateParams
 from bartops.gate.evaluate import make_decision, markdown, validation_reports
 from bartops.scale.pipeline import run_evaluation
@@ -96,10 +96,10 @@ def evaluate_and_gate(
     """
     logger = get_run_logger()
     params = load_params(params_file or params_path)
-    paths = params.get("paths", {})
-    build_dir = paths.get("build", "build")
-    bundle_dir = bundle_dir or str(Path(build_dir) / "bundle")
-    registry_root = registry_root or paths.get("registry", "registry")
+    paths = Paths.from_params(params)
+    build_dir = str(paths.build)
+    bundle_dir = bundle_dir or str(paths.build / "bundle")
+    registry_root = registry_root or str(paths.registry)
     gp = GateParams.from_dict(params.get("gate"))
     version = register_candidate(registry_root, bundle_dir, version)
     if Registry(Path(registry_root)).production() == version:
@@ -109,8 +109,8 @@ def evaluate_and_gate(
         logger.info("gate: %s", summary)
         return {"version": version, "decision": "already-production", "promoted": False,
                 "summary": summary, "failed": [], "production": version}
-    decision = evaluate_candidate(registry_root, version, impressions_dir or paths.get("impressions", "build/impressions"),
-                                  data_dir or paths.get("data", "data"), build_dir, params)
+    decision = evaluate_candidate(registry_root, version, impressions_dir or str(paths.impressions),
+                                  data_dir or str(paths.data), build_dir, params)
     reg = Registry(Path(registry_root))
     ask = gp.human_approval if auto_approve is None else not auto_approve
     if decision["decision"] == "promote" and ask:

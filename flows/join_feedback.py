@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from bartops.config import load_params
+from bartops.config import Paths, load_params
 from bartops.serving.config import ServingConfig
 from bartops.serving.join import join_to_batch
 from bartops.serving.schemas import TimestampWindow
@@ -34,7 +34,7 @@ def join_feedback_flow(log_dir: str | None = None, out_dir: str | None = None,
     params = load_params(params_file)
     cfg = ServingConfig.from_params(params).with_env()
     skew = TimestampWindow.from_params(params).future_skew.total_seconds()
-    result = join_served_logs(log_dir or cfg.log_dir, out_dir or params["paths"]["incoming"],
+    result = join_served_logs(log_dir or cfg.log_dir, out_dir or str(Paths.from_params(params).incoming),
                               attribution_window_seconds or cfg.attribution_window_seconds, now,
                               retire or cfg.retire_joined, skew)
     get_run_logger().info(

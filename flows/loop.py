@@ -26,7 +26,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 
-from bartops.config import load_params, section
+from bartops.config import Paths, load_params, section
 from bartops.loop.listeners import play_listeners
 from bartops.loop.record import ROUNDS_FILE, RoundRecord, read_rounds, write_rounds
 from bartops.loop.rounds import batch_rows, bundle_truth, mean_interval, references, served_log_rows
@@ -79,13 +79,13 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
     """Play ``rounds`` rounds of ``page_views`` simulated page views each; returns the new round records."""
     logger = get_run_logger()
     params = load_params(params_file)
-    paths, ops = section(params, "paths"), section(params, "ops")
+    paths, ops = Paths.from_params(params), section(params, "ops")
     url = f"http://{ops['host']}:{ops['service_port']}"
-    registry = Registry(Path(paths["registry"]))
+    registry = Registry(paths.registry)
     serving = ServingConfig.from_params(params).with_env()
     log_dir, window = Path(serving.log_dir), serving.attribution_window_seconds
-    data_dir = Path(paths["data"])
-    out = Path(paths["build"]) / "loop" / ROUNDS_FILE
+    data_dir = paths.data
+    out = paths.build / "loop" / ROUNDS_FILE
     world = World.load(data_dir)
     records = read_rounds(out)
     first = records[-1].round + 1 if records else 1
@@ -115,8 +115,8 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
         # every listener has reported: close their attribution windows now rather than in 30 minutes
         now = (datetime.now(timezone.utc) + timedelta(seconds=window + 1)).isoformat()
         run_and_check(INGEST, {"now": now}, round_timeout_s)
-        joined = batch_rows(Path(paths["incoming"]), ids)
-        accepted = batch_rows(Path(paths["impressions"]), ids)
+        joined = batch_rows(paths.incoming, ids)
+        accepted = batch_rows(paths.impressions, ids)
         t_ingest = time.monotonic() - t1
         registered_before = {v["version"] for v in registry.list()}
         t2 = time.monotonic()

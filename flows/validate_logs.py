@@ -14,7 +14,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
 
-from bartops.config import load_params
+from bartops.config import Paths, load_params
 from bartops.validation import ingest
 
 
@@ -32,17 +32,17 @@ def validate_logs(path: str | None = None, params_file: str | None = None, data_
                   quarantine_dir: str | None = None, impressions_dir: str | None = None, docs: bool = True):
     """Validate one batch (file or folder; default: every batch in ``paths.incoming``)."""
     params = load_params(params_file)
-    paths = params.get("paths", {})
-    data = data_dir or paths.get("data", "data")
-    build = Path(paths.get("build", "build"))
-    targets = [path] if path else sorted(str(p) for p in Path(paths.get("incoming", f"{data}/incoming")).iterdir()
+    paths = Paths.from_params(params)
+    data = data_dir or str(paths.data)
+    build = paths.build
+    targets = [path] if path else sorted(str(p) for p in paths.incoming.iterdir()
                                          if not p.name.startswith("."))
     if not targets:
         return Completed(message="no batch to validate")
     results, failures = [], []
     for target in targets:
-        out = validate_and_ingest(target, data, quarantine_dir or paths.get("quarantine", "quarantine"),
-                                  impressions_dir or paths.get("impressions", f"{data}/impressions"),
+        out = validate_and_ingest(target, data, quarantine_dir or str(paths.quarantine),
+                                  impressions_dir or str(paths.impressions),
                                   str(build / "validation") if docs else None, params)
         create_markdown_artifact(key="validation-report", markdown=out["markdown"],
                                  description=f"validation of {target}")

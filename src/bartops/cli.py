@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from bartops.config import load_params, section
+from bartops.config import Paths, load_params, section
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="bartops: BaRT-style home-page personalisation.")
 
@@ -35,7 +35,7 @@ def simulate(
     if impressions is not None:
         sim["impressions"] = impressions
     seed = int(params.get("seed", 0) if seed is None else seed)
-    out = Path(out or params.get("paths", {}).get("data", "data"))
+    out = Path(out or Paths.from_params(params).data)
     pol = section(params, "policy")
     try:
         sim_params = SimParams.from_dict(sim)

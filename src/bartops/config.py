@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -33,3 +34,31 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     if name not in params or not isinstance(params[name], dict):
         raise KeyError(f"params.yaml has no '{name}:' section")
     return params[name]
+
+
+@dataclass(frozen=True)
+class Paths:
+    """``params.yaml`` → ``paths:``: where every step reads and writes (relative to the project root)."""
+
+    data: Path = Path("data")  # raw data, versioned by data.dvc
+    incoming: Path = Path("data/incoming")  # new batches land here before validation
+    impressions: Path = Path("build/impressions")  # validated impression batches (the training data)
+    build: Path = Path("build")  # stage outputs (features, models, reports)
+    quarantine: Path = Path("quarantine")  # rejected batches, whole and unchanged, beside their reports
+    registry: Path = Path("registry")  # the file-based model registry
+    serving_logs: Path = Path("serving-logs")  # impression and feedback files written by the service
+
+    @staticmethod
+    def from_params(params: dict[str, Any] | None) -> "Paths":
+        """The ``paths:`` section (missing keys take the defaults above); unknown keys raise naming them."""
+        values = (params or {}).get("paths") or {}
+        if not isinstance(values, dict):
+            raise ValueError(f"params.yaml 'paths:' must be a mapping of names to folders, got {values!r}")
+        known = {f.name for f in fields(Paths)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown paths key(s) {unknown} in params.yaml; known: {sorted(known)}")
+        bad = sorted(k for k, v in values.items() if not isinstance(v, (str, os.PathLike)) or not str(v))
+        if bad:
+            raise ValueError(f"params.yaml paths {bad} must be non-empty folder names")
+        return Paths(**{k: Path(v) for k, v in values.items()})

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from bartops.config import Paths
 from bartops.features.store import FeatureParams
 from bartops.gate.rules import GateParams
 from bartops.ope.pipeline import OPEConfig
@@ -20,7 +21,7 @@ from bartops.serving.config import ServingConfig
 from bartops.sim.world import SimParams
 
 PARAMS = yaml.safe_load((Path(__file__).resolve().parents[2] / "params.yaml").read_text())
-SECTIONS = {"sim": SimParams, "features": FeatureParams, "reward": RewardParams, "ope": OPEConfig,
+SECTIONS = {"paths": Paths, "sim": SimParams, "features": FeatureParams, "reward": RewardParams, "ope": OPEConfig,
             "gate": GateParams, "serving": ServingConfig}
 NOT_IN_YAML = {("serving", "log_dir")}  # from paths.serving_logs
 
@@ -31,6 +32,8 @@ def _plain(value):
         return {k: _plain(v) for k, v in dataclasses.asdict(value).items()}
     if isinstance(value, tuple):
         return [_plain(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
     return value
 
 
@@ -46,8 +49,11 @@ def test_code_defaults_equal_params_yaml(name):
     assert not missing, f"{name}: typed fields absent from params.yaml: {missing}"
 
 
-@pytest.mark.parametrize("name", ["features", "reward", "ope", "gate"])
+@pytest.mark.parametrize("name", ["features", "reward", "ope", "gate", "paths"])
 def test_unknown_keys_are_refused_naming_them(name):
     with pytest.raises(ValueError, match="no_such_key") as err:
-        SECTIONS[name].from_dict({"no_such_key": 1})
+        if name == "paths":
+            Paths.from_params({"paths": {"no_such_key": "x"}})
+        else:
+            SECTIONS[name].from_dict({"no_such_key": 1})
     assert name in str(err.value) or "unknown" in str(err.value), f"message does not name the section: {err.value}"

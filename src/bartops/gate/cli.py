@@ -25,20 +25,20 @@ def evaluate(
     """Evaluate the candidate against production on the validated logs; write ope.json and policy_value.csv.
 
     With `scale:` dask (or BARTOPS_DASK_SCHEDULER) the evaluation runs on page-aligned partitions."""
-    from bartops.config import load_params
+    from bartops.config import Paths, load_params
     from bartops.gate.evaluate import make_decision, validation_reports, write_reports
     from bartops.registry import Registry
     from bartops.scale.pipeline import run_evaluation
 
     params = load_params(params_file)
-    paths = params.get("paths", {})
-    build = Path(paths.get("build", "build"))
+    paths = Paths.from_params(params)
+    build = paths.build
     bundle = Path(bundle or build / "bundle")
-    root = Path(registry_root or os.environ.get("BARTOPS_REGISTRY") or paths.get("registry", "registry"))
+    root = Path(registry_root or os.environ.get("BARTOPS_REGISTRY") or paths.registry)
     try:
         reg = Registry(root) if root.is_dir() else None
-        impressions_dir = Path(impressions or paths.get("impressions", "build/impressions"))
-        ev, files = run_evaluation(bundle, params, reg, impressions_dir, Path(paths.get("data", "data")))
+        impressions_dir = Path(impressions or paths.impressions)
+        ev, files = run_evaluation(bundle, params, reg, impressions_dir, paths.data)
         read = lambda name: json.loads((bundle / name).read_text()) if (bundle / name).is_file() else None  # noqa: E731
         version = (read("policy.json") or {}).get("version")
         decision = make_decision(ev, params, read("metrics.json"), validation_reports(files, build),

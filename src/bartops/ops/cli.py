@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from bartops.config import load_params, section
+from bartops.config import Paths, load_params, section
 from bartops.ops import processes
 from bartops.ops.stack import SERVICE_ORDER, services
 
@@ -65,7 +65,7 @@ def check(params_file: Optional[Path] = typer.Option(None, "--params")) -> None:
     from bartops.ops.smoke import check_stack
 
     params = load_params(params_file)
-    results = check_stack(section(params, "ops"), Path(params["paths"]["registry"]),
+    results = check_stack(section(params, "ops"), Paths.from_params(params).registry,
                           int(section(params, "policy")["shelves"]))
     for r in results:
         typer.echo(r.line(), err=not r.ok)

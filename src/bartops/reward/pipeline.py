@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bartops.config import Paths
 from bartops.features.logstats import load_impressions
 from bartops.features.store import Features, build_features, load_features, save_features
 from bartops.leftovers import recover_leftovers, write_json_atomic
@@ -21,11 +22,11 @@ from bartops.reward.train import TrainingResult, train_reward_models
 
 def default_paths(params: dict[str, Any]) -> dict[str, Path]:
     """Where the steps read and write, from ``paths:`` in params.yaml."""
-    p = params.get("paths", {})
-    build = Path(p.get("build", "build"))
+    p = Paths.from_params(params)
+    build = p.build
     return {
-        "data": Path(p.get("data", "data")),
-        "impressions": Path(p.get("impressions", "build/impressions")),
+        "data": p.data,
+        "impressions": p.impressions,
         "features": build / "features",
         "model": build / "model",
         "baselines": build / "baselines",

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from bartops.config import load_params
+from bartops.config import Paths, load_params
 
 app = typer.Typer(help="Scale out on Dask (params.yaml `scale:` or BARTOPS_DASK_SCHEDULER).", no_args_is_help=True)
 
@@ -39,7 +39,7 @@ def validate(
     params = load_params(params_file)
     s = scale_settings(params)
     with scale_client(s) as client:
-        report = validate_partitioned(client, path, data or Path(params["paths"]["data"]), params, s.partition_rows)
+        report = validate_partitioned(client, path, data or Paths.from_params(params).data, params, s.partition_rows)
     typer.echo(report.to_markdown())
     raise typer.Exit(0 if report.passed else 1)
 

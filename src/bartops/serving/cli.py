@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from bartops.config import load_params
+from bartops.config import Paths, load_params
 
 
 def join(
@@ -32,7 +32,7 @@ def join(
     params = load_params(params_file)
     cfg = ServingConfig.from_params(params).with_env()
     try:
-        result = join_to_batch(log_dir or Path(cfg.log_dir), out or Path(params["paths"]["incoming"]),
+        result = join_to_batch(log_dir or Path(cfg.log_dir), out or Paths.from_params(params).incoming,
                                window or cfg.attribution_window_seconds, now, retire=retire or cfg.retire_joined,
                                clock_skew=TimestampWindow.from_params(params).future_skew)
     except ValueError as exc:
@@ -54,7 +54,7 @@ def package(
     from bartops.serving.package import package_version
 
     params = load_params(params_file)
-    reg = Registry(registry or Path(params["paths"]["registry"]))
+    reg = Registry(registry or Paths.from_params(params).registry)
     version = version or reg.production()
     if version is None:
         raise typer.BadParameter("no version given and the registry has no production version")

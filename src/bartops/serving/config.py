@@ -7,6 +7,8 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from bartops.config import Paths
+
 MODEL_NAME = "bartops-policy"  # BentoML model name of packaged policy bundles
 ENV_BUNDLE = "BARTOPS_BUNDLE"  # serve this bundle directory
 ENV_REGISTRY = "BARTOPS_REGISTRY"  # else the production version of this registry (default registry/)
@@ -51,8 +53,8 @@ class ServingConfig:
         unknown = sorted(set(section) - known)
         if unknown:
             raise ValueError(f"unknown serving parameter(s) {unknown}; known: {sorted(known)}")
-        if "log_dir" not in section and params.get("paths", {}).get("serving_logs"):
-            section["log_dir"] = params["paths"]["serving_logs"]
+        if "log_dir" not in section:
+            section["log_dir"] = str(Paths.from_params(params).serving_logs)
         return ServingConfig(**section)
 
     def with_env(self, environ: dict[str, str] | None = None) -> "ServingConfig":

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from bartops.config import load_params
+from bartops.config import Paths, load_params
 
 
 def validate(
@@ -24,15 +24,15 @@ def validate(
     from bartops.validation import ValidationSetupError, ingest, validate_batch
 
     params = load_params(params_file)
-    paths = params.get("paths", {})
-    data = Path(data or paths.get("data", "data"))
-    docs_dir = Path(paths.get("build", "build")) / "validation" if docs else None
+    paths = Paths.from_params(params)
+    data = Path(data or paths.data)
+    docs_dir = paths.build / "validation" if docs else None
     try:
-        store = Path(impressions or paths.get("impressions", data / "impressions"))
+        store = Path(impressions or paths.impressions)
         if dry_run:
             report = validate_batch(path, data, params, docs_dir=docs_dir, impressions_dir=store)
         else:
-            report = ingest(path, data, Path(quarantine or paths.get("quarantine", "quarantine")), params,
+            report = ingest(path, data, Path(quarantine or paths.quarantine), params,
                             impressions_dir=store, docs_dir=docs_dir)
     except ValidationSetupError as exc:
         typer.echo(f"error: {exc}", err=True)

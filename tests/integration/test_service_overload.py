@@ -143,6 +143,12 @@ def test_excess_requests_get_503_with_retry_after_and_accepted_ones_succeed(serv
             for path in ("/readyz", "/livez", "/version", "/metrics"):
                 status = client.get(path).status_code
                 assert status == 200, f"{path} answered {status} while the worker was saturated (never shed)"
+            metrics = client.get("/metrics").text
+            counted = {p: sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                              if line.startswith(f'bartops_shed_requests_total{{path="{p}"}}'))
+                       for p in ("/home", "/feedback")}
+            assert counted["/home"] >= 1 and counted["/feedback"] >= 1, \
+                f"shed requests not counted on /metrics (bartops_shed_requests_total): {counted}"
     finally:
         answers = [finish(sock) for sock in held]
     assert [a[0] for a in answers] == [200] * MAX_IN_FLIGHT, f"held requests answered {[a[0] for a in answers]}"

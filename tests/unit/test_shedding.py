@@ -48,9 +48,11 @@ async def settle() -> None:
 
 
 def test_excess_requests_get_503_with_retry_after_and_accepted_ones_complete():
+    counted: list[str] = []
+
     async def scenario():
         inner = HeldApp()
-        app = LoadShedMiddleware(inner, max_in_flight=3, retry_after_seconds=2)
+        app = LoadShedMiddleware(inner, max_in_flight=3, retry_after_seconds=2, on_shed=counted.append)
         held = [asyncio.create_task(call(app, "/home" if i % 2 else "/feedback")) for i in range(3)]
         await settle()
         assert inner.entered == 3 and app.in_flight == 3, f"held requests: entered {inner.entered}, in flight {app.in_flight}"
@@ -70,6 +72,7 @@ def test_excess_requests_get_503_with_retry_after_and_accepted_ones_complete():
     assert after[0] == 200, f"a request after the load answered {after[0]}, expected 200"
     assert inner.entered == 4, f"the app saw {inner.entered} requests, expected 4 (3 held + 1 after)"
     assert app.in_flight == 0 and app.shed == 2, f"in flight {app.in_flight} (expected 0), shed {app.shed} (expected 2)"
+    assert counted == ["/home", "/feedback"], f"shed requests reported to the metric hook: {counted}"
 
 
 @pytest.mark.parametrize("path", ["/readyz", "/livez", "/healthz", "/version", "/metrics"])

@@ -31,6 +31,21 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 SHED_PATHS = ("/home", "/feedback")  # health, version and metrics endpoints are never shed
+SHED_METRIC = "bartops_shed_requests"  # Prometheus counter (exposed as ..._total), labelled by path
+_shed_counter = None
+
+
+def count_shed(path: str) -> None:
+    """Count one shed request in Prometheus (``bartops_shed_requests_total{path}`` on ``/metrics``).
+
+    ``prometheus_client`` is imported at the first shed, inside the worker, after BentoML has set up
+    its multiprocess collector, so the counts of every worker add up on ``/metrics``."""
+    global _shed_counter
+    if _shed_counter is None:
+        from prometheus_client import Counter
+
+        _shed_counter = Counter(SHED_METRIC, "Requests answered 503 + Retry-After by load shedding", ["path"])
+    _shed_counter.labels(path=path).inc()
 
 
 class LoadShedMiddleware:
@@ -42,7 +57,8 @@ class LoadShedMiddleware:
 
     def __init__(self, app: ASGIApp, max_in_flight: int, retry_after_seconds: int = 1,
                  target_latency_ms: float | None = None, paths: Iterable[str] = SHED_PATHS,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 on_shed: Callable[[str], None] | None = count_shed) -> None:
         if int(max_in_flight) < 1 or int(retry_after_seconds) < 1 or (target_latency_ms is not None
                                                                        and target_latency_ms <= 0):
             raise ValueError(f"max_in_flight and retry_after_seconds must be >= 1 and target_latency_ms > 0, got "
@@ -53,6 +69,7 @@ class LoadShedMiddleware:
         self.target = None if target_latency_ms is None else target_latency_ms / 1e3
         self.paths = frozenset(paths)
         self.clock = clock
+        self.on_shed = on_shed
         self.in_flight = 0
         self.shed = 0  # requests answered 503 by this worker since it started
         self.per_request: float | None = None  # average seconds between completions of a busy worker
@@ -70,6 +87,8 @@ class LoadShedMiddleware:
             return await self.app(scope, receive, send)
         if self.in_flight >= self.bound:
             self.shed += 1
+            if self.on_shed is not None:
+                self.on_shed(scope["path"])
             return await self._reject(send)
         self.in_flight += 1
         try:

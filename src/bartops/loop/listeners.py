@@ -6,8 +6,9 @@ streamed with the true probability ``relevance × examination(shelf, position)``
 reported to ``POST /feedback``.  Pages are requested first (concurrently), then all streams drawn
 in one vectorised step, then reported (concurrently): the service sees the same requests as from
 real clients, only faster.  Like a well-behaved client, a listener whose request is shed (503 with
-``Retry-After``) waits that long and asks again, up to ``MAX_ATTEMPTS`` times; a shed request is
-refused before the service does anything, so asking again never serves or records twice.
+``Retry-After``) waits that long and asks again on a new connection (which may reach a less busy
+worker), for up to ``RETRY_FOR_S``; a shed request is refused before the service does anything, so
+asking again never serves or records twice.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import pandas as pd
 from bartops.policy.page import CandidateSet
 from bartops.sim import World, sample_contexts
 
-MAX_ATTEMPTS = 5  # tries per request while the service sheds it (503 + Retry-After)
+RETRY_FOR_S = 120.0  # how long a listener keeps asking while the service sheds its request (503 + Retry-After)
 MAX_RETRY_AFTER_S = 5.0  # the longest Retry-After a listener honours
 
 CARD_COLUMNS = ("request_id", "user_id", "platform", "region", "timestamp", "shelf", "position", "item_id",
@@ -61,12 +62,15 @@ def _retry_after(response: httpx.Response) -> float | None:
         return None
 
 
-def _post_each(url: str, path: str, bodies: list[dict], timeout: float):
+def _post_each(url: str, path: str, bodies: list[dict], timeout: float, retry_for: float):
     """POST each body in turn: (JSON answers, None where a request failed), failure lines, latencies, sheds."""
     answers, failed, ms, shed = [], [], [], 0
-    with httpx.Client(base_url=url, timeout=timeout) as client:
+    client = httpx.Client(base_url=url, timeout=timeout)
+    try:
         for body in bodies:
-            for attempt in range(1, MAX_ATTEMPTS + 1):
+            deadline, attempt = time.monotonic() + retry_for, 0
+            while True:
+                attempt += 1
                 t0 = time.perf_counter()
                 try:
                     r = client.post(path, json=body)
@@ -75,8 +79,10 @@ def _post_each(url: str, path: str, bodies: list[dict], timeout: float):
                     answers.append(None)
                     break
                 wait = _retry_after(r)
-                if wait is not None and attempt < MAX_ATTEMPTS:
-                    shed += 1
+                if wait is not None and time.monotonic() + wait < deadline:
+                    shed += 1  # ask again after Retry-After, on a new connection (it may reach another worker)
+                    client.close()
+                    client = httpx.Client(base_url=url, timeout=timeout)
                     time.sleep(wait)
                     continue
                 ms.append(1e3 * (time.perf_counter() - t0))
@@ -86,15 +92,18 @@ def _post_each(url: str, path: str, bodies: list[dict], timeout: float):
                 else:
                     answers.append(r.json())
                 break
+    finally:
+        client.close()
     return answers, failed, ms, shed
 
 
-def post_concurrently(url: str, path: str, bodies: list[dict], threads: int, timeout: float):
+def post_concurrently(url: str, path: str, bodies: list[dict], threads: int, timeout: float,
+                      retry_for: float = RETRY_FOR_S):
     """``bodies`` split over ``threads`` clients: (answers in order, failure lines, latencies in ms, sheds)."""
     step = max(1, -(-len(bodies) // threads))
     chunks = [bodies[lo: lo + step] for lo in range(0, len(bodies), step)]
     with ThreadPoolExecutor(threads) as pool:
-        parts = list(pool.map(lambda chunk: _post_each(url, path, chunk, timeout), chunks))
+        parts = list(pool.map(lambda chunk: _post_each(url, path, chunk, timeout, retry_for), chunks))
     return ([a for p in parts for a in p[0]], [f for p in parts for f in p[1]],
             np.array([m for p in parts for m in p[2]]), sum(p[3] for p in parts))
 

@@ -22,6 +22,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from bartops.context import REGIONS, region_code
+from bartops.faults import crash_point
 from bartops.features.candidates import (
     CandidateParams,
     candidate_pairs,
@@ -30,6 +31,7 @@ from bartops.features.candidates import (
     explanation_table,
     regional_popularity,
 )
+from bartops.leftovers import OLD, make_temp_dir, recover_leftovers, temp_path
 from bartops.features.logstats import (
     USER_KIND_COLUMNS,
     empty_user_kind,
@@ -663,8 +665,6 @@ def atomic_replace_dir(tmp: Path, out_dir: Path) -> None:
     renamed to ``.<name>.old-<pid>-…``; a crash between the two renames leaves ``out_dir`` missing
     and ``recover_leftovers`` moves the old tree back.
     """
-    from bartops.faults import crash_point
-    from bartops.leftovers import OLD, temp_path
 
     tmp, out_dir = Path(tmp), Path(out_dir)
     crash_point(f"replace-dir:{out_dir.name}:before")
@@ -687,8 +687,6 @@ def save_features(features: Features, out_dir: Path) -> Path:
 
     The manifest's ``version`` is a hash of every file's content, so equal snapshots share a version.
     """
-    from bartops.faults import crash_point
-    from bartops.leftovers import make_temp_dir, recover_leftovers
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)

@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from bartops.features.assemble import assemble_rows
 from bartops.features.candidates import candidates_for_requests
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
 from bartops.leftovers import recover_leftovers, write_text_atomic
@@ -28,6 +29,9 @@ from bartops.ope.estimators import log_weight_histogram
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
+from bartops.reward.policy import load_policy_bundle
+from bartops.sim.simulate import PopularityAffinityScorer
+from bartops.sim.store import LOGGING_CANDIDATES
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +79,7 @@ def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, 
     """The policy that served the logs and what gives its log-time candidate sets (``.candidates_for``):
     a registered bundle's own feature snapshot, or the simulator's recorded candidate table.  None
     (an old simulation without the table) means the current snapshot's sets stand in, with a warning."""
-    from bartops.reward.policy import load_policy_bundle
-
     if version == SIM_LOGGING_VERSION:
-        from bartops.sim.simulate import PopularityAffinityScorer
-        from bartops.sim.store import LOGGING_CANDIDATES
 
         items = pd.read_parquet(Path(data_dir) / "items.parquet")
         history = pd.read_parquet(Path(data_dir) / "history.parquet")
@@ -119,9 +119,6 @@ def logs_of_one_policy(logs: pd.DataFrame, production: str | None) -> tuple[pd.D
 def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, logs: pd.DataFrame,
                     data_dir: Path) -> dict:
     """OPE of the bundle (and production) on ``logs``: {"result", "production", "logging_version", ...}."""
-    from bartops.features.assemble import assemble_rows
-    from bartops.reward.policy import load_policy_bundle
-
     cfg = OPEConfig.from_dict(params.get("ope"))
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
     if holdout_from is not None:

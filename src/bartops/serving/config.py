@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bartops.config import Paths
+from bartops.config import Paths, load_params, params_path
 
 MODEL_NAME = "bartops-policy"  # BentoML model name of packaged policy bundles
 ENV_BUNDLE = "BARTOPS_BUNDLE"  # serve this bundle directory
@@ -65,8 +65,6 @@ class ServingConfig:
 
 def load_serving_config(params_file: str | Path | None = None) -> ServingConfig:
     """ServingConfig from params.yaml when it exists (else defaults), then environment overrides."""
-    from bartops.config import load_params, params_path
-
     path = params_path(params_file)
     params = load_params(path) if path.exists() else {}
     return ServingConfig.from_params(params).with_env()

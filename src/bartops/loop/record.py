@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
-import os
-import uuid
 from dataclasses import MISSING, asdict, dataclass, fields
 from pathlib import Path
+
+from bartops.leftovers import write_text_atomic
 
 ROUNDS_FILE = "rounds.csv"
 
@@ -53,23 +54,13 @@ class RoundRecord:
 
 
 def write_rounds(records: list[RoundRecord], path: str | Path) -> Path:
-    """Write all rounds to ``path`` (temporary file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    names = [f.name for f in fields(RoundRecord)]
-    try:
-        with open(tmp, "w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=names)
-            w.writeheader()
-            for r in records:
-                w.writerow(asdict(r))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    """Write all rounds to ``path`` at once (``leftovers.write_text_atomic``)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=[f.name for f in fields(RoundRecord)])
+    w.writeheader()
+    for r in records:
+        w.writerow(asdict(r))
+    return write_text_atomic(path, buf.getvalue())
 
 
 def read_rounds(path: str | Path) -> list[RoundRecord]:

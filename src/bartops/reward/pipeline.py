@@ -14,7 +14,7 @@ from typing import Any
 from bartops.config import Paths
 from bartops.features.logstats import load_impressions
 from bartops.features.store import Features, build_features, load_features, save_features
-from bartops.leftovers import recover_leftovers, write_json_atomic
+from bartops.leftovers import recover_leftovers, write_json_atomic, write_text_atomic
 from bartops.reward.model import RewardModel, save_model
 from bartops.reward.policy import write_policy_bundle
 from bartops.reward.train import TrainingResult, train_reward_models
@@ -96,11 +96,7 @@ def write_calibration_csv(report: dict[str, Any], path: Path) -> Path:
     lines = ["model,predicted,observed,count"]
     for name, m in report["models"].items():
         lines += [f"{name},{b['predicted']!r},{b['observed']!r},{b['count']}" for b in m.get("calibration") or []]
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    tmp.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+    return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def metrics_table(report: dict[str, Any]) -> list[dict[str, Any]]:

@@ -34,6 +34,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,6 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
     from bartops.config import load_params
     from bartops.features.logstats import batches_version
     from bartops.features.store import build_features, save_features
-    from bartops.ope.pipeline import estimate_table
     from bartops.reward.pipeline import write_training_outputs
     from bartops.scale.partitions import batch_files
     from bartops.validation import validate_batch
@@ -130,8 +130,8 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
 
             ev = evaluate_bundle_dask(client, bundle, params, None, incoming, data, partition_rows)
         steps["evaluate"] = time.perf_counter() - t
-        out.update(evaluated_rows=ev["n_rows"], evaluated_pages=ev["n_pages"], holdout_from=ev["holdout_from"],
-                   table=estimate_table(ev["result"]))
+        out.update(evaluated_rows=ev.n_rows, evaluated_pages=ev.n_pages, holdout_from=ev.holdout_from,
+                   table=[asdict(r) for r in ev.result.table()])
         if client is not None:
             peaks = client.run(lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
             out.update(workers_peak_mib=sorted(peaks.values()), memory_limit=memory)

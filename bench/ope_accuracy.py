@@ -70,21 +70,20 @@ def evaluate_all(world, sim, log, logs, cfg, gate: GateParams, population: dict[
         pol = blended(log, world, weight, name)
         res = evaluate_policies(lp, marg, {"candidate": (pol, cands), "production": None}, cfg, feat, kinds)
         truth, conditional = population[name], true_value(world, pol, lp.contexts, cands)[0]
-        diff = res["differences"]["production"]
-        d = decide(gate, True, diff[gate.estimator].to_dict(), res["estimates"]["candidate"][gate.estimator].ess,
-                   0.0, {k: v.to_dict() for k, v in res["kind_lifts"]["production"].items()},
-                   res["diagnostics"]["candidate"]["support_share"])
+        diff = res.differences["production"]
+        d = decide(gate, True, diff[gate.estimator], res.estimates["candidate"][gate.estimator].ess, 0.0,
+                   res.kind_lifts["production"], res.diagnostics["candidate"].support_share)
         row = {"candidate": name, "truth": truth, "true_lift": truth - population["logging"],
                "truth_logged_contexts": conditional, "true_lift_logged_contexts": conditional - v_log}
-        for e, est in res["estimates"]["candidate"].items():
+        for e, est in res.estimates["candidate"].items():
             row[f"{e}_rel_err"] = (est.value - truth) / truth
             row[f"{e}_interval"] = [est.ci_low, est.ci_high]
             row[f"{e}_covers"] = bool(est.ci_low <= truth <= est.ci_high)
             row[f"{e}_covers_logged_contexts"] = bool(est.ci_low <= conditional <= est.ci_high)
-        row["support_share"] = res["diagnostics"]["candidate"]["support_share"]
-        row["decision"] = d["decision"]
-        row["failed"] = ",".join(d["failed"])
-        row["unsafe"] = d["decision"] == "promote" and (truth < population["logging"] or conditional < v_log)
+        row["support_share"] = res.diagnostics["candidate"].support_share
+        row["decision"] = d.decision
+        row["failed"] = ",".join(d.failed)
+        row["unsafe"] = d.decision == "promote" and (truth < population["logging"] or conditional < v_log)
         rows.append(row)
     return rows
 

@@ -10,6 +10,7 @@ success.  ``bartops evaluate`` runs the same evaluation without Prefect and with
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from prefect import flow, get_run_logger, task
@@ -18,8 +19,8 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from bartops.config import Paths, load_params
-from bartops.gate import GateParams
-from bartops.gate.evaluate import make_decision, markdown, validation_reports
+from bartops.gate import Approval, GateDecision, GateParams
+from bartops.gate.evaluate import make_decision, markdown, validation_reports, with_batches
 from bartops.scale.pipeline import run_evaluation
 from bartops.registry import Registry
 
@@ -48,31 +49,28 @@ def register_candidate(registry_root: str, bundle_dir: str, version: str | None)
 
 @task(cache_policy=None)
 def evaluate_candidate(registry_root: str, version: str, impressions_dir: str, data_dir: str, build_dir: str,
-                       params: dict) -> dict:
+                       params: dict) -> GateDecision:
     """OPE of the registered candidate against production, and the rule-based decision."""
     reg = Registry(Path(registry_root))
     ev, files = run_evaluation(reg.path(version), params, reg, Path(impressions_dir), Path(data_dir))
     d = reg.path(version)
     decision = make_decision(ev, params, _json(d / "metrics.json"), validation_reports(files, Path(build_dir)),
                              _json(d / "lineage.json"), version)
-    decision["logs"]["dir"] = str(impressions_dir)
-    decision["logs"]["batches"] = [f.name for f in files]
-    return decision
+    return with_batches(decision, Path(impressions_dir), files)
 
 
-def _wait_for_reviewer(reg: Registry, version: str, decision: dict, timeout_s: int) -> dict:
+def _wait_for_reviewer(reg: Registry, version: str, decision: GateDecision, timeout_s: int) -> Approval:
     """Record ``awaiting_approval`` with this run's id, pause, and return the reviewer's answer."""
     from prefect import runtime
 
-    reg.record_decision(version, {**decision, "status": "awaiting_approval",
-                                  "flow_run_id": str(runtime.flow_run.get_id())})
+    reg.record_decision(version, decision.awaiting(str(runtime.flow_run.get_id())).to_dict())
     try:
         answer = pause_flow_run(
-            wait_for_input=ApprovalInput.with_initial_data(description=markdown(version, decision), approved=False),
+            wait_for_input=ApprovalInput.with_initial_data(description=markdown(decision), approved=False),
             timeout=timeout_s, poll_interval=2)
-        return {"approved": bool(answer.approved), "reviewer": answer.reviewer, "comment": answer.comment}
+        return Approval(bool(answer.approved), answer.reviewer, answer.comment)
     except Exception as exc:  # noqa: BLE001 - Prefect raises on timeout: no answer means rejected
-        return {"approved": False, "reviewer": "", "comment": f"no answer within {timeout_s} s ({type(exc).__name__})"}
+        return Approval(False, "", f"no answer within {timeout_s} s ({type(exc).__name__})")
 
 
 @flow(name="evaluate-and-gate")
@@ -113,28 +111,24 @@ def evaluate_and_gate(
                                   data_dir or str(paths.data), build_dir, params)
     reg = Registry(Path(registry_root))
     ask = gp.human_approval if auto_approve is None else not auto_approve
-    if decision["decision"] == "promote" and ask:
+    if decision.decision == "promote" and ask:
         approval = _wait_for_reviewer(reg, version, decision, int(gp.approval_timeout_s))
-    elif decision["decision"] == "promote":
-        approval = {"approved": True, "reviewer": "auto", "comment": "no human approval required"}
+    elif decision.decision == "promote":
+        approval = Approval(True, "auto", "no human approval required")
     else:
-        approval = {"approved": False, "reviewer": "", "comment": "rejected by the rules (not sent for review)"}
-    decision["approval"] = approval
-    if decision["decision"] == "promote" and not approval["approved"]:
-        decision["decision"] = "reject"
-        decision["failed"].append("approval")
-        decision["summary"] = decision["summary"].replace("promote:", "reject:", 1) + \
-            f"; not approved ({approval['comment'] or 'rejected by ' + (approval['reviewer'] or 'reviewer')})"
-    reg.record_decision(version, decision)
-    create_markdown_artifact(key="gate-decision", markdown=markdown(version, decision),
+        approval = Approval(False, "", "rejected by the rules (not sent for review)")
+    decision = decision.approved_by(approval)
+    reg.record_decision(version, decision.to_dict())
+    create_markdown_artifact(key="gate-decision", markdown=markdown(decision),
                              description=f"evaluate-and-gate: {version}")
-    create_table_artifact(key="ope-table", table=decision["ope"]["table"], description=f"OPE of {version}")
-    promoted = decision["decision"] == "promote"
+    create_table_artifact(key="ope-table", table=[asdict(r) for r in decision.ope.table],
+                          description=f"OPE of {version}")
+    promoted = decision.decision == "promote"
     if promoted:
-        reg.promote(version, reason="gate passed: " + decision["summary"])
-    logger.info("gate decision for %s: %s", version, decision["summary"])
-    return {"version": version, "decision": decision["decision"], "promoted": promoted,
-            "summary": decision["summary"], "failed": decision["failed"], "production": reg.production()}
+        reg.promote(version, reason="gate passed: " + decision.summary)
+    logger.info("gate decision for %s: %s", version, decision.summary)
+    return {"version": version, "decision": decision.decision, "promoted": promoted,
+            "summary": decision.summary, "failed": decision.failed, "production": reg.production()}
 
 
 if __name__ == "__main__":  # pragma: no cover

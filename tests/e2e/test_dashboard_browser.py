@@ -23,6 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bartops.gate import Approval as GateApproval
 from bartops.registry import Registry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
@@ -95,14 +96,13 @@ def _gate_flow():
     @flow(name="dashboard-e2e-gate")
     def gate(root: str, version: str, timeout: int = 240) -> bool:
         reg = Registry(root)
-        decision = {**gate_decision("awaiting_approval"), "flow_run_id": str(flow_run.get_id())}
-        reg.record_decision(version, decision)
+        decision = gate_decision("awaiting_approval", str(flow_run.get_id()))
+        reg.record_decision(version, decision.to_dict())
         answer = pause_flow_run(wait_for_input=Approval.with_initial_data(), timeout=timeout, poll_interval=2)
-        approval = {"approved": answer.approved, "comment": answer.comment, "reviewer": answer.reviewer}
-        if answer.approved:
+        decision = decision.approved_by(GateApproval(answer.approved, answer.reviewer, answer.comment))
+        if decision.decision == "promote":
             reg.promote(version, f"approved by {answer.reviewer}: {answer.comment}")
-        reg.record_decision(version, {**decision, "status": "promoted" if answer.approved else "rejected",
-                                      "approval": approval})
+        reg.record_decision(version, decision.to_dict())
         return answer.approved
 
     return gate
@@ -124,7 +124,7 @@ def test_approve_in_the_browser_promotes(prefect_api, small_data_dir, small_sim,
     bundle = shared_bundle(tmp_path_factory, small_data_dir, small_sim.impressions)
     reg = Registry(tmp_path / "registry")
     reg.register(bundle, "v1")
-    reg.record_decision("v1", gate_decision("promoted"))
+    reg.record_decision("v1", gate_decision("promoted").to_dict())
     reg.promote("v1", "initial production")
     reg.register(bundle, "v2")
 

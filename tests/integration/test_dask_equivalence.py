@@ -277,29 +277,27 @@ def _assert_same(a, b, rel=1e-12):
     assert a.ess == pytest.approx(b.ess, rel=1e-12)
 
 
-def _assert_same_result(dist: dict, local: dict, estimators=("ips", "snips", "dr"), candidate_per_kind=True):
-    """Everything ``evaluate_policies`` returns, to floating-point precision (``estimators`` of the
-    candidate and its differences; the on-policy production has no model)."""
+def _assert_same_result(dist, local, estimators=("ips", "snips", "dr"), candidate_per_kind=True):
+    """Everything ``evaluate_policies`` returns (a ``PolicyEvaluation``), to floating-point precision
+    (``estimators`` of the candidate and its differences; the on-policy production has no model)."""
     for name in ("candidate", "production"):
         for e in (estimators if name == "candidate" else ("ips", "snips", "dr")):
-            _assert_same(dist["estimates"][name][e], local["estimates"][name][e])
-        a, b = dist["diagnostics"][name], local["diagnostics"][name]
-        np.testing.assert_array_equal(np.sort(a["weights"]), np.sort(b["weights"]))
-        assert a.keys() == b.keys() and a["policy"] == b["policy"]
-        assert {k: v for k, v in a.items() if k not in ("weights", "policy")} == pytest.approx(
-            {k: v for k, v in b.items() if k not in ("weights", "policy")}, rel=1e-12)
+            _assert_same(dist.estimates[name][e], local.estimates[name][e])
+        a, b = dataclasses.asdict(dist.diagnostics[name]), dataclasses.asdict(local.diagnostics[name])
+        np.testing.assert_array_equal(np.sort(a.pop("weights")), np.sort(b.pop("weights")))
+        assert a.pop("policy") == b.pop("policy") and a.pop("target_samples") == b.pop("target_samples")
+        assert a == pytest.approx(b, rel=1e-12), name
     for e in estimators:
-        _assert_same(dist["differences"]["production"][e], local["differences"]["production"][e])
-    a, b = dist["logging"], local["logging"]
-    assert a.keys() == b.keys() and a["examination"] == b["examination"]
-    assert {k: a[k] for k in a if k != "examination"} == pytest.approx({k: b[k] for k in b if k != "examination"},
-                                                                       rel=1e-12)
-    assert dist["per_kind"].keys() == local["per_kind"].keys()
-    for k, row in local["per_kind"].items():
+        _assert_same(dist.differences["production"][e], local.differences["production"][e])
+    a, b = dataclasses.asdict(dist.logging), dataclasses.asdict(local.logging)
+    assert a.pop("examination") == b.pop("examination")
+    assert a == pytest.approx(b, rel=1e-12)
+    assert dist.per_kind.keys() == local.per_kind.keys()
+    for k, row in local.per_kind.items():
         keys = [c for c in row if candidate_per_kind or c != "candidate"]
-        assert {c: dist["per_kind"][k][c] for c in keys} == pytest.approx({c: row[c] for c in keys}, rel=1e-12), k
+        assert {c: dist.per_kind[k][c] for c in keys} == pytest.approx({c: row[c] for c in keys}, rel=1e-12), k
     if candidate_per_kind:  # the per-kind intervals: the same page sums and resamples
-        a, b = dist["kind_lifts"]["production"], local["kind_lifts"]["production"]
+        a, b = dist.kind_lifts["production"], local.kind_lifts["production"]
         assert a.keys() == b.keys()
         for k in b:
             assert a[k].measured == b[k].measured and a[k].reason == b[k].reason, (k, a[k], b[k])
@@ -359,10 +357,10 @@ def test_gate_evaluation_on_dask_equals_local_within_the_reward_model(client, pa
     # differences allow
     d_logged = np.abs(se.predict_folds(ev.models, cf["x_logged"], cf["fold"]) - cf["pl"])
     d_target = np.abs(se.predict_folds(ev.models, cf["x_t"], cf["fold_t"]) - cf["pt"])
-    cand = local["diagnostics"]["candidate"]["weights"]
+    cand = local.diagnostics["candidate"].weights
     bound = (d_target.sum() + (np.minimum(cand, ref["setup"].cfg.dr_clip) * d_logged).sum()) / ref["lp"].n_pages
-    for got, want in ((ev.result["estimates"]["candidate"]["dr"], local["estimates"]["candidate"]["dr"]),
-                      (ev.result["differences"]["production"]["dr"], local["differences"]["production"]["dr"])):
+    for got, want in ((ev.result.estimates["candidate"]["dr"], local.estimates["candidate"]["dr"]),
+                      (ev.result.differences["production"]["dr"], local.differences["production"]["dr"])):
         assert abs(got.value - want.value) <= bound + 1e-12, (got.value, want.value, bound)
 
 
@@ -408,34 +406,34 @@ def test_gate_evaluation_on_dask_within_monte_carlo_noise_of_local(client, gate_
     dist = evaluate_bundle_dask(client, gate_bundle, eval_params, None, incoming, small_data_dir, 8000)
     logs = pd.read_parquet(incoming / "sim-seed3.parquet")
     local = evaluate_bundle(gate_bundle, eval_params, None, logs, small_data_dir)
-    same = [k for k in local if k != "result"]  # rows, pages, the cut, the config, production, logging version
-    assert {k: dist[k] for k in same} == {k: local[k] for k in same}
-    assert dist["backend"] == "dask" and dist["partitions"] == 4
+    # rows, pages, the cut, the config, production, logging version
+    assert replace(dist, result=None, backend="local", partitions=1) == replace(local, result=None)
+    assert dist.backend == "dask" and dist.partitions == 4
     for e in ("ips", "snips", "dr"):
-        _assert_same(dist["result"]["estimates"]["production"][e], local["result"]["estimates"]["production"][e])
-    assert dist["result"]["logging"]["examination"] == local["result"]["logging"]["examination"]
+        _assert_same(dist.result.estimates["production"][e], local.result.estimates["production"][e])
+    assert dist.result.logging.examination == local.result.logging.examination
 
     # K replicate local draws of the Monte Carlo (logging exposures, sampled candidate pages), κ fixed
     cfg = replace(OPEConfig.from_dict(eval_params["ope"]), n_boot=10)
-    cut = pd.Timestamp(local["holdout_from"])
+    cut = pd.Timestamp(local.holdout_from)
     logs = logs[(pd.to_datetime(logs["timestamp"], utc=True) >= cut).to_numpy()].reset_index(drop=True)
     candidate, features = load_policy_bundle(gate_bundle)
     lp = logged_pages(logs, features.explanations)
     logging, _ = logging_policy_for(SIM_LOGGING_VERSION, small_data_dir, None, eval_params["policy"])
     cands = features.candidates_for(lp.contexts)  # the logging policy's too (the simulator's policy)
-    kappa = np.asarray(local["result"]["logging"]["examination"])  # the local κ (to 1e-4: the spread is the same)
+    kappa = np.asarray(local.result.logging.examination)  # the local κ (to 1e-4: the spread is the same)
     K = 8
     reps = []
     for seed in range(1000, 1000 + K):
         c = replace(cfg, seed=seed)
         res = evaluate_policies(lp, logging_marginals(logging, lp, cands, c, kappa),
                                 {"candidate": (candidate, cands), "production": None}, c)
-        reps.append([res["estimates"]["candidate"][e].value for e in ("ips", "snips")])
+        reps.append([res.estimates["candidate"][e].value for e in ("ips", "snips")])
     sd = np.std(np.asarray(reps), axis=0, ddof=1)
     t = stats.t.ppf(1 - 0.001 / 2, K - 1)
     for i, e in enumerate(("ips", "snips")):
-        got = dist["result"]["estimates"]["candidate"][e].value
-        want = local["result"]["estimates"]["candidate"][e].value
+        got = dist.result.estimates["candidate"][e].value
+        want = local.result.estimates["candidate"][e].value
         assert abs(got - want) <= t * np.sqrt(2) * sd[i], (e, got, want, sd[i])
 
 

@@ -14,6 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from bartops.gate import GateDecision
 from bartops.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -76,9 +77,11 @@ def test_approval_timeout_rejects(prefect_api, workspace):
     assert out["promoted"] is False and out["decision"] == "reject" and "approval" in out["failed"]
     assert out["summary"].startswith("reject:") and "\n" not in out["summary"]
     gate = Registry(workspace / "registry").show("timeout")["gate"]
-    assert "status" not in gate and gate["approval"]["approved"] is False and "no answer" in gate["approval"]["comment"]
+    assert gate["status"] == "decided" and gate["approval"]["approved"] is False and "no answer" in gate["approval"]["comment"]
     assert gate["ope"]["diagnostics"]["candidate"]["weight_histogram"]["counts"]
     assert gate["validation"] and gate["validation"][0]["passed"] is True
+    typed = GateDecision.from_dict(gate)  # the dashboard's and the CLI's reading of what the flow wrote
+    assert typed.review_status == "rejected" and typed.headline() is not None, typed.review_status
     assert Registry(workspace / "registry").production() is None
 
 
@@ -116,13 +119,13 @@ def _run_and_answer(workspace, version: str, run_input: dict) -> tuple[dict, dic
 def test_resume_with_empty_answer_rejects(prefect_api, workspace):
     out, gate = _run_and_answer(workspace, "empty-answer", {})
     assert out["promoted"] is False and "approval" in out["failed"]
-    assert "status" not in gate and gate["approval"]["approved"] is False
+    assert gate["status"] == "decided" and gate["approval"]["approved"] is False
 
 
 def test_approval_promotes(prefect_api, workspace):
     out, gate = _run_and_answer(workspace, "approved", {"approved": True, "reviewer": "ana", "comment": "ok"})
     assert out["promoted"] is True and out["production"] == "approved"
-    assert gate["approval"] == {"approved": True, "reviewer": "ana", "comment": "ok"} and "status" not in gate
+    assert gate["approval"] == {"approved": True, "reviewer": "ana", "comment": "ok"} and gate["status"] == "decided"
     assert Registry(workspace / "registry").production() == "approved"
 
 

@@ -26,7 +26,7 @@ def registry(bundle, tmp_path):
     reg = Registry(tmp_path / "registry")
     for v, status, lift in (("v1", "promoted", 0.05), ("v2", "rejected", -0.01), ("v3", "awaiting_approval", 0.04)):
         reg.register(bundle, v)
-        reg.record_decision(v, gate_decision(status, RUN_ID if status == "awaiting_approval" else None, lift))
+        reg.record_decision(v, gate_decision(status, RUN_ID if status == "awaiting_approval" else None, lift).to_dict())
     reg.promote("v1", "first production")
     return reg
 
@@ -96,11 +96,11 @@ def test_candidate_page_shows_every_section(client, registry):
         assert f"<td>{name}</td>" in ope
     assert "[0.03, 0.05]" in text(ope)  # dr difference 0.04 ± 0.01
     assert "page views like the 625 evaluated ones logged from 2026-11-01" in t, "what the intervals are for"
-    assert "5,000" in text(ope) and "30,000" in text(ope)
+    assert "5,000" in text(ope) and "0.97" in text(ope)
     # rules with figures, thresholds, pass/fail
     rules = text(r.text[r.text.index('id="rules"'):])
     for rule in gate["rules"]:
-        assert rule["name"] in rules
+        assert rule["rule"] in rules
     assert "pass" in rules
     # plots are inline SVG
     assert r.text.count("<svg") >= 3 and 'class="bin"' in r.text and 'class="bar"' in r.text

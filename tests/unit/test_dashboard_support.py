@@ -1,8 +1,7 @@
 """Helpers for the dashboard tests (no tests here): a real policy bundle and gate decisions.
 
 The bundle is built by the real code path (features → small weighted XGBoost → write_policy_bundle);
-the gate decisions follow the shape documented in ``bartops.dashboard.views`` (the gate's own
-output, ``Estimate.to_dict()`` per estimator and ``ValidationReport.to_dict()``).
+the gate decisions are ``bartops.gate.GateDecision``s built with the gate's own types and rules.
 """
 
 from __future__ import annotations
@@ -14,7 +13,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from bartops.gate import Approval, GateDecision, GateParams, decide
+from bartops.gate.decision import DIFFERENCE, EvaluatedLogs, OPEEvidence, PolicyWeights, WeightHistogram
 from bartops.gate.evaluate import interval_scope
+from bartops.ope.estimators import Estimate
+from bartops.ope.pipeline import EstimateRow, LoggingSummary, OPEConfig
 
 POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
 TRAIN_PARAMS = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8},
@@ -58,50 +61,48 @@ def calibration_bins(p: np.ndarray, bins: int = 10) -> list[dict]:
             for b in np.array_split(order, bins)]
 
 
-def estimate(name: str, value: float, half: float, ess: float = 5000.0, max_weight: float = 12.0) -> dict:
-    """An estimate as ``bartops.ope.Estimate.to_dict()`` writes it."""
-    return {"estimator": name, "value": value, "ci_low": value - half, "ci_high": value + half, "se": half / 1.96,
-            "level": 0.95, "n_rows": 30000, "n_groups": 625, "ess": ess, "max_weight": max_weight,
-            "support": 0.97, "mean_weight": 0.99, "n_boot": 1000, "seed": 0, "clip": None, "extra": {}}
+def difference(value: float, half: float) -> Estimate:
+    """A paired difference candidate − production as the OPE engine returns it."""
+    return Estimate("dr", value, value - half, value + half, half / 1.96, 0.95, 30000, 625, 5000.0, 12.0, 0.97, 0.99,
+                    1000, 0)
 
 
-def gate_decision(status: str, flow_run_id: str | None = None, lift: float = 0.05) -> dict:
-    """A gate decision with evidence: OPE per estimator, rules, weights histogram, validation."""
-    ope = {}
+def gate_decision(status: str, flow_run_id: str | None = None, lift: float = 0.05) -> GateDecision:
+    """A gate decision built by the gate's own types and rules: OPE rows per estimator (DR's paired
+    difference ``lift`` ± 0.01), the rules' verdict, a weights histogram and a validation report.
+    ``status`` is the review state: promoted / rejected (decided), awaiting_approval (paused run)."""
+    rows = []
     for name, cand, prod, half in (("ips", 1.30, 1.25, 0.04), ("snips", 1.31, 1.25, 0.03), ("dr", 1.25 + lift, 1.25, 0.02)):
-        ope[name] = {"candidate": estimate(name, cand, half), "production": estimate(name, prod, half, 30000, 1.0),
-                     "difference": estimate(name, cand - prod, half / 2)}
+        rows += [EstimateRow("candidate", name, cand, cand - half, cand + half, half / 1.96, 5000.0, 12.0, 0.97),
+                 EstimateRow("production", name, prod, prod - half, prod + half, half / 1.96, 30000.0, 1.0, 1.0),
+                 EstimateRow(DIFFERENCE, name, round(cand - prod, 5), round(cand - prod - half / 2, 5),
+                             round(cand - prod + half / 2, 5), half / 3.92, 5000.0, 12.0, 0.97)]
     edges = [x / 4 for x in range(-8, 5)]
-    counts = [int(1000 * math.exp(-((e + 0.125) ** 2))) for e in edges[:-1]]
-    decision = "promote" if status in ("awaiting_approval", "promoted") else "reject"
-    out = {
-        "decision": decision,
-        "status": status,
-        "estimator": "dr",
-        "baseline": "logging policy",
-        "reason": f"dr lower bound {lift - 0.01:.3f} {'>' if lift > 0.02 else '<='} margin 0.01",
-        "rules": [
-            {"name": "validation_passed", "value": True, "threshold": True, "passed": True},
-            {"name": "min_ess", "value": 5000.0, "threshold": 1000.0, "op": ">=", "passed": True},
-            {"name": "lift_lower_bound", "value": lift - 0.01, "threshold": 0.01, "op": ">", "passed": lift > 0.02},
-            {"name": "max_calibration_error", "value": 0.004, "threshold": 0.02, "op": "<=", "passed": True},
-        ],
-        "ope": ope,
-        "weight_histogram": {"edges": edges, "counts": counts, "log_x": True},
-        "interval_scope": interval_scope(625, "2026-11-01T00:00:00+00:00", "2026-11-08T00:00:00+00:00"),
-        "validation": {"batch": "sim-seed3.parquet", "passed": True, "decision": "accepted", "rows": 30000,
-                       "pages": 625, "counts": {"expectations": 2, "failed": 0, "rows": 30000, "pages": 625},
-                       "expectations": [
-                           {"suite": "impressions", "check": "propensity_range", "expectation":
-                            "expect_column_values_to_be_between", "level": "row", "success": True,
-                            "column": "propensity", "element_count": 30000, "unexpected_count": 0},
-                           {"suite": "impressions", "check": "unique_ids", "expectation":
-                            "expect_column_values_to_be_unique", "level": "row", "success": True,
-                            "column": "impression_id", "element_count": 30000, "unexpected_count": 0}]},
-    }
-    if flow_run_id:
-        out["flow_run_id"] = flow_run_id
-    return out
+    counts = [float(int(1000 * math.exp(-((e + 0.125) ** 2)))) for e in edges[:-1]]
+    weights = PolicyWeights("v-test", 5000.0, 12.0, 29000, 0.97, 0.001, 48.0, 0.0, 1.0, 4,
+                            WeightHistogram(edges, counts, True, 1000))
+    params = GateParams(margin=0.01, min_ess=1000, max_ece=0.02)
+    verdict = decide(params, True, difference(lift, 0.01), 5000.0, 0.004, {}, 0.97)
+    logs = EvaluatedLogs(30000, 625, "logging-popularity", None, "2026-11-01T00:00:00+00:00", "2026-11-08T00:00:00+00:00")
+    decision = GateDecision(
+        decision=verdict.decision, summary=f"{verdict.decision}: dr candidate − production {lift:+.3f}",
+        rules=verdict.rules, failed=verdict.failed, params=params, estimator="dr",
+        production="logging policy (logging-popularity)", evaluated_at="2026-11-08T01:00:00+00:00", logs=logs,
+        interval_scope=interval_scope(625, logs.first_page_view, logs.last_page_view),
+        ope=OPEEvidence(OPEConfig(), rows, {"candidate": weights}, LoggingSummary([[1.0, 0.8]], 1.0, 0.01), {}, {}),
+        validation=[{"batch": "sim-seed3.parquet", "passed": True, "decision": "accepted", "rows": 30000,
+                     "pages": 625, "counts": {"expectations": 2, "failed": 0, "rows": 30000, "pages": 625},
+                     "expectations": [
+                         {"suite": "impressions", "check": "propensity_range", "expectation":
+                          "expect_column_values_to_be_between", "level": "row", "success": True,
+                          "column": "propensity", "element_count": 30000, "unexpected_count": 0},
+                         {"suite": "impressions", "check": "unique_ids", "expectation":
+                          "expect_column_values_to_be_unique", "level": "row", "success": True,
+                          "column": "impression_id", "element_count": 30000, "unexpected_count": 0}]}],
+        data_version="d-1", code_version="c-1")
+    if status == "awaiting_approval":
+        return decision.awaiting(flow_run_id or "9f1c6a2e-0000-4000-8000-00000000000f")
+    return decision.approved_by(Approval(status == "promoted", "ana", "test"))
 
 
 def loop_records(mismatch_round: int | None = 4) -> list:

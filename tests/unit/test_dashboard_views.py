@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -18,108 +19,75 @@ from bartops.dashboard.views import (
     calibration_points,
     candidate_detail,
     candidate_rows,
-    decision_status,
-    estimate,
-    flow_run_id,
-    gate_rules,
-    headline,
-    histogram_of,
     home_preview,
     lineage_view,
     ope_rows,
     production_view,
+    read_gate,
     sample_contexts,
     submit_review,
     validation_summary,
-    weight_histogram,
 )
+from bartops.gate import Approval, GateDecision
+from bartops.gate.decision import WeightHistogram
 from bartops.registry import Registry
 from test_dashboard_support import gate_decision, shared_bundle
 
 
-# ---------------------------------------------------------------------- statuses
-@pytest.mark.parametrize("gate, expected", [
+# ---------------------------------------------------------------------- gate.json as the gate writes it
+def test_gate_json_round_trips():
+    for status in ("promoted", "rejected", "awaiting_approval"):
+        g = gate_decision(status, "run-1")
+        again = GateDecision.from_dict(json.loads(json.dumps(g.to_dict())))
+        assert again == g, f"{status}: gate.json does not read back as written"
+
+
+@pytest.mark.parametrize("stored, expected", [
     (None, PENDING),
-    ({"decision": "pending", "evidence": None}, PENDING),  # what write_policy_bundle starts with
-    ({"decision": "promote"}, PROMOTED),
-    ({"decision": "reject"}, REJECTED),
-    ({"decision": "promote", "status": "awaiting_approval", "flow_run_id": "x"}, AWAITING),
-    ({"decision": "promote", "approval": {"status": "waiting", "flow_run_id": "x"}}, AWAITING),
-    ({"decision": "promote", "approval": {"status": "awaiting_approval"}}, AWAITING),
-    ({"decision": "promote", "approval": {"approved": False, "comment": "no"}}, REJECTED),
-    ({"decision": "promote", "approval": {"approved": True}}, PROMOTED),
-    ({"decision": "promote", "status": "rejected", "approval": {"approved": False}}, REJECTED),
-    ({"error": "unreadable JSON"}, PENDING),
+    ({"decision": "pending", "status": "pending"}, PENDING),  # what write_policy_bundle starts with
+    ({"decision": "pending", "evidence": None}, PENDING),  # the same, as bundles written before 2026-12 have it
+    (gate_decision("promoted").to_dict(), PROMOTED),
+    (gate_decision("rejected", lift=-0.01).to_dict(), REJECTED),
+    (gate_decision("awaiting_approval", "x").to_dict(), AWAITING),
+    (gate_decision("awaiting_approval", "x").approved_by(Approval(False, "ana", "no")).to_dict(), REJECTED),
+    (gate_decision("awaiting_approval", "x").approved_by(Approval(True, "ana", "ok")).to_dict(), PROMOTED),
 ])
-def test_decision_status(gate, expected):
-    assert decision_status(gate) == expected
+def test_review_status(stored, expected):
+    gate, problem = read_gate(stored)
+    assert problem is None, f"a valid gate.json was refused: {problem}"
+    assert gate.review_status == expected, f"status of {stored and stored.get('decision')}: {gate.review_status}"
 
 
-def test_flow_run_id_top_level_or_under_approval():
-    assert flow_run_id({"flow_run_id": "a"}) == "a"
-    assert flow_run_id({"approval": {"flow_run_id": "b"}}) == "b"
-    assert flow_run_id({"decision": "promote"}) is None
-    assert flow_run_id(None) is None
+def test_a_reviewer_who_does_not_approve_rejects_with_the_reason():
+    g = gate_decision("awaiting_approval", "x").approved_by(Approval(False, "ana", "too risky"))
+    assert (g.decision, g.status, g.failed[-1]) == ("reject", "decided", "approval"), (g.decision, g.failed)
+    assert g.summary.startswith("reject:") and "not approved (too risky)" in g.summary, g.summary
+
+
+@pytest.mark.parametrize("stored, words", [
+    ({"error": "unreadable JSON: Expecting value"}, "unreadable JSON"),
+    ({"decision": "promote", "rulez": []}, "unknown key(s) ['rulez']"),
+    ({"decision": "maybe"}, "decision must be one of"),
+    ({"decision": "promote", "rules": [{"rule": "ess"}]}, "rules[0]: missing key(s)"),
+    ({"decision": "promote", "ope": {"table": "x"}}, "ope.table must be a list"),
+    ([1, 2], "must be an object"),
+])
+def test_an_unreadable_gate_json_reads_as_not_gated_and_says_why(stored, words):
+    gate, problem = read_gate(stored)
+    assert gate.review_status == PENDING and problem is not None and words in problem, problem
 
 
 # ---------------------------------------------------------------------- OPE table
-def test_estimate_accepts_interval_variants():
-    assert estimate({"value": 1.0, "ci": [0.5, 1.5]}).ci_low == 0.5
-    e = estimate({"estimate": 2.0, "lower": 1.0, "upper": 3.0, "ess": 10, "support": 0.9})
-    assert (e.value, e.ci_low, e.ci_high, e.ess, e.coverage) == (2.0, 1.0, 3.0, 10.0, 0.9)
-    assert estimate(0.25).value == 0.25
-    assert estimate({"value": float("nan")}) is None
-    assert estimate("text") is None
-
-
-def test_ope_rows_by_estimator_shape():
-    gate = gate_decision("promoted")
-    rows = {r["estimator"]: r for r in ope_rows(gate)}
-    assert set(rows) == {"ips", "snips", "dr"}
-    d = gate["ope"]["dr"]
-    assert rows["dr"]["candidate"].value == d["candidate"]["value"]
-    assert rows["dr"]["production"].ci_high == d["production"]["ci_high"]
-    assert rows["dr"]["difference"].ci_low == d["difference"]["ci_low"]
-    assert rows["dr"]["candidate"].coverage == d["candidate"]["support"]
-
-
-def test_ope_rows_role_first_and_list_shapes_agree():
-    gate = gate_decision("promoted")
-    by_est = ope_rows(gate)
-    role_first = {"evidence": {"ope": {role: {name: v[role] for name, v in gate["ope"].items()}
-                                       for role in ("candidate", "production", "difference")}}}
-    role_lists = {"ope": {alias: [v[role] for v in gate["ope"].values()]
-                          for alias, role in (("candidate", "candidate"), ("baseline", "production"),
-                                              ("difference", "difference"))}}
-    flat = {"ope": [{**v[role], "policy": role} for v in gate["ope"].values()
-                    for role in ("candidate", "production", "difference")]}
-    key = lambda rows: sorted((r["estimator"], r["candidate"], r["production"], r["difference"]) for r in rows)  # noqa: E731
-    assert key(ope_rows(role_first)) == key(by_est)
-    assert key(ope_rows(role_lists)) == key(by_est)
-    assert key(ope_rows(flat)) == key(by_est)
-    assert ope_rows({"ope": "garbage"}) == [] and ope_rows(None) == []
-
-
-def test_headline_uses_the_gate_estimator():
+def test_ope_rows_per_estimator_and_the_headline():
     gate = gate_decision("promoted", lift=0.07)
-    h = headline(gate)
-    assert h["estimator"] == "dr" and h["value"] == pytest.approx(0.07)
-    gate["estimator"] = "ips"
-    assert headline(gate)["value"] == pytest.approx(0.05)
-
-
-# ---------------------------------------------------------------------- rules, calibration, weights
-def test_gate_rules_list_and_mapping():
-    rules = gate_rules(gate_decision("rejected", lift=0.0))
-    by = {r["name"]: r for r in rules}
-    assert by["lift_lower_bound"]["passed"] is False and by["lift_lower_bound"]["threshold"] == 0.01
-    assert by["min_ess"]["op"] == ">=" and by["validation_passed"]["value"] == "yes"
-    mapping = gate_rules({"checks": {"ess": {"observed": 12.0, "minimum": 100, "status": "fail"}, "valid": True}})
-    assert mapping == [
-        {"name": "ess", "value": 12.0, "threshold": 100.0, "op": None, "passed": False, "detail": None},
-        {"name": "valid", "value": None, "threshold": None, "op": None, "passed": True, "detail": None},
-    ]
-    assert gate_rules(None) == [] and gate_rules({"rules": 3}) == []
+    rows = {r.estimator: r for r in ope_rows(gate)}
+    assert list(rows) == ["ips", "snips", "dr"], list(rows)
+    assert rows["dr"].candidate.value == pytest.approx(1.32) and rows["dr"].production.value == 1.25
+    assert (rows["dr"].difference.ci_low, rows["dr"].difference.ci_high) == pytest.approx((0.06, 0.08))
+    h = gate.headline()
+    assert h.estimator == "dr" and h.value == pytest.approx(0.07), h
+    assert replace(gate, estimator="ips").headline().value == pytest.approx(0.05)
+    assert ope_rows(GateDecision.pending()) == [] and GateDecision.pending().headline() is None
 
 
 def test_calibration_points_from_bins_and_parallel_lists():
@@ -135,32 +103,25 @@ def test_calibration_points_from_bins_and_parallel_lists():
     assert calibration_points(None) is None
 
 
-def test_histogram_of_counts_every_weight_once():
+def test_weight_histogram_counts_every_weight_once():
     rng = np.random.default_rng(0)
     w = np.concatenate([rng.lognormal(0, 1.5, 5000), np.zeros(7)])
-    h = histogram_of(w.tolist(), bins=20)
-    assert h["log_x"] and h["zeros"] == 7
-    assert sum(h["counts"]) == 5000
-    assert h["edges"][0] <= np.log10(w[w > 0].min()) and h["edges"][-1] >= np.log10(w.max())
-    assert len(h["edges"]) == 21
-
-
-def test_weight_histogram_stored_or_raw():
-    gate = gate_decision("promoted")
-    h = weight_histogram(gate)
-    assert h["edges"] == gate["weight_histogram"]["edges"] and h["log_x"] is True
-    raw = weight_histogram({"evidence": {"weights": [0.5, 1.0, 2.0, 4.0]}})
-    assert sum(raw["counts"]) == 4
-    assert weight_histogram({"decision": "promote"}) is None
+    h = WeightHistogram.of(w)
+    assert h.log_x and h.zeros == 7, h.zeros
+    assert sum(h.counts) == 5000, sum(h.counts)
+    assert h.edges[0] <= np.log10(w[w > 0].min()) and h.edges[-1] >= np.log10(w.max()), (h.edges[0], h.edges[-1])
+    assert len(h.edges) == 31 and WeightHistogram.of(np.zeros(0)) is None
 
 
 def test_validation_and_lineage_views():
     gate = gate_decision("promoted")
-    v = validation_summary({"gate": gate, "lineage": None})
+    v = validation_summary(gate)
     assert v["passed"] is True and v["source"] == "gate" and v["counts"]["rows"] == 30000
     assert v["results"][0]["name"].startswith("impressions/propensity_range")
     assert v["results"][0]["detail"] == "0 unexpected of 30,000"
-    assert validation_summary({"gate": {"decision": "promote"}, "lineage": {"x": 1}}) is None
+    assert validation_summary(GateDecision.pending()) is None
+    by_rule = validation_summary(replace(gate, validation=None))
+    assert by_rule["source"] == "gate rule" and by_rule["passed"] is True and by_rule["counts"]["rows"] == 30000
     lin = lineage_view({"data_version": "abc", "code_version": "123", "features_version": "f1",
                         "params": {"seed": 1}, "created": "now"})
     assert (lin["data_version"], lin["code_version"], lin["params"]) == ("abc", "123", {"seed": 1})
@@ -212,7 +173,7 @@ def registry(bundle, tmp_path):
     for v, status, lift in (("v1", "promoted", 0.05), ("v2", "rejected", -0.01), ("v3", "awaiting_approval", 0.04)):
         reg.register(bundle, v)
         reg.record_decision(v, gate_decision(status, "9f1c6a2e-0000-4000-8000-000000000001"
-                                             if status == "awaiting_approval" else None, lift))
+                                             if status == "awaiting_approval" else None, lift).to_dict())
     reg.promote("v1", "first")
     return reg
 
@@ -224,7 +185,7 @@ def test_candidate_rows_and_production(registry):
     assert by["v1"]["production"] and not by["v2"]["production"]
     assert (by["v1"]["status"], by["v2"]["status"], by["v3"]["status"]) == (PROMOTED, REJECTED, AWAITING)
     assert by["v3"]["can_review"] and not by["v1"]["can_review"]
-    assert by["v2"]["headline"]["value"] == pytest.approx(-0.01)
+    assert by["v2"]["headline"].value == pytest.approx(-0.01)
     registry.promote("v3", "second")
     registry.rollback("bad")
     prod = production_view(registry)
@@ -242,7 +203,7 @@ def test_candidate_detail_survives_missing_and_broken_sections(registry):
     (vdir / "metrics.json").unlink()
     (vdir / "lineage.json").write_text(json.dumps(["not", "a", "dict"]))
     d = candidate_detail(registry, "v2")
-    assert d["status"] == PENDING and d["ope"] == [] and d["rules"] == []
+    assert d["status"] == PENDING and d["ope"] == [] and d["rules"] == [] and "cannot be read" in d["gate_error"]
     assert d["calibration"] is None and d["weights"] is None and d["lineage"] is None and d["validation"] is None
 
 
@@ -306,56 +267,3 @@ def test_home_preview_builds_valid_pages(bundle):
         valid = set(zip(cands.explanation[cands.page == b].tolist(), cands.item_id[cands.page == b].tolist()))
         for sh in page["shelves"]:
             assert all((codes[sh["explanation_id"]], c["item_id"]) in valid for c in sh["cards"])
-
-
-def test_reads_the_gate_modules_own_decision():
-    from bartops.gate import GateParams, decide
-
-    from test_dashboard_support import estimate as est
-    from test_gate import kind_lift
-
-    params = GateParams(margin=0.01, min_ess=1000)
-    out = decide(params, True, est("dr", 0.005, 0.01), 5000.0, 0.2,
-                 {"artist": kind_lift("artist", 0.0, -0.1, 0.1)})
-    rules = {r["name"]: r for r in gate_rules(out)}
-    assert set(rules) == {r["rule"] for r in out["rules"]}
-    assert rules["lift"]["passed"] is False and rules["lift"]["threshold"] == 0.01
-    assert rules["calibration"]["passed"] is False and rules["ess"]["passed"] is True
-    assert decision_status(out) == REJECTED
-    from bartops.dashboard.views import failed_rules, gate_margin
-
-    assert failed_rules(out) == out["failed"] and gate_margin(out) == 0.01
-
-
-def test_reads_the_gate_flows_ope_table_and_validation_rule():
-    """gate.json as flows/evaluate_and_gate.py writes it: decide() + the OPE estimate_table + logs."""
-    from bartops.gate import GateParams, decide
-    from bartops.ope.estimators import ips, snips
-    from bartops.ope.pipeline import estimate_table
-
-    rng = np.random.default_rng(0)
-    n = 2000
-    reward = (rng.random(n) < 0.2).astype(float)
-    propensity = rng.uniform(0.2, 1.0, n)
-    q_cand, q_prod = rng.uniform(0, 1, n), propensity.copy()
-    result = {"estimates": {"candidate": {"ips": ips(reward, propensity, q_cand, n_boot=50),
-                                          "snips": snips(reward, propensity, q_cand, n_boot=50)},
-                            "production": {"ips": ips(reward, propensity, q_prod, n_boot=50)}},
-              "differences": {"production": {"ips": ips(reward, propensity, q_cand * 0.5, n_boot=50)}}}
-    table = estimate_table(result)
-    gate = decide(GateParams(estimator="ips", min_ess=10), True, result["differences"]["production"]["ips"].to_dict(),
-                  result["estimates"]["candidate"]["ips"].ess, 0.01, {})
-    gate.update({"production": "logging policy (logging-popularity)", "ope": {"table": table, "diagnostics": {}},
-                 "logs": {"rows": n, "pages": 50, "dir": "build/impressions", "policy_version": "logging-popularity"},
-                 "status": "awaiting_approval", "flow_run_id": "abc"})
-    rows = {r["estimator"]: r for r in ope_rows(gate)}
-    assert set(rows) == {"ips", "snips"}
-    t = {(r["policy"], r["estimator"]): r for r in table}
-    assert rows["ips"]["candidate"].value == t[("candidate", "ips")]["value"]
-    assert rows["ips"]["production"].ci_low == t[("production", "ips")]["ci_low"]
-    assert rows["ips"]["difference"].ci_high == t[("candidate - production", "ips")]["ci_high"]
-    assert rows["snips"]["production"] is None and rows["snips"]["candidate"].coverage == t[("candidate", "snips")]["support"]
-    assert headline(gate)["estimator"] == "ips"
-    assert decision_status(gate) == AWAITING and flow_run_id(gate) == "abc"
-    v = validation_summary({"gate": gate})
-    assert v["passed"] is True and v["source"] == "gate rule" and v["counts"] == {"rows": float(n), "pages": 50.0}

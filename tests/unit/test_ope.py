@@ -181,7 +181,7 @@ def test_exposure_weighted_estimates_unbiased_for_a_different_candidate_on_simul
         res = evaluate_policies(lp, marg, {"candidate": (target, c)}, cfg)
         truth, _ = true_value(w, target, lp.contexts, c)
         for e in errs:
-            errs[e].append(res["estimates"]["candidate"][e].value - truth)
+            errs[e].append(res.estimates["candidate"][e].value - truth)
     for e, v in errs.items():
         v = np.asarray(v)
         assert abs(v.mean()) < 4 * v.std(ddof=1) / np.sqrt(len(v)), (e, v)

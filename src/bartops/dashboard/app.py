@@ -21,6 +21,7 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from fastapi import FastAPI, Form, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from jinja2 import DictLoader, Environment, select_autoescape
 
@@ -178,14 +179,14 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
     @app.get("/candidates/{version}", response_class=HTMLResponse)
     def candidate(request: Request, version: str) -> HTMLResponse:
         d = detail_or_404(version)
-        plot_rows = [{"label": r["estimator"], "value": r["difference"].value, "ci_low": r["difference"].ci_low,
-                      "ci_high": r["difference"].ci_high} for r in d["ope"] if r["difference"] is not None]
+        plot_rows = [{"label": r.estimator, "value": r.difference.value, "ci_low": r.difference.ci_low,
+                      "ci_high": r.difference.ci_high} for r in d["ope"] if r.difference is not None]
         w = d["weights"]
         return render(
             "candidate.html", request, d=d, seed=seed, preview=preview(version),
             interval_plot=svg.interval_svg(plot_rows, margin=d["margin"]) if plot_rows else "",
             calibration_plot=svg.reliability_svg(d["calibration"] or []),
-            weights_plot=svg.histogram_svg(w["edges"], w["counts"], log_x=w["log_x"]) if w else "",
+            weights_plot=svg.histogram_svg(w.edges, w.counts, log_x=w.log_x) if w else "",
         )
 
     @app.get("/login", response_class=HTMLResponse)
@@ -239,13 +240,12 @@ def create_app(registry_root: Path, *, bundle_loader: BundleLoader | None = None
 
     @app.get("/api/candidates")
     def api_candidates() -> JSONResponse:
-        return JSONResponse({"production": production_view(registry), "candidates": candidate_rows(registry)})
+        return JSONResponse(jsonable_encoder({"production": production_view(registry),
+                                              "candidates": candidate_rows(registry)}))
 
     @app.get("/api/candidates/{version}")
     def api_candidate(version: str) -> JSONResponse:
-        d = detail_or_404(version)
-        d["ope"] = [{k: (v.__dict__ if hasattr(v, "__dict__") else v) for k, v in r.items()} for r in d["ope"]]
-        return JSONResponse(d)
+        return JSONResponse(jsonable_encoder(detail_or_404(version)))
 
     def loop_model() -> dict:
         return read_loop(loop_path, registered=[r["version"] for r in registry.list()])

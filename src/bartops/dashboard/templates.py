@@ -141,6 +141,7 @@ CANDIDATE = """{% extends "base.html" %}{% import "macros.html" as m %}
 {% if d.baseline %}<b>{{ d.baseline }}</b>{% elif d.production_version and not d.production %}production <b>{{ d.production_version }}</b>{% else %}the logging policy{% endif %}.
 {% if d.decision %}Gate decision: <b>{{ d.decision }}</b>.{% endif %}
 {% if d.reason %}<br>{{ d.reason }}{% endif %}</p>
+{% if d.gate_error %}<p class="fail" id="gate-error">{{ d.gate_error }}</p>{% endif %}
 
 {% if d.status == "awaiting_approval" %}
 <section class="review" id="review">
@@ -178,15 +179,15 @@ CANDIDATE = """{% extends "base.html" %}{% import "macros.html" as m %}
 {% if d.ope %}
 <table id="ope">
 <thead>
-<tr><th rowspan="2">estimator</th><th colspan="6">candidate</th><th colspan="2">production</th><th colspan="2">candidate − production</th></tr>
-<tr><th>value</th><th>95% CI</th><th>ESS</th><th>max weight</th><th>coverage</th><th>n</th><th>value</th><th>95% CI</th><th>value</th><th>95% CI</th></tr>
+<tr><th rowspan="2">estimator</th><th colspan="5">candidate</th><th colspan="2">production</th><th colspan="2">candidate − production</th></tr>
+<tr><th>value</th><th>95% CI</th><th>ESS</th><th>max weight</th><th>support</th><th>value</th><th>95% CI</th><th>value</th><th>95% CI</th></tr>
 </thead><tbody>
 {% for r in d.ope %}{% set c, p, x = r.candidate, r.production, r.difference %}
 <tr{% if d.estimator and r.estimator|lower == d.estimator|lower %} class="gate-estimator" style="font-weight:600"{% endif %}>
 <td>{{ r.estimator }}</td>
 <td class="num">{{ m.num(c.value if c else none) }}</td><td class="num">{{ m.ci(c) }}</td>
 <td class="num">{{ m.num(c.ess if c else none, 0) }}</td><td class="num">{{ m.num(c.max_weight if c else none, 2) }}</td>
-<td class="num">{{ m.num(c.coverage if c else none, 3) }}</td><td class="num">{{ m.num(c.n if c else none, 0) }}</td>
+<td class="num">{{ m.num(c.support if c else none, 3) }}</td>
 <td class="num">{{ m.num(p.value if p else none) }}</td><td class="num">{{ m.ci(p) }}</td>
 <td class="num">{{ m.num(x.value if x else none) }}</td><td class="num">{{ m.ci(x) }}</td>
 </tr>{% endfor %}
@@ -198,8 +199,8 @@ CANDIDATE = """{% extends "base.html" %}{% import "macros.html" as m %}
 {% if d.rules %}
 <table id="rules"><thead><tr><th>rule</th><th>figure</th><th>threshold</th><th>result</th><th>detail</th></tr></thead>
 <tbody>{% for r in d.rules %}
-<tr><td>{{ r.name }}</td><td class="num">{{ m.num(r.value) }}</td>
-<td class="num">{% if r.op %}{{ r.op }} {% endif %}{{ m.num(r.threshold) }}</td><td>{{ m.passfail(r.passed) }}</td><td>{{ r.detail or "" }}</td></tr>
+<tr><td>{{ r.rule }}</td><td class="num">{{ m.num(r.value) }}</td>
+<td class="num">{{ m.num(r.threshold) }}</td><td>{{ m.passfail(r.passed) }}</td><td>{{ r.detail or "" }}</td></tr>
 {% endfor %}</tbody></table>
 {% else %}{{ m.na("gate rules") }}{% endif %}
 

@@ -1,9 +1,9 @@
-"""Pure view-model functions: registry records and policy bundles → plain dicts the pages render.
+"""Pure view-model functions: registry records and policy bundles → what the pages render.
 
-Nothing here touches the web layer.  The gate decision (``gate.json``), the model metrics
-(``metrics.json``) and the lineage (``lineage.json``) are written by other steps whose formats can
-grow; every reader here accepts the documented shapes and a few obvious variants, and answers
-``None`` (rendered "not available") for a section that is missing or malformed — never an error.
+Nothing here touches the web layer.  The gate decision is read as the gate wrote it
+(``bartops.gate.GateDecision``, one JSON form); a ``gate.json`` that cannot be read shows as not
+gated, with the reason.  The model metrics (``metrics.json``) and the lineage (``lineage.json``) are
+shown as far as they go: a missing or malformed section is ``None`` (rendered "not available").
 """
 
 from __future__ import annotations
@@ -12,13 +12,15 @@ import csv
 import math
 from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping
 
-import numpy as np
 import pandas as pd
+import numpy as np
 
+from bartops.gate import GateDecision
+from bartops.gate.decision import DIFFERENCE
 from bartops.loop.record import read_rounds
-from bartops.ope.estimators import log_weight_histogram
+from bartops.ope.pipeline import EstimateRow
 from bartops.registry import Registry, RegistryError
 
 # ---------------------------------------------------------------------- statuses
@@ -32,60 +34,39 @@ STATUS_LABELS = {
     REJECTED: "rejected",
     PENDING: "not gated yet",
 }
-_AWAITING_WORDS = {"awaiting_approval", "awaiting-approval", "awaiting", "waiting_for_approval",
-                   "pending_approval", "needs_approval", "paused", "waiting"}
-_PROMOTE_WORDS = {"promote", "promoted", "approved", "approve", "accept", "accepted", "pass", "passed"}
-_REJECT_WORDS = {"reject", "rejected", "refused", "declined", "fail", "failed", "timeout", "timed_out"}
+DECISION_STATUS = {"promote": PROMOTED, "reject": REJECTED}  # a loop round's decision → its badge
 
 
-def _norm(word: Any) -> str:
-    return str(word).strip().lower().replace(" ", "_") if word is not None else ""
+def read_gate(stored: Any) -> tuple[GateDecision, str | None]:
+    """(the version's gate decision, why gate.json could not be read or None); a missing or unreadable
+    gate.json reads as not gated yet."""
+    if stored is None:
+        return GateDecision.pending(), None
+    if isinstance(stored, Mapping) and set(stored) == {"error"}:  # Registry.show on invalid JSON
+        return GateDecision.pending(), f"gate.json cannot be read: {stored['error']}"
+    try:
+        return GateDecision.from_dict(stored), None
+    except ValueError as exc:
+        return GateDecision.pending(), f"gate.json cannot be read: {exc}"
 
 
-def approval_section(gate: Mapping | None) -> dict:
-    """The approval part of a gate decision (``gate["approval"]`` if it is a dict, else ``{}``)."""
-    if isinstance(gate, Mapping) and isinstance(gate.get("approval"), Mapping):
-        return dict(gate["approval"])
-    return {}
+# ---------------------------------------------------------------------- OPE table
+@dataclass(frozen=True)
+class OPERow:
+    """One estimator's line of the OPE table: the candidate, production and their paired difference."""
+
+    estimator: str
+    candidate: EstimateRow | None
+    production: EstimateRow | None
+    difference: EstimateRow | None
 
 
-def flow_run_id(gate: Mapping | None) -> str | None:
-    """The paused gate flow run waiting for a reviewer (``flow_run_id`` at top level or under approval)."""
-    if not isinstance(gate, Mapping):
-        return None
-    for src in (gate, approval_section(gate)):
-        for key in ("flow_run_id", "paused_flow_run_id", "run_id"):
-            if src.get(key):
-                return str(src[key])
-    return None
-
-
-def decision_status(gate: Mapping | None) -> str:
-    """One of ``awaiting_approval``, ``promoted``, ``rejected``, ``pending`` for a gate decision.
-
-    ``status`` wins over ``decision`` (the gate may decide "promote" and still wait for a person);
-    an approval answer that is recorded (``approval.approved`` true/false) settles it.
-    """
-    if not isinstance(gate, Mapping):
-        return PENDING
-    approval = approval_section(gate)
-    explicit = _status_from([_norm(gate.get("status"))], default=None)
-    if explicit is not None:
-        return explicit
-    if isinstance(approval.get("approved"), bool):
-        return PROMOTED if approval["approved"] else REJECTED
-    return _status_from([_norm(approval.get("status")), _norm(gate.get("decision"))])
-
-
-def _status_from(words: list[str], default: str | None = PENDING) -> str | None:
-    for w in words:
-        if w in _AWAITING_WORDS:
-            return AWAITING
-        if w in _PROMOTE_WORDS:
-            return PROMOTED
-        if w in _REJECT_WORDS:
-            return REJECTED
-    return default
+def ope_rows(gate: GateDecision) -> list[OPERow]:
+    """The decision's OPE table, one row per estimator (in the table's order)."""
+    if gate.ope is None:
+        return []
+    return [OPERow(e, gate.ope.row("candidate", e), gate.ope.row("production", e), gate.ope.row(DIFFERENCE, e))
+            for e in gate.ope.estimators()]
 
 
 # ---------------------------------------------------------------------- small helpers
@@ -130,188 +111,6 @@ def _deep_find(obj: Any, keys: Iterable[str], max_depth: int = 5) -> Any:
     return None
 
 
-def evidence(gate: Mapping | None) -> dict:
-    """Where the gate's figures live: ``gate["evidence"]`` if a dict, else the gate itself."""
-    if not isinstance(gate, Mapping):
-        return {}
-    ev = gate.get("evidence")
-    return {**gate, **ev} if isinstance(ev, Mapping) else dict(gate)
-
-
-# ---------------------------------------------------------------------- OPE table
-@dataclass(frozen=True)
-class Estimate:
-    """One policy-value estimate as shown in the OPE table (any figure may be missing)."""
-
-    value: float | None = None
-    ci_low: float | None = None
-    ci_high: float | None = None
-    ess: float | None = None
-    max_weight: float | None = None
-    coverage: float | None = None
-    n: float | None = None
-
-
-def estimate(d: Any) -> Estimate | None:
-    """Normalise an estimate dict (value/estimate, ci [lo, hi] or ci_low/ci_high or lower/upper, ...)."""
-    if _num(d) is not None:
-        return Estimate(value=_num(d))
-    if not isinstance(d, Mapping):
-        return None
-    value = _num(_get(d, "value", "estimate", "mean", "point"))
-    lo = _num(_get(d, "ci_low", "ci_lower", "lower", "low", "lo", "lcb"))
-    hi = _num(_get(d, "ci_high", "ci_upper", "upper", "high", "hi", "ucb"))
-    ci = _get(d, "ci", "interval", "confidence_interval")
-    if isinstance(ci, Mapping):
-        lo = lo if lo is not None else _num(_get(ci, "low", "lower", "lo", "ci_low"))
-        hi = hi if hi is not None else _num(_get(ci, "high", "upper", "hi", "ci_high"))
-    elif isinstance(ci, (list, tuple)) and len(ci) == 2:
-        lo = lo if lo is not None else _num(ci[0])
-        hi = hi if hi is not None else _num(ci[1])
-    est = Estimate(value, lo, hi, _num(_get(d, "ess", "effective_sample_size")),
-                   _num(_get(d, "max_weight", "largest_weight", "w_max")),
-                   _num(_get(d, "coverage", "support_coverage", "support")), _num(_get(d, "n", "n_rows", "rows")))
-    return None if all(v is None for v in est.__dict__.values()) else est
-
-
-_CAND = ("candidate", "target", "new")
-_PROD = ("production", "baseline", "reference", "current", "logging")
-_DIFF = ("difference", "diff", "delta", "lift", "candidate_minus_production")
-
-
-def ope_rows(gate: Mapping | None, metrics: Mapping | None = None) -> list[dict]:
-    """Rows ``{"estimator", "candidate", "production", "difference"}`` (each an ``Estimate`` or None).
-
-    Reads the gate's OPE evidence (``ope``/``estimates``), else ``metrics["ope"]``.  Accepted shapes:
-    ``{est: {"candidate": …, "production": …, "difference": …}}``, ``{"candidate": {est: …},
-    "production": {est: …}, "difference": {est: …}}``, or a list of rows with an ``estimator`` key
-    (either nested as above or flat with a ``policy`` column).
-    """
-    ev = evidence(gate)
-    src = _get(ev, "ope", "estimates", "ope_table", "off_policy")
-    if src is None and isinstance(metrics, Mapping):
-        src = _get(metrics, "ope", "estimates")
-    if isinstance(src, Mapping):
-        inner = _get(src, "estimators", "estimates", "table", "rows")
-        if inner is not None:
-            src = inner
-    rows: dict[str, dict] = {}
-
-    def put(name: Any, role: str, value: Any) -> None:
-        e = estimate(value)
-        if e is not None:
-            rows.setdefault(str(name), {"estimator": str(name), "candidate": None, "production": None,
-                                        "difference": None})[role] = e
-
-    def roles_of(d: Mapping) -> list[tuple[str, Any]]:
-        out = []
-        for role, names in (("candidate", _CAND), ("production", _PROD), ("difference", _DIFF)):
-            v = _get(d, *names)
-            if v is not None:
-                out.append((role, v))
-        return out
-
-    if isinstance(src, Mapping):
-        top_roles = roles_of(src)
-        if top_roles and all(isinstance(v, list) for _, v in top_roles):
-            for role, lst in top_roles:  # {"candidate": [{"estimator": …, …}], …}
-                for v in lst:
-                    if isinstance(v, Mapping) and _get(v, "estimator", "name") is not None:
-                        put(_get(v, "estimator", "name"), role, v)
-        elif top_roles and all(isinstance(v, Mapping) and all(isinstance(x, (Mapping, int, float)) for x in v.values())
-                             and estimate(v) is None for _, v in top_roles):
-            for role, by_est in top_roles:  # {"candidate": {est: …}, …}
-                for name, v in by_est.items():
-                    put(name, role, v)
-        else:
-            for name, v in src.items():  # {est: {"candidate": …, …}}
-                if isinstance(v, Mapping):
-                    for role, val in roles_of(v):
-                        put(name, role, val)
-    elif isinstance(src, list):
-        for r in src:
-            if not isinstance(r, Mapping):
-                continue
-            name = _get(r, "estimator", "name", "method")
-            if name is None:
-                continue
-            nested = roles_of(r)
-            if nested and any(isinstance(v, Mapping) or _num(v) is not None for _, v in nested) and \
-                    _get(r, "policy", "role") is None:
-                for role, val in nested:
-                    put(name, role, val)
-            else:
-                role = _role(_get(r, "policy", "role"))
-                if role:
-                    put(name, role, r)
-    return list(rows.values())
-
-
-def _role(word: Any) -> str | None:
-    """'candidate' / 'production' / 'difference' for a policy label ("candidate - production" is a difference)."""
-    w = _norm(word)
-    if w in _DIFF or any(sep in w for sep in ("_-_", "−", "_minus_", "_vs_")) or w.startswith("candidate-"):
-        return "difference"
-    return "candidate" if w in _CAND else "production" if w in _PROD else None
-
-
-def gate_estimator(gate: Mapping | None) -> str | None:
-    """The estimator the gate's difference rule uses (``estimator`` in the gate or its params)."""
-    ev = evidence(gate)
-    name = _get(ev, "estimator")
-    if name is None:
-        name = _deep_find(_get(ev, "params", "gate_params", "config"), ["estimator"], 2)
-    return None if name is None else str(name)
-
-
-def headline(gate: Mapping | None) -> dict | None:
-    """The gate estimator's candidate − production difference (``{"estimator", "value", "ci_low", "ci_high"}``)."""
-    rows = [r for r in ope_rows(gate) if r["difference"] is not None]
-    if not rows:
-        return None
-    want = (gate_estimator(gate) or "").lower()
-    row = next((r for r in rows if r["estimator"].lower() == want), rows[0])
-    d = row["difference"]
-    return {"estimator": row["estimator"], "value": d.value, "ci_low": d.ci_low, "ci_high": d.ci_high}
-
-
-# ---------------------------------------------------------------------- gate rules
-def gate_rules(gate: Mapping | None) -> list[dict]:
-    """Rules ``{"name", "value", "threshold", "op", "passed", "detail"}`` from ``rules``/``checks``.
-
-    Accepts a list of dicts or a mapping name → dict (or name → bool).  ``passed`` is True/False or
-    None when the rule did not say.
-    """
-    ev = evidence(gate)
-    src = _get(ev, "rules", "checks", "rule_results", "criteria")
-    items: list[tuple[str, Any]] = []
-    if isinstance(src, Mapping):
-        items = [(str(k), v) for k, v in src.items()]
-    elif isinstance(src, list):
-        items = [(str(_get(r, "name", "rule", "id", "check") or f"rule {i + 1}"), r)
-                 for i, r in enumerate(src) if isinstance(r, Mapping)]
-    out = []
-    for name, r in items:
-        if isinstance(r, bool):
-            out.append({"name": name, "value": None, "threshold": None, "op": None, "passed": r, "detail": None})
-            continue
-        if not isinstance(r, Mapping):
-            continue
-        passed = _get(r, "passed", "pass", "ok", "success", "satisfied")
-        if not isinstance(passed, bool):
-            status = _norm(_get(r, "status", "result"))
-            passed = True if status in {"pass", "passed", "ok"} else False if status in {"fail", "failed"} else None
-        out.append({
-            "name": name,
-            "value": _figure(_get(r, "value", "figure", "observed", "actual", "measured")),
-            "threshold": _figure(_get(r, "threshold", "limit", "minimum", "maximum", "min", "max", "margin",
-                                      "expected")),
-            "op": _get(r, "op", "operator", "comparison", "direction"),
-            "passed": passed,
-            "detail": _get(r, "detail", "description", "message", "reason", "explanation"),
-        })
-    return out
-
 
 def _figure(x: Any) -> Any:
     """A number stays a number; anything else becomes a short string (or None)."""
@@ -331,29 +130,8 @@ def _short(x: Any, limit: int = 120) -> str:
     return s if len(s) <= limit else s[: limit - 1] + "…"
 
 
-def failed_rules(gate: Mapping | None) -> list[str]:
-    """Names of the rules that failed (the gate's ``failed`` list, else from the rules)."""
-    failed = _get(evidence(gate), "failed", "failed_rules")
-    if isinstance(failed, list):
-        return [str(f) for f in failed]
-    return [r["name"] for r in gate_rules(gate) if r["passed"] is False]
 
-
-def gate_margin(gate: Mapping | None) -> float | None:
-    """The margin the difference's lower bound must clear (from the gate's rules or params)."""
-    ev = evidence(gate)
-    m = _num(_get(ev, "margin"))
-    if m is None:
-        m = _num(_deep_find(_get(ev, "params", "gate_params", "config"), ["margin", "min_lift", "lift_margin"], 2))
-    if m is None:
-        for r in gate_rules(gate):
-            if any(w in r["name"].lower() for w in ("lower", "lcb", "lift", "difference", "margin")) \
-                    and isinstance(r["threshold"], float):
-                return r["threshold"]
-    return m
-
-
-# ---------------------------------------------------------------------- calibration and weights
+# ---------------------------------------------------------------------- calibration
 def calibration_points(metrics: Mapping | None, model: str | None = None) -> list[dict] | None:
     """Reliability-diagram points ``{"predicted", "observed", "count"}`` from the metrics, or None.
 
@@ -403,74 +181,24 @@ def calibration_error(metrics: Mapping | None, model: str | None = None) -> floa
     return _num(_deep_find(scope, ["ece", "calibration_error", "expected_calibration_error"]))
 
 
-def weight_histogram(gate: Mapping | None, metrics: Mapping | None = None, bins: int = 30) -> dict | None:
-    """``{"edges", "counts", "log_x"}`` of the candidate's importance weights, or None.
-
-    Uses a stored histogram (``weight_histogram``/``weights_histogram`` with edges + counts) or raw
-    ``weights`` (binned here on a log10 scale, which suits heavy-tailed ratios).
-    """
-    ev = evidence(gate)
-    ope = _get(ev, "ope")
-    scopes = [_get(_get(ope, "diagnostics"), *_CAND), _get(_get(ev, "diagnostics"), *_CAND), _get(ope, *_CAND),
-              ev, metrics]
-    for src in (s for s in scopes if isinstance(s, Mapping)):
-        h = _deep_find(src, ["weight_histogram", "weights_histogram", "weight_hist", "importance_weights"])
-        if isinstance(h, Mapping):
-            edges = _get(h, "edges", "bin_edges", "bins")
-            counts = _get(h, "counts", "count", "hist", "frequencies")
-            if isinstance(edges, list) and isinstance(counts, list) and len(edges) == len(counts) + 1 \
-                    and all(_num(e) is not None for e in edges):
-                log_x = bool(_get(h, "log_x", "log10", "log"))
-                return {"edges": [float(e) for e in edges], "counts": [_num(c) or 0.0 for c in counts],
-                        "log_x": log_x}
-            raw = _get(h, "weights", "values")
-            if isinstance(raw, list):
-                return histogram_of(raw, bins)
-        elif isinstance(h, list):
-            return histogram_of(h, bins)
-        raw = _deep_find(src, ["weights"])
-        if isinstance(raw, list) and raw and all(_num(w) is not None for w in raw[:50]):
-            return histogram_of(raw, bins)
-    return None
-
-
-def histogram_of(weights: Sequence[Any], bins: int = 30) -> dict | None:
-    """``log_weight_histogram`` of the finite figures in ``weights`` (other entries skipped)."""
-    return log_weight_histogram(np.asarray([v for v in (_num(x) for x in weights) if v is not None], np.float64), bins)
-
-
 # ---------------------------------------------------------------------- validation and lineage
-def validation_summary(record: Mapping) -> dict | None:
-    """The data validation report behind a version: ``{"passed", "counts", "results", "source"}`` or None.
+def validation_summary(gate: GateDecision) -> dict | None:
+    """The validation behind a decision: ``{"passed", "counts", "results", "source", "extra"}`` or None.
 
-    Looked up in the gate evidence (``validation``), then lineage, then metrics.  ``results`` is a
-    list of ``{"name", "success", "detail"}`` from the report's per-expectation results.
+    From the evaluated batches' reports (``ValidationReport.to_dict()``) the decision carries, else
+    from its ``validation`` rule and the size of the evaluated logs.  ``results`` is a list of
+    ``{"name", "success", "detail"}``, one per expectation.
     """
-    for where in ("gate", "lineage", "metrics", "validation"):
-        src = record.get(where)
-        if not isinstance(src, Mapping):
-            continue
-        rep = src if where == "validation" else _get(evidence(src) if where == "gate" else src,
-                                                     "validation", "validation_report", "data_validation")
-        if isinstance(rep, Mapping):
-            return _validation_view(rep, where)
-        if isinstance(rep, list) and rep and all(isinstance(r, Mapping) for r in rep):
-            return _merge_views([_validation_view(r, where) for r in rep])
-        if isinstance(rep, bool):
-            return {"passed": rep, "counts": {}, "results": [], "source": where, "extra": {}}
-    # no stored report: the gate's own validation rule and the size of the evaluated logs
-    gate = record.get("gate")
-    rule = next((r for r in gate_rules(gate) if r["name"].lower() in ("validation", "validation_passed",
-                                                                        "data_validation")), None)
+    if gate.validation:
+        return _merge_views([_validation_view(r, "gate") for r in gate.validation if isinstance(r, Mapping)])
+    rule = next((r for r in gate.rules if r.rule == "validation"), None)
     if rule is None:
         return None
-    logs = _get(evidence(gate), "logs")
-    counts = {str(k): _figure(v) for k, v in logs.items() if _num(v) is not None} if isinstance(logs, Mapping) else {}
-    extra = {str(k): _figure(v) for k, v in logs.items() if _num(v) is None and not isinstance(v, (Mapping, list))} \
-        if isinstance(logs, Mapping) else {}
-    if rule.get("detail"):
-        extra["detail"] = rule["detail"]
-    return {"passed": rule["passed"], "counts": counts, "results": [], "source": "gate rule", "extra": extra}
+    logs = asdict(gate.logs) if gate.logs else {}
+    counts = {k: float(v) for k, v in logs.items() if isinstance(v, int)}
+    extra = {k: v for k, v in logs.items() if isinstance(v, str)}
+    extra["detail"] = rule.detail
+    return {"passed": rule.passed, "counts": counts, "results": [], "source": "gate rule", "extra": extra}
 
 
 def _merge_views(views: list[dict]) -> dict:
@@ -561,23 +289,24 @@ def candidate_rows(registry: Registry) -> list[dict]:
     for r in registry.list():
         v = r["version"]
         try:
-            rec = registry.show(v)
-        except (RegistryError, ValueError, OSError):
-            rec = {}
-        gate = rec.get("gate")
-        status = decision_status(gate)
+            stored = registry.show(v).get("gate")
+        except (RegistryError, ValueError, OSError) as exc:
+            stored = {"error": str(exc)}
+        gate, problem = read_gate(stored)
+        status = gate.review_status
         rows.append({
             "version": v,
             "registered_at": r.get("registered_at"),
             "status": status,
             "status_label": STATUS_LABELS[status],
-            "decision": gate.get("decision") if isinstance(gate, Mapping) else None,
-            "decided_at": _get(gate, "decided_at", "evaluated_at", "recorded_at"),
+            "decision": None if gate.decision == "pending" else gate.decision,
+            "decided_at": gate.evaluated_at,
             "production": v == prod,
             "was_production": v in ever and v != prod,
-            "headline": headline(gate),
-            "can_review": status == AWAITING and flow_run_id(gate) is not None,
-            "failed": failed_rules(gate),
+            "headline": gate.headline(),
+            "can_review": status == AWAITING and gate.flow_run_id is not None,
+            "failed": gate.failed,
+            "gate_error": problem,
         })
     return list(reversed(rows))
 
@@ -585,11 +314,11 @@ def candidate_rows(registry: Registry) -> list[dict]:
 def candidate_detail(registry: Registry, version: str) -> dict:
     """Everything the candidate page shows, except the home-page preview (see ``home_preview``)."""
     rec = registry.show(version)
-    gate = rec.get("gate") if isinstance(rec.get("gate"), Mapping) else None
+    gate, problem = read_gate(rec.get("gate"))
     metrics = rec.get("metrics") if isinstance(rec.get("metrics"), Mapping) else None
-    status = decision_status(gate)
+    status = gate.review_status
     model_name = _get(metrics, "model", "name", "candidate_model") if metrics else None
-    rows = ope_rows(gate, metrics)
+    candidate_weights = gate.ope.diagnostics.get("candidate") if gate.ope else None
     return {
         "version": version,
         "production": rec.get("production", False),
@@ -598,24 +327,25 @@ def candidate_detail(registry: Registry, version: str) -> dict:
         "policy": rec.get("policy"),
         "status": status,
         "status_label": STATUS_LABELS[status],
-        "decision": _get(gate, "decision"),
-        "reason": _get(evidence(gate), "reason", "summary", "explanation"),
-        "baseline": _figure(_get(evidence(gate), "baseline", "production_version", "against", "production")),
-        "approval": approval_section(gate),
-        "flow_run_id": flow_run_id(gate),
-        "can_review": status == AWAITING and flow_run_id(gate) is not None,
-        "ope": rows,
-        "estimator": gate_estimator(gate),
-        "margin": gate_margin(gate),
-        "interval_scope": _get(gate, "interval_scope"),
-        "rules": gate_rules(gate),
+        "decision": None if gate.decision == "pending" else gate.decision,
+        "reason": gate.summary or None,
+        "gate_error": problem,
+        "baseline": gate.production,
+        "approval": asdict(gate.approval) if gate.approval else {},
+        "flow_run_id": gate.flow_run_id,
+        "can_review": status == AWAITING and gate.flow_run_id is not None,
+        "ope": ope_rows(gate),
+        "estimator": gate.estimator,
+        "margin": gate.params.margin if gate.params else None,
+        "interval_scope": gate.interval_scope or None,
+        "rules": gate.rules,
         "calibration": calibration_points(metrics, model_name if isinstance(model_name, str) else None),
         "ece": calibration_error(metrics, model_name if isinstance(model_name, str) else None),
-        "weights": weight_histogram(gate, metrics),
-        "validation": validation_summary(rec),
+        "weights": candidate_weights.weight_histogram if candidate_weights else None,
+        "validation": validation_summary(gate),
         "lineage": lineage_view(rec.get("lineage")),
         "metrics": metrics,
-        "gate": gate,
+        "gate": rec.get("gate"),
     }
 
 
@@ -722,11 +452,11 @@ def submit_review(registry: Registry, version: str, approved: bool, comment: str
     ``resume(flow_run_id, run_input=...)`` is ``prefect.flow_runs.resume_flow_run``; its errors
     (the run is not paused, it timed out) become ``ReviewError`` with the reason.
     """
-    gate = registry.show(version).get("gate")
-    status = decision_status(gate)
-    if status != AWAITING:
-        raise ReviewError(f"version {version!r} is not awaiting approval (status: {STATUS_LABELS[status]})")
-    run_id = flow_run_id(gate)
+    gate, problem = read_gate(registry.show(version).get("gate"))
+    if gate.review_status != AWAITING:
+        raise ReviewError(f"version {version!r} is not awaiting approval (status: "
+                          f"{STATUS_LABELS[gate.review_status]})" + (f"; {problem}" if problem else ""))
+    run_id = gate.flow_run_id
     if run_id is None:
         raise ReviewError(f"version {version!r} awaits approval but its gate decision records no flow_run_id")
     payload = review_input(approved, comment, reviewer)
@@ -770,7 +500,7 @@ def loop_view(records: Iterable[Any], registered: Iterable[str] = ()) -> dict:
             **d,
             "live_registered": bool(d.get("live_version")) and d.get("live_version") in known,
             "candidate_registered": bool(d.get("candidate_version")) and d.get("candidate_version") in known,
-            "decision_status": _status_from([_norm(d.get("decision"))]),
+            "decision_status": DECISION_STATUS.get(str(d.get("decision") or ""), PENDING),
             "counts_match": len(set(counts)) == 1,
         })
     return {

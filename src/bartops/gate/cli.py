@@ -47,10 +47,9 @@ def evaluate(
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     ope_json, csv_path = write_reports(decision, Path(out or build / "reports"))
-    for r in decision["ope"]["table"]:
-        typer.echo(f"{r['policy']:<24} {r['estimator']:<6} {r['value']:>9.4f}  [{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
-                   f"  ESS {r['ess']:.0f}")
-    typer.echo(decision["summary"])
-    if ev.get("backend") == "dask":
-        typer.echo(f"evaluated on dask: {ev['partitions']} page-aligned partitions")
+    for r in decision.ope.table:
+        typer.echo(f"{r.policy:<24} {r.estimator:<6} {r.value:>9.4f}  [{r.ci_low:.4f}, {r.ci_high:.4f}]  ESS {r.ess:.0f}")
+    typer.echo(decision.summary)
+    if ev.backend == "dask":
+        typer.echo(f"evaluated on dask: {ev.partitions} page-aligned partitions")
     typer.echo(f"wrote {ope_json} and {csv_path}")

@@ -12,7 +12,7 @@ import glob
 import io
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -21,11 +21,11 @@ import pandas as pd
 
 from bartops.features.assemble import assemble_rows
 from bartops.features.candidates import candidates_for_requests
+from bartops.gate.decision import EvaluatedLogs, GateDecision, OPEEvidence, PolicyWeights
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
 from bartops.leftovers import recover_leftovers, write_text_atomic
-from bartops.ope.pipeline import (OPEConfig, estimate_examination, estimate_table, evaluate_policies,
+from bartops.ope.pipeline import (OPEConfig, PolicyEvaluation, estimate_examination, evaluate_policies,
                                   logging_marginals, subsample_pages)
-from bartops.ope.estimators import log_weight_histogram
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
@@ -116,9 +116,30 @@ def logs_of_one_policy(logs: pd.DataFrame, production: str | None) -> tuple[pd.D
     return logs[(served_by == version).to_numpy()].reset_index(drop=True), version
 
 
+@dataclass(frozen=True)
+class Evaluation:
+    """A candidate's off-policy evaluation against production, from either executor."""
+
+    result: PolicyEvaluation
+    production: str | None  # the registry's production version (None: nothing in production)
+    logging_version: str  # the policy that served the evaluated logs
+    config: OPEConfig
+    n_pages: int
+    n_rows: int
+    holdout_from: str | None  # the candidate's training cut: only later page views were evaluated
+    first_page_view: str
+    last_page_view: str
+    backend: str = "local"
+    partitions: int = 1
+
+    def logs(self) -> EvaluatedLogs:
+        return EvaluatedLogs(self.n_rows, self.n_pages, self.logging_version, self.holdout_from,
+                             self.first_page_view, self.last_page_view)
+
+
 def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, logs: pd.DataFrame,
-                    data_dir: Path) -> dict:
-    """OPE of the bundle (and production) on ``logs``: {"result", "production", "logging_version", ...}."""
+                    data_dir: Path) -> Evaluation:
+    """OPE of the bundle (and production) on ``logs``."""
     cfg = OPEConfig.from_dict(params.get("ope"))
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
     if holdout_from is not None:
@@ -147,10 +168,9 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
         targets["production"] = (prod, prod_feats.candidates_for(lp.contexts))
     kinds = features.explanations["kind"].astype(str).to_numpy()
     result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds)
-    return {"result": result, "production": production, "logging_version": logging_version, "config": asdict(cfg),
-            "n_pages": lp.n_pages, "n_rows": len(lp),
-            "holdout_from": None if holdout_from is None else holdout_from.isoformat(),
-            "first_page_view": _iso(lp.contexts["timestamp"].min()), "last_page_view": _iso(lp.contexts["timestamp"].max())}
+    return Evaluation(result, production, logging_version, cfg, lp.n_pages, len(lp),
+                      None if holdout_from is None else holdout_from.isoformat(),
+                      _iso(lp.contexts["timestamp"].min()), _iso(lp.contexts["timestamp"].max()))
 
 
 def _iso(timestamp) -> str:
@@ -177,79 +197,68 @@ def training_cut(bundle_dir: Path) -> pd.Timestamp | None:
         pd.Timestamp(cut, tz="UTC")
 
 
-def make_decision(ev: dict, params: dict, metrics: dict | None, validation: list[dict] | None,
-                  lineage: dict | None = None, version: str | None = None) -> dict:
+def make_decision(ev: Evaluation, params: dict, metrics: dict | None, validation: list[dict] | None,
+                  lineage: dict | None = None, version: str | None = None) -> GateDecision:
     """The gate decision with its evidence (the content of gate.json)."""
     gp = GateParams.from_dict(params.get("gate"))
-    result = ev["result"]
+    result = ev.result
     validation_passed = None if validation is None else all(bool(r.get("passed")) for r in validation)
-    diff = result["differences"]["production"][gp.estimator]
-    cand = result["estimates"]["candidate"][gp.estimator]
-    kind_lifts = {k: v.to_dict() for k, v in result["kind_lifts"]["production"].items()}
-    cand_diag = result["diagnostics"]["candidate"]  # support: what the logs check, within what the logger could show
-    decision = decide(gp, validation_passed, diff.to_dict(), cand.ess, ece_from_metrics(metrics), kind_lifts,
-                      min(cand_diag["support_share"], cand_diag.get("log_time_support", 1.0)))
-    diag = {}
-    for name, d in result["diagnostics"].items():
-        d = dict(d)
-        w = d.pop("weights")
-        d.update({"ess": float(w.sum() ** 2 / (w ** 2).sum()) if (w ** 2).sum() > 0 else 0.0,
-                  "max_weight": float(w.max()), "nonzero_weights": int((w > 0).sum())})
-        if name == "candidate":
-            d["weight_histogram"] = log_weight_histogram(w)
-        diag[name] = d
-    diag["logging_marginals"] = result["logging"]
+    diff = result.differences["production"][gp.estimator]
+    cand = result.estimates["candidate"][gp.estimator]
+    kind_lifts = result.kind_lifts["production"]
+    cand_diag = result.diagnostics["candidate"]  # support: what the logs check, within what the logger could show
+    verdict = decide(gp, validation_passed, diff, cand.ess, ece_from_metrics(metrics), kind_lifts,
+                     min(cand_diag.support_share, cand_diag.log_time_support))
     lin = lineage or {}
-    summary = (f"{decision['decision']}: {gp.estimator} candidate − production {diff.value:+.3f} "
+    summary = (f"{verdict.decision}: {gp.estimator} candidate − production {diff.value:+.3f} "
                f"[{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] streams/page"
-               + (f"; failed {', '.join(decision['failed'])}" if decision["failed"] else ""))
-    decision.update({
-        "version": version,
-        "estimator": gp.estimator,
-        "summary": summary,
-        "evaluated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "production": ev["production"] or f"logging policy ({ev['logging_version']})",
-        "logs": {"rows": ev["n_rows"], "pages": ev["n_pages"], "policy_version": ev["logging_version"],
-                 "holdout_from": ev.get("holdout_from"), "first_page_view": ev.get("first_page_view"),
-                 "last_page_view": ev.get("last_page_view")},
-        "interval_scope": interval_scope(ev["n_pages"], ev.get("first_page_view"), ev.get("last_page_view")),
-        "ope": {"config": ev["config"], "table": estimate_table(result), "diagnostics": diag,
-                "per_kind": result["per_kind"], "kind_lifts": kind_lifts},
-        "validation": validation,
-        "data_version": lin.get("data_version"), "code_version": lin.get("code_version"),
-    })
-    return decision
+               + (f"; failed {', '.join(verdict.failed)}" if verdict.failed else ""))
+    ope = OPEEvidence(ev.config, result.table(),
+                      {name: PolicyWeights.of(d, histogram=name == "candidate") for name, d in result.diagnostics.items()},
+                      result.logging, result.per_kind, kind_lifts)
+    return GateDecision(
+        decision=verdict.decision, version=version, summary=summary, rules=verdict.rules, failed=verdict.failed,
+        params=gp, estimator=gp.estimator, production=ev.production or f"logging policy ({ev.logging_version})",
+        evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), logs=ev.logs(),
+        interval_scope=interval_scope(ev.n_pages, ev.first_page_view, ev.last_page_view), ope=ope,
+        validation=validation, data_version=lin.get("data_version"), code_version=lin.get("code_version"))
 
 
-def markdown(version: str, decision: dict) -> str:
+def with_batches(decision: GateDecision, impressions_dir: Path, files: list[Path]) -> GateDecision:
+    """The decision with the folder and the batch files its logs came from."""
+    assert decision.logs is not None, "a decided gate decision has its logs"
+    return replace(decision, logs=replace(decision.logs, dir=str(impressions_dir), batches=[f.name for f in files]))
+
+
+def markdown(decision: GateDecision) -> str:
     """The OPE table and rule results as Markdown (Prefect artifact, approval description)."""
-    lines = [f"# Gate decision for `{version}`: **{decision['decision'].upper()}**", "", decision.get("summary", ""),
-             "", decision.get("interval_scope", ""), "", "| policy | estimator | value | 95% CI | ESS | max weight | support |", "|---|---|---|---|---|---|---|"]
-    for r in decision["ope"]["table"]:
-        lines.append(f"| {r['policy']} | {r['estimator']} | {r['value']:.4f} | [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
-                     f"| {r['ess']:.0f} | {r['max_weight']:.1f} | {r['support']:.3f} |")
+    lines = [f"# Gate decision for `{decision.version}`: **{decision.decision.upper()}**", "", decision.summary,
+             "", decision.interval_scope, "", "| policy | estimator | value | 95% CI | ESS | max weight | support |",
+             "|---|---|---|---|---|---|---|"]
+    for r in decision.ope.table if decision.ope else []:
+        lines.append(f"| {r.policy} | {r.estimator} | {r.value:.4f} | [{r.ci_low:.4f}, {r.ci_high:.4f}] "
+                     f"| {r.ess:.0f} | {r.max_weight:.1f} | {r.support:.3f} |")
     lines += ["", "| rule | value | threshold | passed | detail |", "|---|---|---|---|---|"]
-    for r in decision["rules"]:
-        lines.append(f"| {r['rule']} | {r['value']} | {r['threshold']} | {'yes' if r['passed'] else 'NO'} "
-                     f"| {r['detail']} |")
+    for r in decision.rules:
+        lines.append(f"| {r.rule} | {r.value} | {r.threshold} | {'yes' if r.passed else 'NO'} | {r.detail} |")
     return "\n".join(lines)
 
 
-def write_reports(decision: dict, out_dir: Path) -> tuple[Path, Path]:
+def write_reports(decision: GateDecision, out_dir: Path) -> tuple[Path, Path]:
     """``ope.json`` (DVC metrics: the OPE table and the decision) and ``policy_value.csv`` (DVC plot
     data: estimator, policy, value, lower, upper), each written atomically."""
     out_dir = Path(out_dir)
     recover_leftovers(out_dir)  # what a killed earlier run left
-    metrics = {k: decision[k] for k in ("decision", "summary", "failed", "rules", "estimator", "production", "logs")}
-    metrics["table"] = decision["ope"]["table"]
-    metrics["diagnostics"] = decision["ope"]["diagnostics"]
+    full = decision.to_dict()
+    metrics = {k: full[k] for k in ("decision", "summary", "failed", "rules", "estimator", "production", "logs")}
+    metrics.update({k: full["ope"][k] for k in ("table", "diagnostics", "logging")})
     ope_json = out_dir / "ope.json"
-    write_text_atomic(ope_json, json.dumps(metrics, indent=2, default=float))
+    write_text_atomic(ope_json, json.dumps(metrics, indent=2))
     buf = io.StringIO()
     wr = csv.writer(buf, lineterminator="\n")
     wr.writerow(["estimator", "policy", "value", "lower", "upper"])
-    for r in decision["ope"]["table"]:
-        wr.writerow([r["estimator"], r["policy"], r["value"], r["ci_low"], r["ci_high"]])
+    for r in decision.ope.table if decision.ope else []:
+        wr.writerow([r.estimator, r.policy, r.value, r.ci_low, r.ci_high])
     csv_path = out_dir / "policy_value.csv"
     write_text_atomic(csv_path, buf.getvalue())
     return ope_json, csv_path

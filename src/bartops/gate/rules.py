@@ -26,6 +26,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
+from bartops.ope.estimators import Estimate
+from bartops.ope.kinds import KindLift
+
 ESTIMATORS = ("ips", "snips", "dr")
 
 
@@ -72,52 +75,69 @@ def ece_from_metrics(metrics: dict | None) -> float | None:
     return None if ece is None else float(ece)
 
 
-def _rule(name: str, passed: bool, value: Any, threshold: Any, detail: str) -> dict[str, Any]:
-    return {"rule": name, "passed": bool(passed), "value": value, "threshold": threshold, "detail": detail}
+@dataclass(frozen=True)
+class RuleResult:
+    """One promotion rule's outcome with the figure it judged."""
+
+    rule: str
+    passed: bool
+    value: float | bool | None
+    threshold: float | bool | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What the rules decide: ``promote`` only if every rule passed."""
+
+    decision: str  # promote | reject
+    rules: list[RuleResult]
+    failed: list[str]
 
 
 def decide(
     params: GateParams,
     validation_passed: bool | None,
-    difference: dict[str, Any],
+    difference: Estimate,
     ess: float,
     ece: float | None,
-    kind_lifts: dict[str, dict[str, Any]],
+    kind_lifts: dict[str, KindLift],
     support_share: float | None = None,
-) -> dict[str, Any]:
-    """The decision ("promote" / "reject") and every rule's figures.
+) -> Verdict:
+    """The rules applied to the evidence.
 
-    ``difference`` is the paired estimate of candidate − production (``Estimate.to_dict()``);
-    ``kind_lifts`` maps explanation kind → ``KindLift.to_dict()`` (relative change with its interval).
+    ``difference`` is the paired estimate of candidate − production by ``params.estimator``;
+    ``kind_lifts`` maps explanation kind → its relative change with its interval.
     """
     rules = []
     if params.require_validation:
-        rules.append(_rule("validation", validation_passed is True, validation_passed, True,
-                           "the evaluated logs passed validation" if validation_passed else
-                           "validation failed or was not run on the evaluated logs"))
-    rules.append(_rule("ess", ess >= params.min_ess, round(float(ess), 2), params.min_ess,
-                       f"effective sample size of the candidate's {params.estimator} weights"))
-    lo = float(difference["ci_low"])
-    rules.append(_rule("lift", lo > params.margin, round(lo, 6), params.margin,
-                       f"{difference['level']:.0%} lower bound of candidate − production ({params.estimator}); "
-                       f"point {difference['value']:+.5f}"))
-    rules.append(_rule("calibration", ece is not None and ece <= params.max_ece,
-                       None if ece is None else round(ece, 6), params.max_ece,
-                       "validation ECE of the reward model" if ece is not None else "ECE missing from metrics.json"))
-    measured = {k: v for k, v in sorted(kind_lifts.items()) if v["measured"]}
+        rules.append(RuleResult("validation", validation_passed is True, validation_passed, True,
+                                "the evaluated logs passed validation" if validation_passed else
+                                "validation failed or was not run on the evaluated logs"))
+    rules.append(RuleResult("ess", ess >= params.min_ess, round(float(ess), 2), params.min_ess,
+                            f"effective sample size of the candidate's {params.estimator} weights"))
+    lo = float(difference.ci_low)
+    rules.append(RuleResult("lift", lo > params.margin, round(lo, 6), params.margin,
+                            f"{difference.level:.0%} lower bound of candidate − production ({params.estimator}); "
+                            f"point {difference.value:+.5f}"))
+    rules.append(RuleResult("calibration", ece is not None and ece <= params.max_ece,
+                            None if ece is None else round(ece, 6), params.max_ece,
+                            "validation ECE of the reward model" if ece is not None else
+                            "ECE missing from metrics.json"))
+    measured = {k: v for k, v in sorted(kind_lifts.items()) if v.measured}
     unmeasured = sorted(set(kind_lifts) - set(measured))
-    losing = [k for k, v in measured.items() if v["ci_high"] < -params.explanation_tolerance]
-    highest = min((v["ci_high"] for v in measured.values()), default=None)
-    detail = ("; ".join(f"kind {k!r} loses {-measured[k]['lift']:.1%} of its streams per card "
-                        f"[{-measured[k]['ci_high']:.1%}, {-measured[k]['ci_low']:.1%}]" for k in losing)
+    losing = [k for k, v in measured.items() if v.ci_high < -params.explanation_tolerance]
+    highest = min((v.ci_high for v in measured.values()), default=None)
+    detail = ("; ".join(f"kind {k!r} loses {-measured[k].lift:.1%} of its streams per card "
+                        f"[{-measured[k].ci_high:.1%}, {-measured[k].ci_low:.1%}]" for k in losing)
               if losing else "no measured explanation kind loses more than the tolerance with confidence")
     if unmeasured:
         detail += f"; unmeasured: {', '.join(unmeasured)}"
-    rules.append(_rule("explanations", not losing, None if highest is None else round(float(highest), 6),
-                       -params.explanation_tolerance, detail))
-    rules.append(_rule("support", support_share is not None and support_share >= params.min_support_share,
-                       None if support_share is None else round(float(support_share), 4), params.min_support_share,
-                       "share of the candidate's cards the logs can check (the rest is model extrapolation)"))
-    passed = all(r["passed"] for r in rules)
-    return {"decision": "promote" if passed else "reject", "rules": rules,
-            "failed": [r["rule"] for r in rules if not r["passed"]], "params": params.to_dict()}
+    rules.append(RuleResult("explanations", not losing, None if highest is None else round(float(highest), 6),
+                            -params.explanation_tolerance, detail))
+    rules.append(RuleResult("support", support_share is not None and support_share >= params.min_support_share,
+                            None if support_share is None else round(float(support_share), 4),
+                            params.min_support_share,
+                            "share of the candidate's cards the logs can check (the rest is model extrapolation)"))
+    failed = [r.rule for r in rules if not r.passed]
+    return Verdict("reject" if failed else "promote", rules, failed)

@@ -220,24 +220,6 @@ def weight_moments(d: LoggedData, clip: float | None) -> np.ndarray:
     return np.array([len(d), w.sum(), (w ** 2).sum(), w.max(), (d.target > 0).sum()], np.float64)
 
 
-def log_weight_histogram(weights: np.ndarray, bins: int = 30) -> dict | None:
-    """Log10-binned histogram of the positive weights, zeros counted apart (None for no weights):
-    ``{"edges", "counts", "log_x", "zeros"}``, as gate.json carries it and the dashboard draws it."""
-    w = np.asarray(weights, np.float64)
-    if not len(w):
-        return None
-    pos = w[w > 0]
-    if not len(pos):
-        return {"edges": [0.0, 1.0], "counts": [float(len(w))], "log_x": False, "zeros": int(len(w))}
-    lw = np.log10(pos)
-    lo, hi = float(np.floor(lw.min() * 4) / 4), float(np.ceil(lw.max() * 4) / 4)
-    if hi <= lo:
-        hi = lo + 0.25
-    counts, edges = np.histogram(lw, bins=bins, range=(lo, hi))
-    return {"edges": edges.tolist(), "counts": counts.astype(float).tolist(), "log_x": True,
-            "zeros": int((w == 0).sum())}
-
-
 def estimate_from_moments(name: str, value: float, boot: np.ndarray, level: float, moments: np.ndarray,
                           n_groups: int, clip, n_boot, seed) -> Estimate:
     """An Estimate from its value, bootstrap values and ``weight_moments`` (reduced over partitions)."""

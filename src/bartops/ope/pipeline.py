@@ -57,7 +57,7 @@ import numpy as np
 import pandas as pd
 
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimate, evaluate_many, paired_difference, weights
-from bartops.ope.kinds import KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
+from bartops.ope.kinds import KindLift, KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
 from bartops.ope.reward import cross_fit
 from bartops.ope.slate import LoggedPages, examination_marginals
 from bartops.ope.validate import LoggedData, check_inputs
@@ -223,6 +223,78 @@ def logged_row_terms(logs: LoggedPages, exposure: np.ndarray, kappa: np.ndarray
     return slot_exam, supported, np.where(supported, np.minimum(exposure, 1.0), 1.0)
 
 
+@dataclass(frozen=True)
+class TargetDiagnostics:
+    """How well the logs check one evaluated policy (module docs: weights, support share)."""
+
+    policy: str  # the policy's version, or "logging (on-policy)"
+    weights: np.ndarray  # per logged row: E_t/E₀ (0 where the target cannot show the logged card)
+    support_share: float  # share of the target's examination the logs check at moderate weights
+    clipped_share: float  # share of rows whose weight exceeds dr_clip
+    cards_per_page: float  # cards the target shows per page
+    unsupported_share: float  # share of the target's exposure on cards the logging policy could not show
+    log_time_support: float  # share of its examination on pairs the logger could show when it logged
+    target_samples: int | None = None  # sampled pages per context (None for the on-policy logging policy)
+
+    @property
+    def ess(self) -> float:
+        """(Σw)²/Σw² over the logged rows."""
+        w2 = float((self.weights ** 2).sum())
+        return float(self.weights.sum() ** 2 / w2) if w2 > 0 else 0.0
+
+
+@dataclass(frozen=True)
+class LoggingSummary:
+    """What the evaluation learnt about the logging policy: κ and the logged cards' support."""
+
+    examination: list[list[float]]  # κ per (shelf, position), rounded to 4 decimals
+    supported_share: float  # share of logged rows inside the support (E₀ > 0)
+    min_exposure: float  # the smallest E₀ of a supported logged card
+
+
+@dataclass(frozen=True)
+class EstimateRow:
+    """One line of the OPE table: a policy's (or a paired difference's) estimate by one estimator."""
+
+    policy: str  # "candidate", "production", or "candidate - production" for the paired difference
+    estimator: str
+    value: float
+    ci_low: float
+    ci_high: float
+    se: float
+    ess: float
+    max_weight: float
+    support: float
+
+    @staticmethod
+    def of(policy: str, estimator: str, e: Estimate) -> "EstimateRow":
+        return EstimateRow(policy, estimator, round(e.value, 5), round(e.ci_low, 5), round(e.ci_high, 5),
+                           round(e.se, 5), round(e.ess, 1), round(e.max_weight, 2), round(e.support, 4))
+
+
+@dataclass(frozen=True)
+class PolicyEvaluation:
+    """``evaluate_policies``' result, the same from the local and the partitioned (Dask) path.
+
+    ``estimates``: policy → estimator → Estimate; ``differences``: other policy → estimator → the
+    paired Estimate of the first target minus it; ``per_kind``: kind → streams per card and cards per
+    page of each policy (``ope.kinds.per_kind_table``); ``kind_lifts``: other policy → kind → KindLift.
+    """
+
+    estimates: dict[str, dict[str, Estimate]]
+    differences: dict[str, dict[str, Estimate]]
+    per_kind: dict[str, dict[str, float]]
+    kind_lifts: dict[str, dict[str, KindLift]]
+    diagnostics: dict[str, TargetDiagnostics]
+    logging: LoggingSummary
+
+    def table(self) -> list[EstimateRow]:
+        """Every estimate and paired difference as rows (a difference's policy is ``candidate - <other>``)."""
+        rows = [EstimateRow.of(policy, name, e) for policy, ests in self.estimates.items() for name, e in ests.items()]
+        return rows + [EstimateRow.of(f"candidate - {other}", name, e) for other, ests in self.differences.items()
+                       for name, e in ests.items()]
+
+
 def evaluate_policies(
     logs: LoggedPages,
     marginals: LoggingMarginals,
@@ -230,7 +302,7 @@ def evaluate_policies(
     cfg: OPEConfig,
     featurize: Featurize | None = None,
     kind_of_explanation: np.ndarray | None = None,
-) -> dict:
+) -> PolicyEvaluation:
     """Estimates (IPS, SNIPS and, with ``featurize``, DR) for each target (None = the logging policy
     itself, on-policy), paired differences of the first target against each other one, per-kind
     values per card, and diagnostics (weights, support share).
@@ -253,7 +325,7 @@ def evaluate_policies(
         np.unique(np.asarray(kind_of_explanation).astype(str), return_inverse=True)
     kind_sums: dict[str, KindPageSums] = {}
     data: dict[str, LoggedData] = {}
-    diag: dict[str, dict] = {}
+    diag: dict[str, dict] = {}  # each target's TargetDiagnostics fields, collected as they are computed
     pred_logged = None
     for name, spec in targets.items():
         prediction = expected = None
@@ -312,10 +384,10 @@ def evaluate_policies(
         logged_streams = np.bincount(row_kind, weights=logs.reward, minlength=len(kind_names))
         lifts = {other: kind_lifts(kind_sums[names[0]], kind_sums[other], list(kind_names), logged_streams,
                                    cfg.n_boot, cfg.level, cfg.seed) for other in names[1:]}
-    return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "kind_lifts": lifts,
-            "diagnostics": diag,
-            "logging": {"examination": np.round(kappa, 4).tolist(), "supported_share": float(supported.mean()),
-                        "min_exposure": float(marginals.exposure[supported].min()) if supported.any() else 0.0}}
+    return PolicyEvaluation(estimates, differences, per_kind, lifts,
+                            {name: TargetDiagnostics(**d) for name, d in diag.items()},
+                            LoggingSummary(np.round(kappa, 4).tolist(), float(supported.mean()),
+                                           float(marginals.exposure[supported].min()) if supported.any() else 0.0))
 
 
 def subsample_pages(logs: pd.DataFrame, max_pages: int | None, seed: int) -> pd.DataFrame:
@@ -327,22 +399,3 @@ def subsample_pages(logs: pd.DataFrame, max_pages: int | None, seed: int) -> pd.
         return logs
     keep = np.random.default_rng([seed, 11]).choice(req, size=int(max_pages), replace=False)
     return logs[logs["request_id"].astype(str).isin(set(keep))].reset_index(drop=True)
-
-
-def estimate_table(result: dict) -> list[dict]:
-    """Rows (policy, estimator, value, ci_low, ci_high, se, ess, max_weight, support) for reports;
-    differences carry policy ``candidate - <other>`` and the estimator's own name."""
-    rows = []
-    for policy, ests in result["estimates"].items():
-        for name, e in ests.items():
-            rows.append(_row(policy, name, e))
-    for other, ests in result["differences"].items():
-        for name, e in ests.items():
-            rows.append(_row(f"candidate - {other}", name, e))
-    return rows
-
-
-def _row(policy: str, name: str, e: Estimate) -> dict:
-    return {"policy": policy, "estimator": name, "value": round(e.value, 5), "ci_low": round(e.ci_low, 5),
-            "ci_high": round(e.ci_high, 5), "se": round(e.se, 5), "ess": round(e.ess, 1),
-            "max_weight": round(e.max_weight, 2), "support": round(e.support, 4)}

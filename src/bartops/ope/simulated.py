@@ -13,7 +13,8 @@ import pandas as pd
 
 from bartops.context import local_hour, platform_code
 from bartops.features.candidates import candidates_for_requests
-from bartops.ope.pipeline import OPEConfig, estimate_examination, evaluate_policies, logging_marginals
+from bartops.ope.pipeline import (OPEConfig, PolicyEvaluation, estimate_examination, evaluate_policies,
+                                  logging_marginals)
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy, build_pages
 from bartops.sim.simulate import PopularityAffinityScorer, true_value
@@ -63,9 +64,9 @@ def blended(logging: PagePolicy, world: World, weight: float, version: str, gree
 
 
 def evaluate_simulated(world: World, history: pd.DataFrame, table: pd.DataFrame, logging: PagePolicy,
-                       logs: pd.DataFrame, targets: dict[str, PagePolicy | None], cfg: OPEConfig,
-                       with_truth: bool = True) -> dict:
-    """``evaluate_policies`` on simulated logs, plus each target's true value on the same contexts."""
+                       logs: pd.DataFrame, targets: dict[str, PagePolicy | None], cfg: OPEConfig
+                       ) -> tuple[PolicyEvaluation, dict[str, float]]:
+    """``evaluate_policies`` on simulated logs, and each target's true value on the same contexts."""
     lp = logged_pages(logs, world.explanations)
     cands = candidates_for_requests(table, lp.contexts["user_id"].to_numpy())
     featurize = SimFeaturizer(world, history)
@@ -73,10 +74,9 @@ def evaluate_simulated(world: World, history: pd.DataFrame, table: pd.DataFrame,
     marg = logging_marginals(logging, lp, cands, cfg, kappa)
     specs = {k: (None if v is None else (v, cands)) for k, v in targets.items()}
     res = evaluate_policies(lp, marg, specs, cfg, featurize, world.explanations["kind"].to_numpy())
-    if with_truth:
-        res["truth"] = {k: true_value(world, logging if v is None else v, lp.contexts, cands, n_samples=8)[0]
-                        for k, v in targets.items()}
-    return res
+    truth = {k: true_value(world, logging if v is None else v, lp.contexts, cands, n_samples=8)[0]
+             for k, v in targets.items()}
+    return res, truth
 
 
 def true_kind_values(world: World, policy: PagePolicy, contexts: pd.DataFrame, candidates: CandidateSet,

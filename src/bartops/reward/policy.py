@@ -101,7 +101,7 @@ def write_policy_bundle(model_dir: Path, features_dir: Path, policy_params: dict
         shutil.copytree(features_dir, tmp / "features")
         (tmp / "policy.json").write_text(json.dumps(pol, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(model.metrics, indent=2))
-        (tmp / "gate.json").write_text(json.dumps({"decision": "pending", "evidence": None}, indent=2))
+        (tmp / "gate.json").write_text(json.dumps({"decision": "pending", "status": "pending"}, indent=2))  # GateDecision.pending()
         lin = {
             "version": str(version),
             "created": datetime.now(timezone.utc).isoformat(),

@@ -38,17 +38,18 @@ from __future__ import annotations
 
 import inspect
 import zlib
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
+from bartops.gate.evaluate import Evaluation, evaluated_policy, logging_policy_for, training_cut
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimator, weights
 from bartops.ope.kinds import KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
-from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, TargetPages, estimate_examination, first_row_of_page,
-                                  log_time_support,
+from bartops.ope.pipeline import (LoggingMarginals, LoggingSummary, OPEConfig, PolicyEvaluation, TargetDiagnostics,
+                                  TargetPages, estimate_examination, first_row_of_page, log_time_support,
                                   logged_row_terms, logging_marginals, on_first_rows, sample_target_pages,
                                   subsample_pages)
 from bartops.ope.slate import LoggedPages, logged_pages
@@ -380,8 +381,9 @@ def _one(stats: PartitionStatistics, i: int) -> PartitionStatistics:
                                (stats.widths[i],))
 
 
-def reduce_results(results: Sequence[PartitionResult], setup: EvaluationSetup, kappa: np.ndarray) -> dict[str, Any]:
-    """The dict ``evaluate_policies`` returns, from the partitions' results."""
+def reduce_results(results: Sequence[PartitionResult], setup: EvaluationSetup, kappa: np.ndarray
+                   ) -> PolicyEvaluation:
+    """What ``evaluate_policies`` returns, from the partitions' results."""
     cfg = setup.cfg
     ests = setup.estimators()
     names = list(setup.targets)
@@ -416,16 +418,15 @@ def reduce_results(results: Sequence[PartitionResult], setup: EvaluationSetup, k
              for other in names[1:]}
     supported = sum(r.supported for r in results)
     min_exposure = min(r.min_exposure for r in results)
-    return {"estimates": estimates, "differences": differences, "per_kind": per_kind, "kind_lifts": lifts,
-            "diagnostics": diag,
-            "logging": {"examination": np.round(kappa, 4).tolist(), "supported_share": float(supported / n),
-                        "min_exposure": float(min_exposure) if supported else 0.0}}
+    return PolicyEvaluation(estimates, differences, per_kind, lifts,
+                            {name: TargetDiagnostics(**d) for name, d in diag.items()},
+                            LoggingSummary(np.round(kappa, 4).tolist(), float(supported / n),
+                                           float(min_exposure) if supported else 0.0))
 
 
 # ---------------------------------------------------------------------- the whole evaluation
 def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, logging_version: str) -> EvaluationSetup:
     """The candidate bundle, the logging policy and production, as ``evaluate_bundle`` chooses them."""
-    from bartops.gate.evaluate import logging_policy_for, training_cut
     from bartops.reward.policy import load_policy_bundle
 
     cfg = OPEConfig.from_dict(params.get("ope"))
@@ -444,7 +445,7 @@ def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, l
 class PartitionedEvaluation:
     """``evaluate_policies``'s result, κ, the cross-fitted fold models, and the rows and pages evaluated."""
 
-    result: dict[str, Any]
+    result: PolicyEvaluation
     examination: np.ndarray
     models: list[Any]
     n_rows: int
@@ -490,10 +491,9 @@ def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSet
 
 
 def evaluate_bundle_dask(client, bundle_dir: Path, params: dict, registry, impressions: Path | Sequence[Path],
-                         data_dir: Path, partition_rows: int) -> dict:
+                         data_dir: Path, partition_rows: int) -> Evaluation:
     """``bartops.gate.evaluate.evaluate_bundle`` on page-aligned partitions of the validated batches
-    (module docs): the same dict, plus ``backend`` and ``partitions``."""
-    from bartops.gate.evaluate import evaluated_policy, training_cut
+    (module docs)."""
 
     parts = page_partitions(impressions, partition_rows)
     cfg = OPEConfig.from_dict(params.get("ope"))
@@ -510,9 +510,7 @@ def evaluate_bundle_dask(client, bundle_dir: Path, params: dict, registry, impre
                                          pure=False))
     setup = evaluation_setup(Path(bundle_dir), params, registry, Path(data_dir), version)
     ev = evaluate_partitions(client, parts, setup, scans)
-    return {"result": ev.result, "production": production, "logging_version": version, "config": asdict(cfg),
-            "n_pages": ev.n_pages, "n_rows": ev.n_rows,
-            "holdout_from": None if holdout_from is None else holdout_from.isoformat(),
-            "first_page_view": pd.Timestamp(ev.first_page_view).isoformat(),
-            "last_page_view": pd.Timestamp(ev.last_page_view).isoformat(),
-            "backend": "dask", "partitions": len(parts)}
+    return Evaluation(ev.result, production, version, cfg, ev.n_pages, ev.n_rows,
+                      None if holdout_from is None else holdout_from.isoformat(),
+                      pd.Timestamp(ev.first_page_view).isoformat(), pd.Timestamp(ev.last_page_view).isoformat(),
+                      backend="dask", partitions=len(parts))

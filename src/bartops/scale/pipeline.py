@@ -15,9 +15,12 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from bartops.scale.cluster import ScaleSettings, close_client, dask_client, scale_settings
+
+if TYPE_CHECKING:
+    from bartops.gate.evaluate import Evaluation
 
 
 @contextmanager
@@ -82,8 +85,8 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
 
 
 def run_evaluation(bundle_dir: Path, params: dict[str, Any], registry: Any, impressions_dir: Path,
-                   data_dir: Path) -> tuple[dict[str, Any], list[Path]]:
-    """(``bartops.gate.evaluate.evaluate_bundle``'s evaluation, the batch files) on the configured backend."""
+                   data_dir: Path) -> tuple[Evaluation, list[Path]]:
+    """(the gate's ``Evaluation`` of the bundle, the batch files) on the configured backend."""
     from bartops.gate import evaluate as local
 
     settings = scale_settings(params)

@@ -27,6 +27,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 
 from bartops.config import Paths, load_params, section
+from bartops.gate import GateDecision
 from bartops.loop.listeners import play_listeners
 from bartops.loop.record import ROUNDS_FILE, RoundRecord, read_rounds, write_rounds
 from bartops.loop.rounds import batch_rows, bundle_truth, mean_interval, references, served_log_rows
@@ -126,13 +127,11 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
         cand, decision, lift, true_lift = "", "", (math.nan, math.nan, math.nan), math.nan
         if candidates:
             cand = candidates[-1]
-            gate = registry.show(cand).get("gate") or {}
-            decision = str(gate.get("decision", ""))
-            est = gate.get("estimator", "dr")
-            row = next((x for x in (gate.get("ope") or {}).get("table", [])
-                        if x.get("policy") == "candidate - production" and x.get("estimator") == est), None)
+            gate = GateDecision.from_dict(registry.show(cand).get("gate") or GateDecision.pending().to_dict())
+            decision = "" if gate.decision == "pending" else gate.decision
+            row = gate.headline()
             if row is not None:
-                lift = (row["value"], row["ci_low"], row["ci_high"])
+                lift = (row.value, row.ci_low, row.ci_high)
             true_lift = bundle_truth(world, registry.path(cand), contexts, seed=r).value - truth.value
         record = RoundRecord(
             round=r, live_version=",".join(versions), page_views=traffic.pages, true_value=truth.value,

@@ -1,0 +1,194 @@
+"""The gate and the reward model on worlds nobody tuned for: a grid of simulated worlds.
+
+    python -m bench.robustness [--worlds default,seed-23,flat,steep,big-catalog,eps-0.02,eps-0.3]
+                               [--log-impressions 20000] [--seeds 20] [--train-impressions 1000000]
+                               [--train-worlds all] [--truth-pages 50000] [--workers 2]
+
+Each world of ``WORLDS`` changes one thing of ``bench.ope_accuracy``'s world (1,500 users, 2,500
+items, examination (1+shelf)^-0.35·(1+position)^-0.25, ε = 0.1): the seed, the examination decay
+down the page and along the shelves (flat 0.05/0.05, steep 1.5/1.0: the bottom-right slot is looked
+at 0.0085 as often as the top-left), the catalog (6,000 items, 400 artists, 4,000 users) or the
+logging policy's ε (0.02, 0.3).  For each world:
+
+1. **Off-policy evaluation.**  ``--seeds`` fresh logs of ``--log-impressions`` from the world's
+   logging policy; on each, the estimates of the candidates of ``bench.ope_accuracy`` (close: the
+   greedy logging policy; moderate: + 1 × true relevance; very different: + 30 × ≈ the oracle; worse:
+   − 1 ×) against their values over ``--truth-pages`` fresh page views (the page bootstrap's
+   estimand).  DR's relative error and the coverage of its 95 % interval, with a Wilson interval on
+   the pooled coverage.
+2. **The gate** (shipped defaults) on every log: promotions, unsafe promotions (a candidate truly
+   worse than the logging policy promoted) and missed promotions (a candidate truly ≥ 10 % better
+   rejected).
+3. **The reward model.**  A model trained as ``params.yaml`` says (``reward:``, features from the
+   world's history) on ``--train-impressions`` of the world's logging policy; the greedy policy it
+   drives, scored by its true value on 2,000 fresh contexts against the oracle's (true stream
+   probabilities as the scorer).
+
+The floors of the robustness issue: DR coverage 0.90–0.98 pooled in every world, the greedy policy
+≥ 0.88 of the oracle at 1M impressions, no unsafe promotion, missed promotions of candidates truly
+≥ 10 % better at most 1 in 5 (at 1M; this benchmark's logs are smaller, which makes missing easier).
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from bench.common import save, table
+from bench.ope_accuracy import CANDIDATES, WORLD, evaluate_all, population_truth, wilson
+from bartops.gate import GateParams
+from bartops.ope.pipeline import OPEConfig
+from bartops.sim import SimParams, SimulatedData, World, logging_policy, simulate
+from bartops.sim.simulate import simulate_impressions
+
+SHELVES, CARDS = 6, 8
+BETTER = 0.10  # a candidate truly this much better than the logging policy should be promoted
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """One world of the grid: simulator parameters, the world's seed and the logging policy's ε."""
+
+    params: SimParams
+    seed: int = 11
+    epsilon: float = 0.1
+
+
+WORLDS = {
+    "default": WorldSpec(WORLD),
+    "seed-23": WorldSpec(WORLD, seed=23),
+    "flat": WorldSpec(replace(WORLD, position_decay_shelf=0.05, position_decay_card=0.05)),
+    "steep": WorldSpec(replace(WORLD, position_decay_shelf=1.5, position_decay_card=1.0)),
+    "big-catalog": WorldSpec(replace(WORLD, users=4000, artists=400, items=6000)),
+    "eps-0.02": WorldSpec(WORLD, epsilon=0.02),
+    "eps-0.3": WorldSpec(WORLD, epsilon=0.3),
+}
+
+
+def world_setup(spec: WorldSpec) -> tuple[World, SimulatedData, object]:
+    """The world, its history and candidate sets, and its ε-greedy logging policy."""
+    world = World.generate(spec.params, seed=spec.seed)
+    sim = simulate(world, 500, SHELVES, CARDS, spec.epsilon, spec.epsilon, seed=spec.seed)
+    return world, sim, logging_policy(world, sim.history, SHELVES, CARDS, spec.epsilon, spec.epsilon)
+
+
+_CACHE: dict[str, tuple] = {}
+
+
+def evaluate_seed(name: str, seed: int, size: int, population: dict[str, float]) -> list[dict]:
+    """Every candidate's estimates and the gate's decision on one fresh log of world ``name``."""
+    if name not in _CACHE:
+        _CACHE[name] = world_setup(WORLDS[name])
+    world, sim, log = _CACHE[name]
+    logs = simulate_impressions(world, sim.history, sim.candidates, log, size, np.random.default_rng([seed, 2]))
+    rows = evaluate_all(world, sim, log, logs, OPEConfig(n_boot=200, marginal_samples=100), GateParams(), population,
+                        truth_samples=4)
+    return [{"world": name, "seed": seed, **r} for r in rows]
+
+
+def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000) -> dict:
+    """The greedy policy of a reward model trained on ``n_impressions`` of the world, against the oracle."""
+    from bartops.config import load_params
+    from bartops.features.store import FeatureParams, build_features_from_frames, with_response_stats
+    from bartops.reward.policy import candidate_policy
+    from bartops.reward.train import RewardParams, train_reward_models
+    from bartops.sim import oracle_policy, sample_contexts, true_value
+
+    params = load_params()
+    world = World.generate(spec.params, seed=spec.seed)
+    t0 = time.perf_counter()
+    data = simulate(world, n_impressions, SHELVES, CARDS, spec.epsilon, spec.epsilon, seed=spec.seed)
+    features = build_features_from_frames(world.items, world.users, data.history,
+                                          FeatureParams.from_dict(params.get("features")), seed=int(params["seed"]),
+                                          explanations=world.explanations)
+    features = with_response_stats(features, data.impressions, None,
+                                   RewardParams.from_dict(params.get("reward")).validation_fraction)
+    model = train_reward_models(features, data.impressions, params).model
+    ctx = sample_contexts(world, n_contexts, np.random.default_rng([spec.seed, 99]))
+    cands = features.candidates_for(ctx)
+    greedy = {"shelves": SHELVES, "cards": CARDS, "epsilon_head": 0.0, "epsilon_fill": 0.0}
+    v_model, _ = true_value(world, candidate_policy(model, features, greedy), ctx, cands)
+    v_oracle, _ = true_value(world, oracle_policy(world, SHELVES, CARDS), ctx, cands)
+    v_log, _ = true_value(world, logging_policy(world, data.history, SHELVES, CARDS, spec.epsilon, spec.epsilon),
+                          ctx, cands, n_samples=4, seed=1)
+    return {"impressions": len(data.impressions), "greedy_share": v_model / v_oracle,
+            "logging_share": v_log / v_oracle, "oracle_value": v_oracle, "seconds": time.perf_counter() - t0}
+
+
+def summarise(name: str, rows: list[dict], population: dict[str, float]) -> list[dict]:
+    """Per candidate and pooled: DR error and coverage, promotions, unsafe and missed promotions."""
+    out = []
+    for cand in [*CANDIDATES, "pooled"]:
+        rs = rows if cand == "pooled" else [r for r in rows if r["candidate"] == cand]
+        hits = int(sum(r["dr_covers"] for r in rs))
+        better = [r for r in rs if r["true_lift"] >= BETTER * population["logging"]]
+        out.append({
+            "world": name, "candidate": cand, "logs": len(rs),
+            "true_lift_%": float("nan") if cand == "pooled" else 100 * rs[0]["true_lift"] / population["logging"],
+            "dr_mean_rel_err": float("nan") if cand == "pooled" else float(np.mean([r["dr_rel_err"] for r in rs])),
+            "dr_mean_abs_rel_err": float(np.mean([abs(r["dr_rel_err"]) for r in rs])),
+            "dr_coverage": hits / len(rs), "dr_coverage_95ci": "[{:.2f}, {:.2f}]".format(*wilson(hits, len(rs))),
+            "promoted": int(sum(r["decision"] == "promote" for r in rs)),
+            "unsafe": int(sum(r["unsafe"] for r in rs)),
+            "missed_of_better": f"{sum(r['decision'] != 'promote' for r in better)}/{len(better)}",
+        })
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--worlds", default=",".join(WORLDS))
+    ap.add_argument("--log-impressions", type=int, default=20_000)
+    ap.add_argument("--seeds", type=int, default=20, help="fresh logs per world")
+    ap.add_argument("--train-impressions", type=int, default=1_000_000, help="0 skips the reward-model part")
+    ap.add_argument("--train-worlds", default="all", help="worlds whose reward model is trained ('all' or names)")
+    ap.add_argument("--truth-pages", type=int, default=50_000)
+    ap.add_argument("--workers", type=int, default=2, help="processes for the logs of a world")
+    args = ap.parse_args()
+    names = [w for w in args.worlds.split(",") if w]
+    unknown = sorted(set(names) - set(WORLDS))
+    if unknown:
+        ap.error(f"unknown world(s) {unknown}; known: {sorted(WORLDS)}")
+    train = names if args.train_worlds == "all" else [w for w in args.train_worlds.split(",") if w in names]
+    t0 = time.time()
+    summary, runs, models = [], [], []
+    for name in names:
+        ts = time.time()
+        world, sim, log = world_setup(WORLDS[name])
+        population, population_se = population_truth(world, sim, log, args.truth_pages)
+        # spawn, not fork: the parent has run XGBoost's OpenMP threads
+        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            rows = [r for rs in pool.map(evaluate_seed, [name] * args.seeds, range(args.seeds),
+                                         [args.log_impressions] * args.seeds, [population] * args.seeds) for r in rs]
+        runs += rows
+        summary += summarise(name, rows, population)
+        print(table([s for s in summary if s["world"] == name]), flush=True)
+        print(f"{name}: {args.seeds} logs in {time.time() - ts:.0f} s; population values "
+              + ", ".join(f"{k} {v:.3f} ± {population_se[k]:.3f}" for k, v in population.items()), flush=True)
+        if args.train_impressions and name in train:
+            models.append({"world": name, **oracle_share(WORLDS[name], args.train_impressions)})
+            print(table([models[-1]]), flush=True)
+    pooled = [s for s in summary if s["candidate"] == "pooled"]
+    print("\n## OPE and the gate per world (DR, pooled over the candidates)\n")
+    print(table(pooled))
+    print("\n## Per candidate\n")
+    print(table([s for s in summary if s["candidate"] != "pooled"]))
+    if models:
+        print("\n## The greedy policy of the trained reward model, share of the oracle\n")
+        print(table(models))
+    unsafe = sum(r["unsafe"] for r in runs)
+    print(f"\n{len(runs)} gate decisions, unsafe promotions: {unsafe}")
+    path = save("robustness", {"summary": summary, "models": models, "runs": runs, "unsafe_promotions": int(unsafe),
+                               "worlds": {n: {"seed": WORLDS[n].seed, "epsilon": WORLDS[n].epsilon,
+                                              "params": vars(WORLDS[n].params)} for n in names},
+                               "args": vars(args), "wall_s": time.time() - t0})
+    print(f"\nsaved {path} ({time.time() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -36,6 +36,15 @@ def section(params: dict[str, Any], name: str) -> dict[str, Any]:
     return params[name]
 
 
+def reject_unknown(cls: type, values: Mapping[str, Any], what: str) -> None:
+    """Raise a ``ValueError`` naming the keys of ``values`` that are not fields of the dataclass ``cls``
+    (``what``: e.g. "gate parameter", the words the message uses for one key)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown {what}(s) {unknown}; known: {sorted(known)}")
+
+
 @dataclass(frozen=True)
 class Paths:
     """``params.yaml`` → ``paths:``: where every step reads and writes (relative to the project root)."""
@@ -54,10 +63,7 @@ class Paths:
         values = (params or {}).get("paths") or {}
         if not isinstance(values, dict):
             raise ValueError(f"params.yaml 'paths:' must be a mapping of names to folders, got {values!r}")
-        known = {f.name for f in fields(Paths)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown paths key(s) {unknown} in params.yaml; known: {sorted(known)}")
+        reject_unknown(Paths, values, "paths key")
         bad = sorted(k for k, v in values.items() if not isinstance(v, (str, os.PathLike)) or not str(v))
         if bad:
             raise ValueError(f"params.yaml paths {bad} must be non-empty folder names")

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from bartops.config import reject_unknown
 from bartops.context import REGIONS, region_code
 from bartops.faults import crash_point
 from bartops.features.candidates import (
@@ -76,15 +77,9 @@ class FeatureParams:
     @staticmethod
     def from_dict(values: dict[str, Any] | None) -> "FeatureParams":
         values = dict(values or {})
-        known = {f.name for f in fields(FeatureParams)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown features parameter(s) {unknown}")
+        reject_unknown(FeatureParams, values, "features parameter")
         cand = values.pop("candidates", None) or {}
-        cknown = {f.name for f in fields(CandidateParams)}
-        bad = sorted(set(cand) - cknown)
-        if bad:
-            raise ValueError(f"unknown features.candidates parameter(s) {bad}")
+        reject_unknown(CandidateParams, cand, "features.candidates parameter")
         return FeatureParams(candidates=CandidateParams(**cand), **values)
 
     def to_dict(self) -> dict[str, Any]:

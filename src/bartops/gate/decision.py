@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from bartops.config import reject_unknown
 from bartops.gate.rules import GateParams, RuleResult
 from bartops.ope.kinds import KindLift
 from bartops.ope.pipeline import EstimateRow, LoggingSummary, OPEConfig, TargetDiagnostics
@@ -33,10 +34,7 @@ def _typed(cls, value: Any, where: str, **converted: Any):
     ``converted`` holds nested fields the caller has already built."""
     if not isinstance(value, Mapping):
         raise ValueError(f"{where} must be an object, got {type(value).__name__}")
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(known)}")
+    reject_unknown(cls, value, f"{where} key")
     missing = sorted(f.name for f in fields(cls)
                      if f.default is MISSING and f.default_factory is MISSING and f.name not in value)
     if missing:

@@ -23,9 +23,10 @@ A candidate is promoted only if every rule passes:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
+from bartops.config import reject_unknown
 from bartops.ope.estimators import Estimate
 from bartops.ope.kinds import KindLift
 
@@ -54,10 +55,7 @@ class GateParams:
     @staticmethod
     def from_dict(values: dict[str, Any] | None) -> "GateParams":
         values = dict(values or {})
-        known = {f.name for f in fields(GateParams)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown gate parameter(s) {unknown}; known: {sorted(known)}")
+        reject_unknown(GateParams, values, "gate parameter")
         return GateParams(**values)
 
     def to_dict(self) -> dict[str, Any]:

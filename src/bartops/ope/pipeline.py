@@ -50,12 +50,13 @@ independent of each page's own rewards).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
+from bartops.config import reject_unknown
 from bartops.ope.estimators import DR, IPS, SNIPS, Estimate, evaluate_many, paired_difference, weights
 from bartops.ope.kinds import KindLift, KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
 from bartops.ope.reward import cross_fit
@@ -91,10 +92,7 @@ class OPEConfig:
     @staticmethod
     def from_dict(values: dict | None) -> "OPEConfig":
         values = dict(values or {})
-        known = {f.name for f in fields(OPEConfig)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown ope parameter(s) {unknown}; known: {sorted(known)}")
+        reject_unknown(OPEConfig, values, "ope parameter")
         return OPEConfig(**values)
 
 

@@ -15,13 +15,14 @@ saved model carries (``margin.json``) and applies on every prediction.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
+from bartops.config import reject_unknown
 from bartops.features.arrays import native_threads
 from bartops.features.assemble import (FEATURE_NAMES, RESPONSE_NAMES, assemble_rows, feature_schema_hash,
                                        impression_inputs, response_columns)
@@ -80,10 +81,7 @@ class RewardParams:
     @staticmethod
     def from_dict(values: dict[str, Any] | None) -> "RewardParams":
         values = dict(values or {})
-        known = {f.name for f in fields(RewardParams)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown reward parameter(s) {unknown}")
+        reject_unknown(RewardParams, values, "reward parameter")
         if "xgboost" in values:
             values["xgboost"] = {**RewardParams().xgboost, **(values["xgboost"] or {})}
         if "baselines" in values:

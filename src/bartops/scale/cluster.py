@@ -15,8 +15,10 @@ running cluster gets it through ``client.run`` (workers should also be started w
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
+
+from bartops.config import reject_unknown
 
 SCHEDULER_ENV = "BARTOPS_DASK_SCHEDULER"
 BACKENDS = ("local", "dask")
@@ -58,10 +60,7 @@ class ScaleSettings:
 def scale_settings(params: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> ScaleSettings:
     """``scale:`` of params.yaml, overridden by ``BARTOPS_DASK_SCHEDULER`` (address ⇒ dask; ``local``)."""
     values = dict((params or {}).get("scale") or {})
-    known = {f.name for f in fields(ScaleSettings)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown scale parameter(s) {unknown}; known: {sorted(known)}")
+    reject_unknown(ScaleSettings, values, "scale parameter")
     env = (os.environ if environ is None else environ).get(SCHEDULER_ENV, "").strip()
     if env.lower() == "local":
         values.update(backend="local", scheduler=None)

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from bartops.config import Paths, load_params, params_path
+from bartops.config import Paths, load_params, params_path, reject_unknown
 
 MODEL_NAME = "bartops-policy"  # BentoML model name of packaged policy bundles
 ENV_BUNDLE = "BARTOPS_BUNDLE"  # serve this bundle directory
@@ -49,10 +49,7 @@ class ServingConfig:
         """Config from a full params dict (``serving:`` plus ``paths.serving_logs``); unknown keys fail."""
         params = params or {}
         section = dict(params.get("serving") or {})
-        known = {f.name for f in fields(ServingConfig)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"unknown serving parameter(s) {unknown}; known: {sorted(known)}")
+        reject_unknown(ServingConfig, section, "serving parameter")
         if "log_dir" not in section:
             section["log_dir"] = str(Paths.from_params(params).serving_logs)
         return ServingConfig(**section)

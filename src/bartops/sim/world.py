@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from bartops.config import reject_unknown
 from bartops.context import PLATFORMS, REGIONS, local_hour, platform_code
 from bartops.features.candidates import EXPLANATION_KINDS, explanation_table
 from bartops.leftovers import write_parquet_atomic
@@ -72,10 +73,7 @@ class SimParams:
 
     @staticmethod
     def from_dict(values: dict) -> "SimParams":
-        known = {f.name for f in fields(SimParams)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown sim parameter(s) {unknown}")
+        reject_unknown(SimParams, values, "sim parameter")
         return SimParams(**values)
 
     @property

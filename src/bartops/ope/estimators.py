@@ -16,7 +16,7 @@ whatever the reward model, provided ``expected`` is the model's exact expectatio
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Protocol, Sequence
 
 import numpy as np
 
@@ -235,9 +235,32 @@ def estimate_from_moments(name: str, value: float, boot: np.ndarray, level: floa
     )
 
 
-def _estimate(name: str, value: float, boot: np.ndarray, level: float, d: LoggedData, clip, n_boot, seed,
-              w: np.ndarray | None) -> Estimate:
-    return estimate_from_moments(name, value, boot, level, weight_moments(d, clip), d.n_groups, clip, n_boot, seed)
+def estimates_from_sums(estimators: Sequence[Estimator], sums: np.ndarray, widths: Sequence[int],
+                        moments: Sequence[np.ndarray], n_boot: int, level: float, seed: int) -> dict[str, Estimate]:
+    """Every estimator's value and interval from per-group statistic sums (each estimator's ``widths``
+    columns side by side) and its ``weight_moments``: one bootstrap of the groups for all of them."""
+    check_bootstrap(n_boot, level)
+    G = len(sums)
+    edges = np.cumsum((0, *widths))
+    total = sums.sum(axis=0)
+    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
+    return {e.name: estimate_from_moments(e.name, e.combine(total[a:b], G), e.combine(boot[:, a:b], G), level, m, G,
+                                          getattr(e, "clip", None), n_boot, seed)
+            for e, a, b, m in zip(estimators, edges[:-1], edges[1:], moments)}
+
+
+def difference_from_sums(estimator: Estimator, sums: np.ndarray, k: int, moments: np.ndarray, n_boot: int,
+                         level: float, seed: int) -> Estimate:
+    """candidate − production from per-group sums (the candidate's ``k`` statistic columns, then
+    production's), both on the same group resamples; ``moments`` are the candidate's weight moments."""
+    check_bootstrap(n_boot, level)
+    G = len(sums)
+    total = sums.sum(axis=0)
+    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
+    value = estimator.combine(total[:k], G) - estimator.combine(total[k:], G)
+    diff = estimator.combine(boot[:, :k], G) - estimator.combine(boot[:, k:], G)
+    return estimate_from_moments(f"{estimator.name}-difference", value, diff, level, moments, G,
+                                 getattr(estimator, "clip", None), n_boot, seed)
 
 
 def evaluate(estimator: Estimator, data: LoggedData, n_boot: int = 1000, level: float = 0.95,
@@ -251,16 +274,9 @@ def evaluate_many(estimators: list[Estimator], data: LoggedData, n_boot: int = 1
     """Several estimators on the same bootstrap resamples (one pass over the data)."""
     check_bootstrap(n_boot, level)
     parts = [e.group_statistics(data) for e in estimators]
-    widths = np.cumsum([0] + [s.shape[1] for s in parts])
-    sums = np.hstack(parts)
-    total = sums.sum(axis=0)
-    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
-    out = {}
-    for e, a, b in zip(estimators, widths[:-1], widths[1:]):
-        value = e.combine(total[a:b], data.n_groups)
-        out[e.name] = _estimate(e.name, value, e.combine(boot[:, a:b], data.n_groups), level, data,
-                                getattr(e, "clip", None), n_boot, seed, None)
-    return out
+    return estimates_from_sums(estimators, np.hstack(parts), [p.shape[1] for p in parts],
+                               [weight_moments(data, getattr(e, "clip", None)) for e in estimators], n_boot, level,
+                               seed)
 
 
 def paired_difference(estimator: Estimator, candidate: LoggedData, production: LoggedData, n_boot: int = 1000,
@@ -272,15 +288,8 @@ def paired_difference(estimator: Estimator, candidate: LoggedData, production: L
     check_bootstrap(n_boot, level)
     check_same_logs(candidate, production)
     sc, sp = estimator.group_statistics(candidate), estimator.group_statistics(production)
-    k = sc.shape[1]
-    sums = np.hstack([sc, sp])
-    total = sums.sum(axis=0)
-    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
-    G = candidate.n_groups
-    value = estimator.combine(total[:k], G) - estimator.combine(total[k:], G)
-    diff = estimator.combine(boot[:, :k], G) - estimator.combine(boot[:, k:], G)
-    return _estimate(f"{estimator.name}-difference", value, diff, level, candidate,
-                     getattr(estimator, "clip", None), n_boot, seed, None)
+    return difference_from_sums(estimator, np.hstack([sc, sp]), sc.shape[1],
+                                weight_moments(candidate, getattr(estimator, "clip", None)), n_boot, level, seed)
 
 
 # ---------------------------------------------------------------------- plain functions

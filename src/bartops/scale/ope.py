@@ -21,16 +21,9 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from bartops.ope.estimators import (
-    Estimate,
-    Estimator,
-    bootstrap_units,
-    bootstrap_sums,
-    estimate_from_moments,
-    weight_moments,
-)
+from bartops.ope.estimators import Estimate, Estimator, difference_from_sums, estimates_from_sums, weight_moments
 from bartops.ope.slate import logged_pages, products
-from bartops.ope.validate import LoggedData, check_bootstrap, check_inputs
+from bartops.ope.validate import LoggedData, check_inputs
 from bartops.policy.page import CandidateSet, PagePolicy, logged_choice_probabilities
 
 
@@ -83,17 +76,8 @@ def reduce_partitions(parts: Sequence[PartitionStatistics]) -> tuple[np.ndarray,
 def evaluate_many_partitioned(estimators: Sequence[Estimator], parts: Sequence[PartitionStatistics],
                               n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Estimate]:
     """``evaluate_many`` from per-partition statistics (same values and bootstrap resamples)."""
-    check_bootstrap(n_boot, level)
     sums, moments = reduce_partitions(parts)
-    G = len(sums)
-    widths = np.cumsum((0,) + parts[0].widths)
-    total = sums.sum(axis=0)
-    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
-    out = {}
-    for i, (e, a, b) in enumerate(zip(estimators, widths[:-1], widths[1:])):
-        out[e.name] = estimate_from_moments(e.name, e.combine(total[a:b], G), e.combine(boot[:, a:b], G), level,
-                                            moments[i], G, getattr(e, "clip", None), n_boot, seed)
-    return out
+    return estimates_from_sums(estimators, sums, parts[0].widths, moments, n_boot, level, seed)
 
 
 def paired_difference_partitioned(estimator: Estimator, candidate: Sequence[PartitionStatistics],
@@ -101,20 +85,13 @@ def paired_difference_partitioned(estimator: Estimator, candidate: Sequence[Part
                                   level: float = 0.95, seed: int = 0) -> Estimate:
     """``paired_difference`` (candidate − production, same page resamples) from per-partition
     statistics of one estimator on the same partitions."""
-    check_bootstrap(n_boot, level)
     if len(candidate) != len(production) or any(not np.array_equal(c.request_id, p.request_id)
                                                  for c, p in zip(candidate, production)):
         raise ValueError("paired comparison needs both policies' statistics on the same partitions and pages")
     joined = [PartitionStatistics(c.request_id, np.hstack([c.sums, p.sums]), c.moments, c.widths + p.widths)
               for c, p in zip(candidate, production)]
     sums, moments = reduce_partitions(joined)
-    G, k = len(sums), candidate[0].widths[0]
-    total = sums.sum(axis=0)
-    boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
-    value = estimator.combine(total[:k], G) - estimator.combine(total[k:], G)
-    diff = estimator.combine(boot[:, :k], G) - estimator.combine(boot[:, k:], G)
-    return estimate_from_moments(f"{estimator.name}-difference", value, diff, level, moments[0], G,
-                                 getattr(estimator, "clip", None), n_boot, seed)
+    return difference_from_sums(estimator, sums, candidate[0].widths[0], moments[0], n_boot, level, seed)
 
 
 # ---------------------------------------------------------------------- per-partition inputs

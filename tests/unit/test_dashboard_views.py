@@ -42,6 +42,16 @@ def test_gate_json_round_trips():
         assert again == g, f"{status}: gate.json does not read back as written"
 
 
+def test_gate_json_of_the_earlier_layout_still_reads():
+    """Decisions recorded before the typed form: no ``status``, κ under ``diagnostics.logging_marginals``."""
+    g = gate_decision("promoted")
+    old = g.to_dict()
+    del old["status"]
+    old["ope"]["diagnostics"]["logging_marginals"] = old["ope"].pop("logging")
+    gate, problem = read_gate(old)
+    assert problem is None and gate == g, problem
+
+
 @pytest.mark.parametrize("stored, expected", [
     (None, PENDING),
     ({"decision": "pending", "status": "pending"}, PENDING),  # what write_policy_bundle starts with

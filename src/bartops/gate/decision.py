@@ -125,6 +125,11 @@ class OPEEvidence:
     def from_dict(d: Any, where: str = "ope") -> "OPEEvidence":
         if not isinstance(d, Mapping):
             raise ValueError(f"{where} must be an object, got {type(d).__name__}")
+        d = dict(d)
+        diagnostics = dict(_mapping(d, "diagnostics", where))
+        if "logging" not in d and "logging_marginals" in diagnostics:  # gate.json written before 2026-12-06
+            d["logging"] = diagnostics.pop("logging_marginals")
+            d["diagnostics"] = diagnostics
         return _typed(
             OPEEvidence, d, where,
             config=OPEConfig.from_dict(d.get("config")),

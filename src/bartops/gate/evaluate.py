@@ -226,7 +226,8 @@ def make_decision(ev: Evaluation, params: dict, metrics: dict | None, validation
 
 def with_batches(decision: GateDecision, impressions_dir: Path, files: list[Path]) -> GateDecision:
     """The decision with the folder and the batch files its logs came from."""
-    assert decision.logs is not None, "a decided gate decision has its logs"
+    if decision.logs is None:
+        raise ValueError(f"gate decision for {decision.version!r} names no evaluated logs to add the batches to")
     return replace(decision, logs=replace(decision.logs, dir=str(impressions_dir), batches=[f.name for f in files]))
 
 

@@ -299,3 +299,44 @@ def test_identical_pages_get_independent_exposure_draws():
     e = examination_marginals(policy, ctx, cands, np.array([[1.0, 0.7, 0.5], [0.6, 0.4, 0.3]]), n_samples=20,
                               seed=0).reshape(3, 12)
     assert not np.allclose(e[0], e[1]) and not np.allclose(e[1], e[2])
+
+
+def _random_candidates(rng: np.random.Generator, n_pages: int, unchoosable: float) -> CandidateSet:
+    n = rng.integers(0, 40, n_pages)
+    page = np.repeat(np.arange(n_pages), n)
+    return CandidateSet.from_arrays(page, rng.integers(0, 30, len(page)), rng.integers(0, 6, len(page)), n_pages,
+                                    rng.random(len(page)) >= unchoosable)
+
+
+@pytest.mark.parametrize("n_pages", [1, 5, 80])  # 80: the compiled loop runs its pages across the cores
+def test_compiled_loop_makes_the_array_loops_choices_bit_for_bit(n_pages):
+    """``construct_page`` runs a compiled loop unless a step is observed; both must build the same pages
+    (candidates, propensities, explored and greedy flags, ε) from the same generator, with ties,
+    empty pages, ε of 0 and 1, ``last_shelf``, and replays of logged and of arbitrary (non-free) cards."""
+    from bartops.policy.page import construct_page
+
+    def both(*args, seed=None, **kw):
+        """(compiled, array loop), each with its own generator from ``seed``."""
+        fast = construct_page(*args, rng=None if seed is None else np.random.default_rng(seed), **kw)
+        arrays = construct_page(*args, rng=None if seed is None else np.random.default_rng(seed),
+                                observe=lambda *step: None, **kw)  # an observer forces the array loop
+        return fast, arrays
+
+    for trial in range(40):
+        rng = np.random.default_rng(trial)
+        cands = _random_candidates(rng, n_pages, unchoosable=0.2 if trial % 2 else 0.0)
+        scores = np.round(rng.normal(size=len(cands)), trial % 3)  # rounding makes ties
+        S, K = int(rng.integers(1, 5)), int(rng.integers(1, 6))
+        eps_head, eps_fill = [(0.1, 0.1), (0.0, 0.0), (1.0, 0.5), (0.3, 1.0)][trial % 4]
+        last = None if trial % 5 else int(rng.integers(0, S))
+        built = both(cands, scores, S, K, eps_head, eps_fill, seed=trial, last_shelf=last)
+        off = cands.offsets
+        anywhere = np.full((n_pages, S, K), EMPTY)
+        for b in np.flatnonzero(np.diff(off) > 0):  # any card of the page, free or not, or nothing
+            anywhere[b] = np.where(rng.random((S, K)) < 0.8, rng.integers(off[b], off[b + 1], (S, K)), EMPTY)
+        replays = [both(cands, scores, S, K, eps_head, eps_fill, forced=f) for f in (built[0].candidate, anywhere)]
+        for what, (fast, arrays) in zip(("sampled", "replayed", "replayed arbitrary"), [built, *replays]):
+            for name in ("candidate", "propensity", "explored", "greedy", "epsilon"):
+                a, b = getattr(fast, name), getattr(arrays, name)
+                assert np.array_equal(a, b), (f"trial {trial} ({what}, S={S}, K={K}, ε={eps_head}/{eps_fill}): "
+                                              f"{name} differs in {int((a != b).sum())} of {a.size} slots")

@@ -22,16 +22,11 @@ Greedy ties go to the earlier candidate in canonical order, as in ``bartops.poli
 
 from __future__ import annotations
 
-import threading
-
 import numba
 import numpy as np
 
+from bartops.policy.compiled import KERNEL_LOCK  # one lock for every parallel kernel of the process
 from bartops.policy.page import CandidateSet
-
-# numba's default (workqueue) threading layer must not run two parallel kernels at once: callers in
-# several threads of one process (Prefect task runners, Dask threads) take this lock around a call
-KERNEL_LOCK = threading.Lock()
 
 
 def page_layout(candidates: CandidateSet, scores: np.ndarray) -> dict[str, np.ndarray]:

@@ -196,6 +196,7 @@ class PageEngine:
         self.fast_path = self.booster is not None and self._verify_fast_path()
         if not self.fast_path:
             log.warning("bartops serving: fast feature path disabled, using assemble_rows per request")
+        self.build(self._unknown_user_id(), PLATFORMS[0], REGIONS[0], "warm-up", 0)  # loads the compiled page loop
 
     def _unknown_user_id(self) -> int:
         known = np.union1d(self._table_users, np.asarray(self.features.user_ids, np.int64))

@@ -308,36 +308,36 @@ class ExpectRewardsToAgreeWithStore(MulticolumnMapExpectation):
     args_keys = ("column_list", "store_path", "store_exclude")
 
 
-class ExpectExploredToMatchPropensity(MulticolumnMapExpectation):
+class ColumnListRule(MulticolumnMapExpectation):
+    """A row rule over ``column_list`` with only ``mostly`` to tune (abstract: a subclass names its
+    ``map_metric``)."""
+
+    success_keys = ("mostly",)
+    args_keys = ("column_list",)
+
+
+class ExpectExploredToMatchPropensity(ColumnListRule):
     """Expect (explored, propensity, epsilon) that the ε-greedy page policy can log."""
 
     map_metric = "multicolumn_values.bartops_explored_matches_propensity"
-    success_keys = ("mostly",)
-    args_keys = ("column_list",)
 
 
-class ExpectSingleChoiceOnlyWherePossible(MulticolumnMapExpectation):
+class ExpectSingleChoiceOnlyWherePossible(ColumnListRule):
     """Expect p = 1 under ε > 0 (one choice left) only at a shelf's last card or the last shelf's head."""
 
     map_metric = "multicolumn_values.bartops_single_choice_possible"
-    success_keys = ("mostly",)
-    args_keys = ("column_list",)
 
 
-class ExpectColumnValuesToBeConstantWithinPage(MulticolumnMapExpectation):
+class ExpectColumnValuesToBeConstantWithinPage(ColumnListRule):
     """Expect one value of the second column per page (column_list = request_id, column)."""
 
     map_metric = "multicolumn_values.bartops_constant_within_page"
-    success_keys = ("mostly",)
-    args_keys = ("column_list",)
 
 
-class ExpectStreamSecondsOnlyWhenStreamed(MulticolumnMapExpectation):
+class ExpectStreamSecondsOnlyWhenStreamed(ColumnListRule):
     """Expect no stream duration on a card that was not streamed (column_list = reward, stream_seconds)."""
 
     map_metric = "multicolumn_values.bartops_stream_seconds_only_when_streamed"
-    success_keys = ("mostly",)
-    args_keys = ("column_list",)
 
 
 class ExpectColumnValueLengthsToBeAtMost(BatchExpectation):

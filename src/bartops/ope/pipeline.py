@@ -136,11 +136,13 @@ def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, 
     probe = rng.choice(n, size=min(n, probe_cards), replace=False)
     pc = CandidateSet(logs.page[probe], logs.item_id[probe], logs.explanation[probe], logs.n_pages,
                       np.ones(len(probe), bool))
-    kappa = np.zeros((shelves, cards))
-    for s in range(shelves):
-        for k in range(cards):
-            xs = featurize(logs.contexts, pc, np.full(len(probe), s), np.full(len(probe), k))
-            kappa[s, k] = booster.inplace_predict(np.asarray(xs, np.float32)).mean()
+    n, slots = len(probe), shelves * cards
+    moved = CandidateSet(np.tile(pc.page, slots), np.tile(pc.item_id, slots), np.tile(pc.explanation, slots),
+                         logs.n_pages, np.ones(n * slots, bool))  # every probe card at every slot, one call
+    xs = featurize(logs.contexts, moved, np.repeat(np.arange(shelves), cards * n),
+                   np.tile(np.repeat(np.arange(cards), n), shelves))
+    pred = booster.inplace_predict(np.asarray(xs, np.float32))
+    kappa = np.array([pred[i * n:(i + 1) * n].mean() for i in range(slots)], np.float64).reshape(shelves, cards)
     return kappa / kappa.max()
 
 

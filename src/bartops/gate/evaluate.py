@@ -12,6 +12,7 @@ import glob
 import io
 import json
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from bartops.gate.decision import EvaluatedLogs, GateDecision, OPEEvidence, Poli
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
 from bartops.leftovers import recover_leftovers, write_text_atomic
 from bartops.ope.pipeline import (OPEConfig, PolicyEvaluation, estimate_examination, evaluate_policies,
-                                  logging_marginals, subsample_pages)
+                                  logging_marginals, PreparedTargets, prepare_targets, subsample_pages)
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
@@ -158,16 +159,24 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     def featurize(ctx, cards, shelf, position):
         return assemble_rows(features, ctx, cards, shelf, position)
 
-    kappa = estimate_examination(lp, featurize, logging.shelves, logging.cards, cfg.seed)
-    marg = logging_marginals(logging, lp, (log_feats or features).candidates_for(lp.contexts), cfg, kappa)
-    targets: dict[str, Any] = {"candidate": (candidate, features.candidates_for(lp.contexts))}
-    if production is None or production == logging_version:
-        targets["production"] = None
-    else:
-        prod, prod_feats = load_policy_bundle(registry.path(production))
-        targets["production"] = (prod, prod_feats.candidates_for(lp.contexts))
+    def targets_and_inputs() -> tuple[dict[str, Any], PreparedTargets]:
+        targets: dict[str, Any] = {"candidate": (candidate, features.candidates_for(lp.contexts))}
+        if production is None or production == logging_version:
+            targets["production"] = None
+        else:
+            prod, prod_feats = load_policy_bundle(registry.path(production))
+            targets["production"] = (prod, prod_feats.candidates_for(lp.contexts))
+        return targets, prepare_targets(lp, targets, cfg, featurize)
+
+    # the targets' pages and DR's model do not depend on κ: they run beside κ and the logging exposures,
+    # so the cores serve both (the results are those of running them in turn: each has its own seeds)
+    with ThreadPoolExecutor(1, thread_name_prefix="bartops-targets") as pool:
+        prepared = pool.submit(targets_and_inputs)
+        kappa = estimate_examination(lp, featurize, logging.shelves, logging.cards, cfg.seed)
+        marg = logging_marginals(logging, lp, (log_feats or features).candidates_for(lp.contexts), cfg, kappa)
+        targets, ready = prepared.result()
     kinds = features.explanations["kind"].astype(str).to_numpy()
-    result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds)
+    result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds, ready)
     return Evaluation(result, production, logging_version, cfg, lp.n_pages, len(lp),
                       None if holdout_from is None else holdout_from.isoformat(),
                       _iso(lp.contexts["timestamp"].min()), _iso(lp.contexts["timestamp"].max()))

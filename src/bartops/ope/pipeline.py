@@ -50,7 +50,7 @@ independent of each page's own rewards).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import numpy as np
@@ -169,6 +169,15 @@ class TargetPages:
     cards: CandidateSet  # every filled target slot over all samples (page = logged page)
     shelf: np.ndarray
     position: np.ndarray
+    logged_slot: np.ndarray  # (m, logged rows): the slot (shelf·cards + position) sample i gives the row's card, −1 none
+
+    def with_examination(self, examination: np.ndarray) -> "TargetPages":
+        """The same pages with the logged cards' exposures under the examination profile ``examination``."""
+        kappa = np.asarray(examination, float).ravel()
+        exposure = np.zeros(self.logged_slot.shape[1])
+        for slot in self.logged_slot:
+            exposure += np.where(slot >= 0, kappa[np.maximum(slot, 0)], 0.0)
+        return replace(self, exposure=exposure / self.m)
 
 
 def sample_target_pages(policy: PagePolicy, logs: LoggedPages, candidates: CandidateSet, n_samples: int,
@@ -181,20 +190,21 @@ def sample_target_pages(policy: PagePolicy, logs: LoggedPages, candidates: Candi
     kappa = np.ones((policy.shelves, policy.cards)) if examination is None else np.asarray(examination, float)
     scores = policy.scorer(logs.contexts, candidates)
     rng = np.random.default_rng([seed, 5])
-    exposure = np.zeros(len(logs))
     logged = pd.MultiIndex.from_arrays([logs.page, logs.explanation, logs.item_id])
+    logged_slot = np.full((m, len(logs)), -1, np.int64)
     pg, it, ex, sh, po = [], [], [], [], []
-    for _ in range(m):
+    for i in range(m):
         built = build_pages(policy, logs.contexts, candidates, rng, scores=scores)
         b, s, k = np.nonzero(built.filled)
         c = built.candidate[b, s, k]
         at = pd.MultiIndex.from_arrays([b, candidates.explanation[c], candidates.item_id[c]]).get_indexer(logged)
-        exposure += np.where(at >= 0, kappa[s[at], k[at]], 0.0)
+        logged_slot[i] = np.where(at >= 0, s[at] * policy.cards + k[at], -1)
         pg.append(b), it.append(candidates.item_id[c]), ex.append(candidates.explanation[c])
         sh.append(s), po.append(k)
     cards = CandidateSet(np.concatenate(pg), np.concatenate(it), np.concatenate(ex), logs.n_pages,
                          np.ones(sum(len(a) for a in pg), bool))
-    return TargetPages(m, exposure / m, cards, np.concatenate(sh), np.concatenate(po))
+    return TargetPages(m, np.zeros(len(logs)), cards, np.concatenate(sh), np.concatenate(po),
+                       logged_slot).with_examination(kappa)
 
 
 def first_row_of_page(logs: LoggedPages) -> np.ndarray:
@@ -295,6 +305,49 @@ class PolicyEvaluation:
                        for name, e in ests.items()]
 
 
+@dataclass(frozen=True)
+class TargetInputs:
+    """What a target's estimates need that does not depend on κ: its sampled pages (exposures under
+    κ = 1) and DR's cross-fitted predictions on its cards and on the logged cards."""
+
+    pages: TargetPages
+    predicted: np.ndarray | None  # q̂ of each target card (None without a reward model)
+    predicted_logged: np.ndarray | None  # q̂ of each logged card
+
+
+@dataclass(frozen=True)
+class PreparedTargets:
+    """The κ-free part of ``evaluate_policies``: reward-model inputs of the logged cards and each
+    target's ``TargetInputs`` (None for the logging policy).  ``prepare_targets`` builds it."""
+
+    logged_rows: np.ndarray | None
+    targets: dict[str, TargetInputs | None]
+
+
+def prepare_targets(logs: LoggedPages, targets: dict[str, tuple[PagePolicy, CandidateSet] | None], cfg: OPEConfig,
+                    featurize: Featurize | None = None) -> PreparedTargets:
+    """Each target's pages and DR's predictions: everything ``evaluate_policies`` needs but the logging
+    policy's exposures and κ, so it can run while those are estimated (``bartops.gate.evaluate``)."""
+    x_logged = None
+    if featurize is not None:
+        logged_cards = CandidateSet(logs.page, logs.item_id, logs.explanation, logs.n_pages, np.ones(len(logs), bool))
+        x_logged = featurize(logs.contexts, logged_cards, logs.shelf, logs.position)
+    first = first_row_of_page(logs)
+    out: dict[str, TargetInputs | None] = {}
+    for name, spec in targets.items():
+        if spec is None:
+            out[name] = None
+            continue
+        policy, cands = spec
+        tp = sample_target_pages(policy, logs, cands, cfg.target_samples, cfg.seed)
+        pl = pt = None
+        if x_logged is not None:
+            x_t = featurize(logs.contexts, tp.cards, tp.shelf, tp.position)
+            pl, pt = cross_fit(x_logged, logs.reward, logs.page, x_t, first[tp.cards.page], cfg.folds, cfg.seed)
+        out[name] = TargetInputs(tp, pt, pl)
+    return PreparedTargets(x_logged, out)
+
+
 def evaluate_policies(
     logs: LoggedPages,
     marginals: LoggingMarginals,
@@ -302,6 +355,7 @@ def evaluate_policies(
     cfg: OPEConfig,
     featurize: Featurize | None = None,
     kind_of_explanation: np.ndarray | None = None,
+    prepared: PreparedTargets | None = None,
 ) -> PolicyEvaluation:
     """Estimates (IPS, SNIPS and, with ``featurize``, DR) for each target (None = the logging policy
     itself, on-policy), paired differences of the first target against each other one, per-kind
@@ -309,7 +363,8 @@ def evaluate_policies(
 
     Weights are exposure ratios E_t(card)/E₀(card) (module docs).  ``featurize(contexts, cards, shelf,
     position)`` gives reward-model inputs; DR's q̂ is an XGBoost model cross-fitted over page folds.
-    ``kind_of_explanation`` maps explanation code → kind label.
+    ``kind_of_explanation`` maps explanation code → kind label.  ``prepared``: ``prepare_targets`` of
+    the same arguments, if it ran already (else it runs here).
     """
     n = len(logs)
     if len(marginals.exposure) != n:
@@ -317,10 +372,9 @@ def evaluate_policies(
     kappa = marginals.examination
     slot_exam, supported, p = logged_row_terms(logs, marginals.exposure, kappa)
     first = first_row_of_page(logs)
-    x_logged = None
-    if featurize is not None:
-        logged_cards = CandidateSet(logs.page, logs.item_id, logs.explanation, logs.n_pages, np.ones(n, bool))
-        x_logged = featurize(logs.contexts, logged_cards, logs.shelf, logs.position)
+    if prepared is None:
+        prepared = prepare_targets(logs, targets, cfg, featurize)
+    x_logged = prepared.logged_rows
     kind_names, kind_code = (None, None) if kind_of_explanation is None else \
         np.unique(np.asarray(kind_of_explanation).astype(str), return_inverse=True)
     kind_sums: dict[str, KindPageSums] = {}
@@ -340,8 +394,9 @@ def evaluate_policies(
             diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0, "log_time_support": 1.0}
             shown = n
         else:
-            policy, cands = spec
-            tp = sample_target_pages(policy, logs, cands, cfg.target_samples, cfg.seed, kappa)
+            policy = spec[0]
+            inputs = prepared.targets[name]
+            tp = inputs.pages.with_examination(kappa)
             q = np.where(supported, tp.exposure, 0.0)
             t_exam = kappa[tp.shelf, tp.position]
             target_mass = np.bincount(tp.cards.page, weights=t_exam, minlength=logs.n_pages) / tp.m
@@ -351,9 +406,8 @@ def evaluate_policies(
                           "log_time_support": log_time_support(marginals, tp.cards, t_exam)}
             pt = None
             if x_logged is not None:
-                x_t = featurize(logs.contexts, tp.cards, tp.shelf, tp.position)
-                pl, pt = cross_fit(x_logged, logs.reward, logs.page, x_t, first[tp.cards.page], cfg.folds, cfg.seed)
-                pred_logged = pl if pred_logged is None else pred_logged
+                pt = inputs.predicted
+                pred_logged = inputs.predicted_logged if pred_logged is None else pred_logged
                 prediction = pred_logged
                 dm_page = np.bincount(tp.cards.page, weights=pt, minlength=logs.n_pages) / tp.m
                 expected = on_first_rows(dm_page, first, n)

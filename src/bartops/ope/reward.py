@@ -6,6 +6,8 @@ on the other folds only, so no row is both fitted and evaluated by the same mode
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 import xgboost as xgb
 
@@ -43,16 +45,22 @@ def cross_fit(
               "min_child_weight": 5.0, "subsample": 0.8, "nthread": 1, "seed": seed, "verbosity": 0}
     pred_l = np.zeros(len(reward))
     pred_t = np.zeros(len(x_target))
-    for f in range(n_folds):
+
+    def fit_fold(f: int) -> None:
+        """Fold ``f``'s rows predicted by the model of the other folds (written into pred_l, pred_t)."""
         train = fold != f
         if train.sum() == 0 or len(np.unique(reward[train])) < 2:
             pred_l[~train] = reward[train].mean() if train.any() else reward.mean()
             pred_t[fold_t == f] = pred_l[~train][:1].mean() if (~train).any() else 0.0
-            continue
+            return
         booster = xgb.train(params, xgb.DMatrix(x_logged[train], label=reward[train]), num_boost_round=rounds)
         if (~train).any():
             pred_l[~train] = booster.inplace_predict(x_logged[~train])
         tm = fold_t == f
         if tm.any():
             pred_t[tm] = booster.inplace_predict(x_target[tm])
+
+    # one thread per fold (each booster single-threaded, so the same models on any number of cores)
+    with ThreadPoolExecutor(n_folds, thread_name_prefix="bartops-cross-fit") as pool:
+        list(pool.map(fit_fold, range(n_folds)))
     return pred_l, pred_t

@@ -25,7 +25,6 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-from bartops.policy.compiled import KERNEL_LOCK  # one lock for every parallel kernel of the process
 from bartops.policy.page import CandidateSet
 
 

@@ -32,7 +32,8 @@ import numpy as np
 import pandas as pd
 
 from bartops.logs.schema import SchemaError
-from bartops.ope.exposure import KERNEL_LOCK, common_exposures, forced_exposures, page_layout
+from bartops.ope.exposure import common_exposures, forced_exposures, page_layout
+from bartops.policy.compiled import KERNEL_LOCK  # one lock for every parallel kernel of the process
 from bartops.policy.page import CandidateSet, PagePolicy, TitleForcing, build_pages, construct_page, locate_cards
 
 _CELLS = 4_000_000  # dense cells per vectorised replicate chunk

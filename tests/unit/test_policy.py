@@ -340,3 +340,17 @@ def test_compiled_loop_makes_the_array_loops_choices_bit_for_bit(n_pages):
                 a, b = getattr(fast, name), getattr(arrays, name)
                 assert np.array_equal(a, b), (f"trial {trial} ({what}, S={S}, K={K}, ε={eps_head}/{eps_fill}): "
                                               f"{name} differs in {int((a != b).sum())} of {a.size} slots")
+
+
+def test_replay_refuses_forced_cards_of_another_page_or_shape():
+    """The compiled replay checks its input: a forced card must be one of its own page's candidates."""
+    from bartops.policy.page import construct_page
+
+    ctx, cands, scores = tiny_context(n_pages=2)
+    forced = np.full((2, 2, 2), EMPTY)
+    forced[0, 0, 0] = 12  # candidate 12 is page 1's first
+    with pytest.raises(ValueError, match="another page") as err:
+        construct_page(cands, scores, 2, 2, 0.1, 0.1, None, forced=forced)
+    with pytest.raises(ValueError, match="expected") as err:
+        construct_page(cands, scores, 2, 2, 0.1, 0.1, None, forced=np.full((2, 3, 2), EMPTY))
+    assert "(2, 3, 2)" in str(err.value), f"the message names the shape given: {err.value}"

@@ -308,44 +308,45 @@ class PolicyEvaluation:
 @dataclass(frozen=True)
 class TargetInputs:
     """What a target's estimates need that does not depend on κ: its sampled pages (exposures under
-    κ = 1) and DR's cross-fitted predictions on its cards and on the logged cards."""
+    κ = 1) and DR's cross-fitted prediction of each of its cards (None without a reward model)."""
 
     pages: TargetPages
-    predicted: np.ndarray | None  # q̂ of each target card (None without a reward model)
-    predicted_logged: np.ndarray | None  # q̂ of each logged card
+    predicted: np.ndarray | None
 
 
 @dataclass(frozen=True)
 class PreparedTargets:
-    """The κ-free part of ``evaluate_policies``: reward-model inputs of the logged cards and each
-    target's ``TargetInputs`` (None for the logging policy).  ``prepare_targets`` builds it."""
+    """The κ-free part of ``evaluate_policies``: reward-model inputs of the logged cards, DR's
+    cross-fitted prediction of each logged card, and each target's ``TargetInputs`` (None for the
+    logging policy).  ``prepare_targets`` builds it."""
 
     logged_rows: np.ndarray | None
+    predicted_logged: np.ndarray | None
     targets: dict[str, TargetInputs | None]
 
 
 def prepare_targets(logs: LoggedPages, targets: dict[str, tuple[PagePolicy, CandidateSet] | None], cfg: OPEConfig,
                     featurize: Featurize | None = None) -> PreparedTargets:
     """Each target's pages and DR's predictions: everything ``evaluate_policies`` needs but the logging
-    policy's exposures and κ, so it can run while those are estimated (``bartops.gate.evaluate``)."""
-    x_logged = None
+    policy's exposures and κ, so it can run while those are estimated (``bartops.gate.evaluate``).
+    DR's fold models are fitted once and predict every target's cards."""
+    pages = {name: sample_target_pages(spec[0], logs, spec[1], cfg.target_samples, cfg.seed)
+             for name, spec in targets.items() if spec is not None}
+    x_logged = pred_logged = None
+    predicted: dict[str, np.ndarray | None] = {name: None for name in pages}
     if featurize is not None:
         logged_cards = CandidateSet(logs.page, logs.item_id, logs.explanation, logs.n_pages, np.ones(len(logs), bool))
         x_logged = featurize(logs.contexts, logged_cards, logs.shelf, logs.position)
-    first = first_row_of_page(logs)
-    out: dict[str, TargetInputs | None] = {}
-    for name, spec in targets.items():
-        if spec is None:
-            out[name] = None
-            continue
-        policy, cands = spec
-        tp = sample_target_pages(policy, logs, cands, cfg.target_samples, cfg.seed)
-        pl = pt = None
-        if x_logged is not None:
-            x_t = featurize(logs.contexts, tp.cards, tp.shelf, tp.position)
-            pl, pt = cross_fit(x_logged, logs.reward, logs.page, x_t, first[tp.cards.page], cfg.folds, cfg.seed)
-        out[name] = TargetInputs(tp, pt, pl)
-    return PreparedTargets(x_logged, out)
+        if pages:
+            first = first_row_of_page(logs)
+            x_t = np.concatenate([featurize(logs.contexts, tp.cards, tp.shelf, tp.position) for tp in pages.values()])
+            rows = np.concatenate([first[tp.cards.page] for tp in pages.values()])
+            pred_logged, pred_t = cross_fit(x_logged, logs.reward, logs.page, x_t, rows, cfg.folds, cfg.seed)
+            ends = np.cumsum([len(tp.cards) for tp in pages.values()])
+            predicted = dict(zip(pages, np.split(pred_t, ends[:-1])))
+    return PreparedTargets(x_logged, pred_logged, {name: None if spec is None else
+                                                   TargetInputs(pages[name], predicted[name])
+                                                   for name, spec in targets.items()})
 
 
 def evaluate_policies(
@@ -380,7 +381,6 @@ def evaluate_policies(
     kind_sums: dict[str, KindPageSums] = {}
     data: dict[str, LoggedData] = {}
     diag: dict[str, dict] = {}  # each target's TargetDiagnostics fields, collected as they are computed
-    pred_logged = None
     for name, spec in targets.items():
         prediction = expected = None
         if spec is None:  # the logging policy: on-policy, weight 1 everywhere
@@ -407,8 +407,7 @@ def evaluate_policies(
             pt = None
             if x_logged is not None:
                 pt = inputs.predicted
-                pred_logged = inputs.predicted_logged if pred_logged is None else pred_logged
-                prediction = pred_logged
+                prediction = prepared.predicted_logged
                 dm_page = np.bincount(tp.cards.page, weights=pt, minlength=logs.n_pages) / tp.m
                 expected = on_first_rows(dm_page, first, n)
             if kind_code is not None:  # the corrections' weights are capped at dr_clip with a DM, else at clip

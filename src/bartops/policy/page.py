@@ -220,7 +220,12 @@ def construct_page(
             uniforms = rng.random((shelves + fill_shelves * (cards - 1), 2, candidates.n_pages))
         else:
             forced = np.asarray(forced, np.int64)
+            if forced.shape != (candidates.n_pages, shelves, cards):
+                raise ValueError(f"forced has shape {forced.shape}, expected {(candidates.n_pages, shelves, cards)}")
             forced_col = np.where(forced >= 0, forced - off[:-1, None, None], EMPTY)
+            width = np.diff(off)[:, None, None]
+            if ((forced >= 0) & ((forced_col < 0) | (forced_col >= width))).any():
+                raise ValueError("forced names a candidate of another page (or beyond the candidate set)")
         return Pages(*run_steps(off, candidates.page, candidates.item_id, candidates.explanation,
                                 candidates.choosable, scores, shelves, cards, fill_shelves, epsilon_head,
                                 epsilon_fill, uniforms, forced_col))

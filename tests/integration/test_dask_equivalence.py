@@ -149,43 +149,6 @@ def test_features_on_dask_equal_local(client, features, small_data_dir, params):
     assert dist.params == features.params and dist.params["response_source"]["rows"] > 0
 
 
-def test_ope_partitioned_equals_local(client, small_sim, small_data_dir, parts):
-    from bartops.features.candidates import candidates_for_requests
-    from bartops.ope.estimators import IPS, SNIPS, evaluate_many
-    from bartops.ope.slate import logged_pages
-    from bartops.scale.ope import evaluate_many_partitioned, partition_prefix_data, partition_statistics, slot_strata
-    from bartops.scale.partitions import read_partition
-    from bartops.sim.simulate import logging_policy
-
-    w = small_sim.world
-    log = logging_policy(w, small_sim.history, 6, 8, 0.1, 0.1)
-    target = dataclasses.replace(log, epsilon_head=0.0, epsilon_fill=0.0, version="greedy")
-    cand_table = small_sim.candidates
-
-    def candidates(ctx):
-        return candidates_for_requests(cand_table, ctx["user_id"].to_numpy())
-
-    logs = pd.read_parquet(small_data_dir / "incoming" / "sim-seed3.parquet")
-    strata = np.unique(slot_strata(logs["shelf"], logs["position"], 8))
-    ests = [IPS(), SNIPS(), IPS(clip=50.0, name="ips-clipped")]
-
-    def stats_of(part):
-        d, ids = partition_prefix_data(read_partition(part), w.explanations, target, candidates, strata)
-        return partition_statistics(ests, d, ids)
-
-    dist = evaluate_many_partitioned(ests, client.gather(client.map(stats_of, parts, pure=False)), n_boot=300, seed=1)
-    whole, _ = partition_prefix_data(logs, w.explanations, target, candidates, strata)
-    lp = logged_pages(logs, w.explanations)
-    assert whole.n_groups == lp.n_pages
-    local = evaluate_many(ests, whole, n_boot=300, seed=1)
-    for name, a in local.items():
-        b = dist[name]
-        assert (b.value, b.ci_low, b.ci_high, b.n_rows, b.n_groups) == (a.value, a.ci_low, a.ci_high, a.n_rows,
-                                                                         a.n_groups), name
-        assert b.ess == pytest.approx(a.ess, rel=1e-12) and b.max_weight == a.max_weight
-    assert 0 < local["snips"].value < 8  # streams per page of a 48-card page: a sane estimate
-
-
 # ---------------------------------------------------------------------- the gate's evaluation (bartops evaluate)
 @pytest.fixture(scope="module")
 def eval_params(params) -> dict:
@@ -253,7 +216,7 @@ def greedy_reference(gate_bundle, eval_params, small_data_dir, parts, tmp_path_f
 def _local_cross_fit(ref) -> dict:
     """``cross_fit`` as ``evaluate_policies`` runs it for the greedy candidate: inputs and predictions."""
     from bartops.ope.pipeline import sample_target_pages
-    from bartops.ope.reward import cross_fit
+    from bartops.ope.reward import cross_fit, page_folds
     from bartops.policy.page import CandidateSet
 
     lp, cfg, featurize = ref["lp"], ref["setup"].cfg, ref["setup"].featurize
@@ -266,7 +229,7 @@ def _local_cross_fit(ref) -> dict:
     first = np.full(lp.n_pages, -1, np.int64)
     first[lp.page[::-1]] = np.arange(len(lp))[::-1]
     pl, pt = cross_fit(x_logged, lp.reward, lp.page, x_t, first[tp.cards.page], cfg.folds, cfg.seed)
-    fold = (np.random.default_rng([cfg.seed, 7]).permutation(lp.n_pages) % cfg.folds)[lp.page]
+    fold = page_folds(lp.n_pages, cfg.folds, cfg.seed)[lp.page]
     return {"x_logged": x_logged, "x_t": x_t, "pl": pl, "pt": pt, "fold": fold, "fold_t": fold[first[tp.cards.page]]}
 
 
@@ -311,6 +274,7 @@ def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_re
     when they get the same κ, exposures, target pages and reward model (trained as ``cross_fit`` trains it)."""
     import xgboost as xgb
 
+    from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params
     from bartops.scale import evaluate as se
 
     ref, cf = greedy_reference, _local_cross_fit(greedy_reference)
@@ -319,9 +283,9 @@ def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_re
     models = []
     for k in range(cfg.folds):  # cross_fit's boosters: the same rows in the same order, the same parameters
         train = cf["fold"] != k
-        models.append(xgb.train({**se.cross_fit_params(cfg.seed), "nthread": 1},
+        models.append(xgb.train(cross_fit_params(cfg.seed),
                                 xgb.DMatrix(cf["x_logged"][train], label=ref["lp"].reward[train]),
-                                num_boost_round=se.CROSS_FIT_ROUNDS))
+                                num_boost_round=CROSS_FIT_ROUNDS))
     np.testing.assert_array_equal(se.predict_folds(models, cf["x_logged"], cf["fold"]), cf["pl"])
     np.testing.assert_array_equal(se.predict_folds(models, cf["x_t"], cf["fold_t"]), cf["pt"])
     summaries = [se.partition_summary(s) for s in states]
@@ -335,8 +299,8 @@ def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_re
         got = [(se._fold_part(s, f, k, "x"), se._fold_part(s, f, k, "y")) for s, f in zip(states, folds)]
         np.testing.assert_array_equal(rows_sorted(np.vstack([g[0] for g in got]), np.concatenate([g[1] for g in got])),
                                       rows_sorted(cf["x_logged"][cf["fold"] != k], ref["lp"].reward[cf["fold"] != k]))
-    results = [se.finish_partition(s, setup, f, models, ref["kappa"]) for s, f in zip(states, folds)]
-    _assert_same_result(se.reduce_results(results, setup, ref["kappa"]), ref["local"])
+    results = [se.finish_partition(s, setup, f, models) for s, f in zip(states, folds)]
+    _assert_same_result(setup.reduce(results, ref["kappa"]), ref["local"])
 
 
 def test_gate_evaluation_on_dask_equals_local_within_the_reward_model(client, parts, greedy_reference):

@@ -9,6 +9,8 @@ paired difference candidate − production — on the same resamples with one ma
 The value is per group: with pages as groups and cards as rows it is the expected reward per page
 (streams per page view).  Weights are ``target / propensity``; which probabilities are passed
 (per-card marginal, page, prefix) is the caller's choice, see ``bartops.ope.slate``.
+Logs split into page-aligned partitions reduce exactly (``partition_statistics`` per partition, then
+``evaluate_many_partitioned``): the local path is the same code on one partition.
 Unbiasedness needs ``propensity > 0`` wherever the target has mass (support) and, for DR, holds
 whatever the reward model, provided ``expected`` is the model's exact expectation under the target.
 """
@@ -291,6 +293,83 @@ def paired_difference(estimator: Estimator, candidate: LoggedData, production: L
     return difference_from_sums(estimator, np.hstack([sc, sp]), sc.shape[1],
                                 weight_moments(candidate, getattr(estimator, "clip", None)), n_boot, level, seed)
 
+
+
+# ---------------------------------------------------------------------- page-aligned partitions
+@dataclass(frozen=True)
+class PartitionStatistics:
+    """One partition's per-page statistic sums (pages sorted by request id) and weight moments.
+
+    Pages never straddle partitions, so every estimator reduces exactly: the per-page sums of all
+    partitions in request-id order are the whole log's, bit for bit (a whole log is one partition).
+    """
+
+    request_id: np.ndarray  # per page
+    sums: np.ndarray  # (pages, Σ statistic widths)
+    moments: np.ndarray  # (estimators, 5): ``weight_moments`` of each estimator
+    widths: tuple[int, ...]
+
+    def of_estimator(self, i: int) -> "PartitionStatistics":
+        """The statistics of the i-th estimator only."""
+        lo = sum(self.widths[:i])
+        return PartitionStatistics(self.request_id, self.sums[:, lo: lo + self.widths[i]], self.moments[i: i + 1],
+                                   (self.widths[i],))
+
+
+def partition_statistics(estimators: Sequence[Estimator], data: LoggedData, request_id: np.ndarray
+                         ) -> PartitionStatistics:
+    """Per-page sums of every estimator's statistics; ``data.group`` indexes ``request_id``."""
+    request_id = np.asarray(request_id).astype(str)
+    if len(request_id) != data.n_groups:
+        raise ValueError(f"{len(request_id)} request ids for {data.n_groups} pages")
+    if len(np.unique(request_id)) != len(request_id):
+        raise ValueError("request ids of a partition must be distinct (one per page)")
+    stats = [e.group_statistics(data) for e in estimators]
+    order = np.argsort(request_id, kind="stable")
+    moments = np.vstack([weight_moments(data, getattr(e, "clip", None)) for e in estimators])
+    return PartitionStatistics(request_id[order], np.hstack(stats)[order], moments, tuple(s.shape[1] for s in stats))
+
+
+def reduce_partitions(parts: Sequence[PartitionStatistics]) -> tuple[np.ndarray, np.ndarray]:
+    """(per-page sums of all partitions in sorted request-id order, reduced weight moments).
+
+    Raises ValueError when a page appears in two partitions (partitions must hold whole pages).
+    """
+    if not parts:
+        raise ValueError("no partitions to reduce: nothing to evaluate")
+    if len({p.widths for p in parts}) != 1:
+        raise ValueError("partitions were computed with different estimators (statistic widths differ)")
+    ids = np.concatenate([p.request_id for p in parts])
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if len(ids) > 1 and (ids[1:] == ids[:-1]).any():
+        raise ValueError(f"page {ids[1:][ids[1:] == ids[:-1]][0]!r} is split across partitions: partitions "
+                         "must hold whole page views")
+    sums = np.vstack([p.sums for p in parts])[order]
+    m = np.stack([p.moments for p in parts])
+    moments = np.concatenate([m[:, :, :3].sum(axis=0), m[:, :, 3:4].max(axis=0), m[:, :, 4:].sum(axis=0)], axis=1)
+    return sums, moments
+
+
+def evaluate_many_partitioned(estimators: Sequence[Estimator], parts: Sequence[PartitionStatistics],
+                              n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, Estimate]:
+    """``evaluate_many`` from per-partition statistics (same values and bootstrap resamples)."""
+    sums, moments = reduce_partitions(parts)
+    return estimates_from_sums(estimators, sums, parts[0].widths, moments, n_boot, level, seed)
+
+
+def paired_difference_partitioned(estimator: Estimator, candidate: Sequence[PartitionStatistics],
+                                  production: Sequence[PartitionStatistics], n_boot: int = 1000,
+                                  level: float = 0.95, seed: int = 0) -> Estimate:
+    """``paired_difference`` (candidate − production, same page resamples) from per-partition
+    statistics of one estimator on the same partitions."""
+    if len(candidate) != len(production) or any(not np.array_equal(c.request_id, p.request_id)
+                                                 for c, p in zip(candidate, production)):
+        raise ValueError("paired comparison needs both policies' statistics on the same partitions and pages")
+    joined = [PartitionStatistics(c.request_id, np.hstack([c.sums, p.sums]), c.moments, c.widths + p.widths)
+              for c, p in zip(candidate, production)]
+    sums, moments = reduce_partitions(joined)
+    return difference_from_sums(estimator, sums, candidate[0].widths[0], moments[0], n_boot, level, seed)
 
 # ---------------------------------------------------------------------- plain functions
 def ips(reward, propensity, target, groups=None, clip=None, n_boot=1000, level=0.95, seed=0) -> Estimate:

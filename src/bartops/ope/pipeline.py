@@ -57,7 +57,9 @@ import numpy as np
 import pandas as pd
 
 from bartops.config import reject_unknown
-from bartops.ope.estimators import DR, IPS, SNIPS, Estimate, evaluate_many, paired_difference, weights
+from bartops.ope.estimators import (DR, IPS, SNIPS, Estimate, Estimator, PartitionStatistics,
+                                    evaluate_many_partitioned, paired_difference_partitioned, partition_statistics,
+                                    weights)
 from bartops.ope.kinds import KindLift, KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
 from bartops.ope.reward import cross_fit
 from bartops.ope.slate import LoggedPages, examination_marginals
@@ -105,13 +107,16 @@ class LoggingMarginals:
     candidates: CandidateSet | None = None  # the logging policy's (log-time) candidate sets of the logged pages
 
 
-def log_time_support(marginals: LoggingMarginals, cards: CandidateSet, examination: np.ndarray) -> float:
-    """Σ κ over a target's cards that the logging policy could show (pairs of its log-time candidate
-    sets: under ε-greedy each has E₀ > 0), as part of Σ κ over all its cards; 1 without the sets."""
+def log_time_support(marginals: LoggingMarginals, cards: CandidateSet, examination: np.ndarray
+                     ) -> tuple[float, float]:
+    """(Σ κ over a target's cards that the logging policy could show (pairs of its log-time candidate
+    sets: under ε-greedy each has E₀ > 0), Σ κ over all its cards): their ratio is the log-time
+    support; all of it is inside without the sets."""
+    total = float(examination.sum())
     if marginals.candidates is None or not len(cards):
-        return 1.0
+        return total, total
     inside = locate_cards(marginals.candidates, cards.page, cards.explanation, cards.item_id) >= 0
-    return float((examination * inside).sum() / max(float(examination.sum()), 1e-300))
+    return float((examination * inside).sum()), total
 
 
 def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, cards: int, seed: int = 0,
@@ -349,6 +354,135 @@ def prepare_targets(logs: LoggedPages, targets: dict[str, tuple[PagePolicy, Cand
                                                    for name, spec in targets.items()})
 
 
+def estimators_for(cfg: OPEConfig, dr: bool) -> list[Estimator]:
+    """The estimators of the gate's evaluation: IPS, SNIPS and, with a reward model, DR."""
+    return [IPS(cfg.clip), SNIPS(cfg.clip)] + ([DR(cfg.dr_clip)] if dr else [])
+
+
+@dataclass(frozen=True)
+class PartitionResult:
+    """The evaluation of one page-aligned partition of the logs (the whole log is one partition):
+    per target its per-page statistic sums, its weights, its diagnostic sums and per-kind page sums,
+    which ``reduce_evaluation`` adds up."""
+
+    rows: int
+    pages: int
+    statistics: dict[str, PartitionStatistics]
+    weights: dict[str, np.ndarray]  # unclipped weights per row (the decision's histogram and ESS)
+    sums: dict[str, dict[str, float]]  # per target: diagnostic numerators and denominators
+    per_kind: dict[str, KindPageSums]  # per target: per-page sums by kind (pages in request-id order)
+    kind_rows: np.ndarray | None  # logged rows of each kind (None without kinds)
+    kind_streams: np.ndarray | None  # logged streams of each kind
+    supported: int
+    min_exposure: float  # among supported rows (inf if none)
+    with_dr: bool  # whether DR's statistics follow IPS's and SNIPS's
+
+
+def evaluate_partition(logs: LoggedPages, marginals: LoggingMarginals, targets: dict[str, TargetInputs | None],
+                       cfg: OPEConfig, predicted_logged: np.ndarray | None = None,
+                       kind_code: np.ndarray | None = None, n_kinds: int = 0) -> PartitionResult:
+    """Every target's estimator inputs on these pages (None = the logging policy, on-policy), as per-page
+    sums.  ``targets``' pages carry the exposures under ``marginals.examination``; ``predicted_logged``
+    and each target's ``predicted`` are DR's cross-fitted predictions (None: no DR); ``kind_code`` maps
+    explanation code → kind number (None: no per-kind sums)."""
+    n = len(logs)
+    if len(marginals.exposure) != n:
+        raise ValueError(f"marginals have {len(marginals.exposure)} rows but the logs have {n}")
+    kappa = marginals.examination
+    slot_exam, supported, p = logged_row_terms(logs, marginals.exposure, kappa)
+    first = first_row_of_page(logs)
+    row_kind = None if kind_code is None else kind_code[logs.explanation]
+    cap = cfg.dr_clip if cfg.dr_clip is not None else np.inf
+    ests = estimators_for(cfg, predicted_logged is not None)
+    stats, w_out, sums, per_kind = {}, {}, {}, {}
+    for name, inputs in targets.items():
+        prediction = expected = None
+        if inputs is None:  # the logging policy, on-policy: weight 1 everywhere
+            q = p.copy()
+            target_mass = np.bincount(logs.page, weights=slot_exam, minlength=logs.n_pages)
+            if predicted_logged is not None:
+                prediction, expected = np.zeros(n), np.zeros(n)
+            if row_kind is not None:
+                per_kind[name] = logging_kind_sums(logs.page, row_kind, logs.reward, logs.n_pages, n_kinds)
+            sums[name] = {"shown": float(n)}
+        else:
+            tp, pt = inputs.pages, inputs.predicted
+            q = np.where(supported, tp.exposure, 0.0)
+            t_exam = kappa[tp.shelf, tp.position]
+            target_mass = np.bincount(tp.cards.page, weights=t_exam, minlength=logs.n_pages) / tp.m
+            inside, total = log_time_support(marginals, tp.cards, t_exam)
+            sums[name] = {"shown": len(tp.cards) / tp.m, "m": float(tp.m), "exposure": float(tp.exposure.sum()),
+                          "unsupported": float(tp.exposure[~supported].sum()), "exam_inside": inside, "exam": total}
+            if predicted_logged is not None:
+                prediction = predicted_logged
+                dm_page = np.bincount(tp.cards.page, weights=pt, minlength=logs.n_pages) / tp.m
+                expected = on_first_rows(dm_page, first, n)
+            if row_kind is not None:  # the corrections' weights are capped at dr_clip with a DM, else at clip
+                clip = cfg.clip if pt is None or not len(pt) else cfg.dr_clip
+                w = weights(LoggedData(logs.reward, p, q, logs.page, logs.n_pages), clip)
+                corr = w * (logs.reward - (prediction if prediction is not None else 0.0))
+                per_kind[name] = target_kind_sums(logs.page, row_kind, corr, tp.cards.page,
+                                                  kind_code[tp.cards.explanation], pt, tp.m, logs.n_pages, n_kinds)
+        d = check_inputs(logs.reward, p, q, logs.page, None, prediction, expected, examination=slot_exam,
+                         target_mass=on_first_rows(target_mass, first, n))
+        stats[name] = partition_statistics(ests, d, logs.request_id)
+        w_all = weights(d, None)
+        w_out[name] = w_all
+        sums[name].update(covered=float((np.minimum(w_all, cap) * slot_exam).sum()), mass=float(target_mass.sum()),
+                          clipped=float((w_all > cap).sum()))
+    kind_rows = None if row_kind is None else np.bincount(row_kind, minlength=n_kinds)
+    kind_streams = None if row_kind is None else np.bincount(row_kind, weights=logs.reward, minlength=n_kinds)
+    min_exposure = float(marginals.exposure[supported].min()) if supported.any() else np.inf
+    return PartitionResult(n, logs.n_pages, stats, w_out, sums, per_kind, kind_rows, kind_streams,
+                           int(supported.sum()), min_exposure, predicted_logged is not None)
+
+
+def reduce_evaluation(results: list[PartitionResult], versions: dict[str, str | None], cfg: OPEConfig,
+                      kappa: np.ndarray, kind_names: list[str] | None = None) -> PolicyEvaluation:
+    """The evaluation of the whole log from its partitions' results: estimates, paired differences of
+    the first target against each other one, per-kind values and lifts, diagnostics.  ``versions``:
+    target name → policy version (None = the logging policy)."""
+    names = list(versions)
+    first = results[0]
+    ests = estimators_for(cfg, first.with_dr)
+    n = sum(r.rows for r in results)
+    n_pages = sum(r.pages for r in results)
+    estimates = {name: evaluate_many_partitioned(ests, [r.statistics[name] for r in results], cfg.n_boot, cfg.level,
+                                                 cfg.seed) for name in names}
+    differences = {other: {e.name: paired_difference_partitioned(
+        e, [r.statistics[names[0]].of_estimator(i) for r in results],
+        [r.statistics[other].of_estimator(i) for r in results], cfg.n_boot, cfg.level, cfg.seed)
+        for i, e in enumerate(ests)} for other in names[1:]}
+    diag: dict[str, TargetDiagnostics] = {}
+    for name, version in versions.items():
+        s = {k: sum(r.sums[name][k] for r in results) for k in first.sums[name]}
+        common = {"weights": np.concatenate([r.weights[name] for r in results]),
+                  "support_share": min(1.0, s["covered"] / max(s["mass"], 1e-300)),
+                  "clipped_share": float(s["clipped"] / n), "cards_per_page": s["shown"] / n_pages}
+        if version is None:
+            diag[name] = TargetDiagnostics("logging (on-policy)", unsupported_share=0.0, log_time_support=1.0,
+                                           **common)
+        else:
+            diag[name] = TargetDiagnostics(version, unsupported_share=float(s["unsupported"] / max(s["exposure"], 1e-300)),
+                                           log_time_support=float(s["exam_inside"] / max(s["exam"], 1e-300))
+                                           if s["exam"] > 0 else 1.0, target_samples=int(first.sums[name]["m"]),
+                                           **common)
+    per_kind, lifts = {}, {}
+    if kind_names is not None:  # the per-kind page sums of all partitions in request-id order, as one log
+        order = np.argsort(np.concatenate([r.statistics[names[0]].request_id for r in results]), kind="stable")
+        kind_sums = {name: KindPageSums(np.vstack([r.per_kind[name].streams for r in results])[order],
+                                        np.vstack([r.per_kind[name].cards for r in results])[order]) for name in names}
+        per_kind = per_kind_table(kind_sums, kind_names, sum(r.kind_rows for r in results))
+        logged_streams = sum(r.kind_streams for r in results)
+        lifts = {other: kind_lifts(kind_sums[names[0]], kind_sums[other], kind_names, logged_streams, cfg.n_boot,
+                                   cfg.level, cfg.seed) for other in names[1:]}
+    supported = sum(r.supported for r in results)
+    min_exposure = min(r.min_exposure for r in results)
+    return PolicyEvaluation(estimates, differences, per_kind, lifts, diag,
+                            LoggingSummary(np.round(kappa, 4).tolist(), float(supported / n),
+                                           float(min_exposure) if supported else 0.0))
+
+
 def evaluate_policies(
     logs: LoggedPages,
     marginals: LoggingMarginals,
@@ -360,87 +494,25 @@ def evaluate_policies(
 ) -> PolicyEvaluation:
     """Estimates (IPS, SNIPS and, with ``featurize``, DR) for each target (None = the logging policy
     itself, on-policy), paired differences of the first target against each other one, per-kind
-    values per card, and diagnostics (weights, support share).
+    values per card, and diagnostics (weights, support share): ``evaluate_partition`` of the whole
+    log, reduced.
 
     Weights are exposure ratios E_t(card)/E₀(card) (module docs).  ``featurize(contexts, cards, shelf,
     position)`` gives reward-model inputs; DR's q̂ is an XGBoost model cross-fitted over page folds.
     ``kind_of_explanation`` maps explanation code → kind label.  ``prepared``: ``prepare_targets`` of
     the same arguments, if it ran already (else it runs here).
     """
-    n = len(logs)
-    if len(marginals.exposure) != n:
-        raise ValueError(f"marginals have {len(marginals.exposure)} rows but the logs have {n}")
-    kappa = marginals.examination
-    slot_exam, supported, p = logged_row_terms(logs, marginals.exposure, kappa)
-    first = first_row_of_page(logs)
     if prepared is None:
         prepared = prepare_targets(logs, targets, cfg, featurize)
-    x_logged = prepared.logged_rows
+    kappa = marginals.examination
+    inputs = {name: None if t is None else replace(t, pages=t.pages.with_examination(kappa))
+              for name, t in prepared.targets.items()}
     kind_names, kind_code = (None, None) if kind_of_explanation is None else \
         np.unique(np.asarray(kind_of_explanation).astype(str), return_inverse=True)
-    kind_sums: dict[str, KindPageSums] = {}
-    data: dict[str, LoggedData] = {}
-    diag: dict[str, dict] = {}  # each target's TargetDiagnostics fields, collected as they are computed
-    for name, spec in targets.items():
-        prediction = expected = None
-        if spec is None:  # the logging policy: on-policy, weight 1 everywhere
-            q = p.copy()
-            target_mass = np.bincount(logs.page, weights=slot_exam, minlength=logs.n_pages)
-            if x_logged is not None:
-                prediction, expected = np.zeros(n), np.zeros(n)
-            if kind_code is not None:
-                kind_sums[name] = logging_kind_sums(logs.page, kind_code[logs.explanation], logs.reward,
-                                                    logs.n_pages, len(kind_names))
-            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0, "log_time_support": 1.0}
-            shown = n
-        else:
-            policy = spec[0]
-            inputs = prepared.targets[name]
-            tp = inputs.pages.with_examination(kappa)
-            q = np.where(supported, tp.exposure, 0.0)
-            t_exam = kappa[tp.shelf, tp.position]
-            target_mass = np.bincount(tp.cards.page, weights=t_exam, minlength=logs.n_pages) / tp.m
-            shown = len(tp.cards) / tp.m
-            diag[name] = {"policy": policy.version, "target_samples": tp.m,
-                          "unsupported_share": float(tp.exposure[~supported].sum() / max(tp.exposure.sum(), 1e-300)),
-                          "log_time_support": log_time_support(marginals, tp.cards, t_exam)}
-            pt = None
-            if x_logged is not None:
-                pt = inputs.predicted
-                prediction = prepared.predicted_logged
-                dm_page = np.bincount(tp.cards.page, weights=pt, minlength=logs.n_pages) / tp.m
-                expected = on_first_rows(dm_page, first, n)
-            if kind_code is not None:  # the corrections' weights are capped at dr_clip with a DM, else at clip
-                clip = cfg.clip if pt is None or not len(pt) else cfg.dr_clip
-                w = weights(LoggedData(logs.reward, p, q, logs.page, logs.n_pages), clip)
-                corr = w * (logs.reward - (prediction if prediction is not None else 0.0))
-                kind_sums[name] = target_kind_sums(logs.page, kind_code[logs.explanation], corr, tp.cards.page,
-                                                   kind_code[tp.cards.explanation], pt, tp.m, logs.n_pages,
-                                                   len(kind_names))
-        data[name] = check_inputs(logs.reward, p, q, logs.page, None, prediction, expected,
-                                  examination=slot_exam, target_mass=on_first_rows(target_mass, first, n))
-        w_all = weights(data[name], None)
-        cap = cfg.dr_clip if cfg.dr_clip is not None else np.inf
-        covered = float((np.minimum(w_all, cap) * slot_exam).sum())
-        diag[name].update({"weights": w_all,
-                           "support_share": min(1.0, covered / max(float(target_mass.sum()), 1e-300)),
-                           "clipped_share": float((w_all > cap).mean()), "cards_per_page": shown / logs.n_pages})
-    ests = [IPS(cfg.clip), SNIPS(cfg.clip)] + ([DR(cfg.dr_clip)] if x_logged is not None else [])
-    estimates = {name: evaluate_many(ests, d, cfg.n_boot, cfg.level, cfg.seed) for name, d in data.items()}
-    names = list(targets)
-    differences = {other: {e.name: paired_difference(e, data[names[0]], data[other], cfg.n_boot, cfg.level,
-                                                     cfg.seed) for e in ests} for other in names[1:]}
-    per_kind, lifts = {}, {}
-    if kind_sums:
-        row_kind = kind_code[logs.explanation]
-        per_kind = per_kind_table(kind_sums, list(kind_names), np.bincount(row_kind, minlength=len(kind_names)))
-        logged_streams = np.bincount(row_kind, weights=logs.reward, minlength=len(kind_names))
-        lifts = {other: kind_lifts(kind_sums[names[0]], kind_sums[other], list(kind_names), logged_streams,
-                                   cfg.n_boot, cfg.level, cfg.seed) for other in names[1:]}
-    return PolicyEvaluation(estimates, differences, per_kind, lifts,
-                            {name: TargetDiagnostics(**d) for name, d in diag.items()},
-                            LoggingSummary(np.round(kappa, 4).tolist(), float(supported.mean()),
-                                           float(marginals.exposure[supported].min()) if supported.any() else 0.0))
+    result = evaluate_partition(logs, marginals, inputs, cfg, prepared.predicted_logged, kind_code,
+                                0 if kind_names is None else len(kind_names))
+    versions = {name: None if spec is None else spec[0].version for name, spec in targets.items()}
+    return reduce_evaluation([result], versions, cfg, kappa, None if kind_names is None else list(kind_names))
 
 
 def subsample_pages(logs: pd.DataFrame, max_pages: int | None, seed: int) -> pd.DataFrame:

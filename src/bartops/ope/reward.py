@@ -7,9 +7,25 @@ on the other folds only, so no row is both fitted and evaluated by the same mode
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 import xgboost as xgb
+
+
+CROSS_FIT_ROUNDS = 80
+CROSS_FIT_DEPTH = 5
+
+
+def cross_fit_params(seed: int, depth: int = CROSS_FIT_DEPTH) -> dict[str, Any]:
+    """The fold models' booster parameters (one thread each: the same models on any number of cores)."""
+    return {"objective": "binary:logistic", "tree_method": "hist", "max_depth": depth, "eta": 0.15,
+            "min_child_weight": 5.0, "subsample": 0.8, "nthread": 1, "seed": seed, "verbosity": 0}
+
+
+def page_folds(n_pages: int, n_folds: int, seed: int) -> np.ndarray:
+    """Each page's cross-fitting fold (pages numbered in sorted request-id order)."""
+    return np.random.default_rng([seed, 7]).permutation(n_pages) % n_folds
 
 
 def cross_fit(
@@ -20,8 +36,8 @@ def cross_fit(
     target_row: np.ndarray,
     n_folds: int = 2,
     seed: int = 0,
-    rounds: int = 80,
-    depth: int = 5,
+    rounds: int = CROSS_FIT_ROUNDS,
+    depth: int = CROSS_FIT_DEPTH,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(prediction per logged row, prediction per target row), each from the model of the other folds.
 
@@ -38,11 +54,9 @@ def cross_fit(
     if n_folds < 2:
         raise ValueError(f"n_folds must be at least 2 for cross-fitting, got {n_folds}")
     _, g = np.unique(group, return_inverse=True)
-    fold_of_group = np.random.default_rng([seed, 7]).permutation(g.max() + 1) % n_folds
-    fold = fold_of_group[g]
+    fold = page_folds(g.max() + 1, n_folds, seed)[g]
     fold_t = fold[target_row]
-    params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": depth, "eta": 0.15,
-              "min_child_weight": 5.0, "subsample": 0.8, "nthread": 1, "seed": seed, "verbosity": 0}
+    params = cross_fit_params(seed, depth)
     pred_l = np.zeros(len(reward))
     pred_t = np.zeros(len(x_target))
 

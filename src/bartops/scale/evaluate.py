@@ -17,10 +17,9 @@ and the driver at most ``estimate_examination``'s sample:
    (``sample_target_pages``), Monte Carlo seeded by ``partition_seed``.
 4. ``fit_fold_models``: DR's cross-fitted reward model, one ``xgboost.dask`` booster per fold trained on
    the other folds' logged cards of all partitions (``cross_fit``'s folds, rows and parameters).
-5. ``finish_partition``: every row's inputs as ``evaluate_policies`` builds them, per-page statistic sums
-   (``bartops.scale.ope.partition_statistics``), per-kind and diagnostic sums, the weights; then
-   ``reduce_results``: ``evaluate_many_partitioned`` / ``paired_difference_partitioned`` (the local
-   bootstrap's resamples) and the sums → the dict ``evaluate_policies`` returns.
+5. ``finish_partition``: ``bartops.ope.pipeline.evaluate_partition`` with the fold models' predictions
+   (per-page statistic sums, per-kind and diagnostic sums, the weights); then the driver's
+   ``reduce_evaluation``, the same two functions that ``evaluate_policies`` runs on the whole log.
 
 Seeding and equivalence.  A partition's Monte Carlo is seeded by ``ope.seed``, its batch file's name and
 its bucket, so a run is reproducible on the same batches and ``scale.partition_rows`` whatever the workers
@@ -46,28 +45,16 @@ import numpy as np
 import pandas as pd
 
 from bartops.gate.evaluate import Evaluation, evaluated_policy, logging_policy_for, training_cut
-from bartops.ope.estimators import DR, IPS, SNIPS, Estimator, weights
-from bartops.ope.kinds import KindPageSums, kind_lifts, logging_kind_sums, per_kind_table, target_kind_sums
-from bartops.ope.pipeline import (LoggingMarginals, LoggingSummary, OPEConfig, PolicyEvaluation, TargetDiagnostics,
-                                  TargetPages, estimate_examination, first_row_of_page, log_time_support,
-                                  logged_row_terms, logging_marginals, on_first_rows, sample_target_pages,
-                                  subsample_pages)
+from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, PartitionResult, PolicyEvaluation, TargetInputs,
+                                  TargetPages,
+                                  estimate_examination, evaluate_partition, first_row_of_page, logging_marginals,
+                                  reduce_evaluation, sample_target_pages, subsample_pages)
+from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params, page_folds
 from bartops.ope.slate import LoggedPages, logged_pages
-from bartops.ope.validate import LoggedData, check_inputs
 from bartops.policy.page import CandidateSet, PagePolicy
-from bartops.scale.ope import (PartitionStatistics, evaluate_many_partitioned, paired_difference_partitioned,
-                               partition_statistics)
 from bartops.scale.partitions import Partition, page_partitions, read_partition_rows
 
-CROSS_FIT_ROUNDS = 80  # bartops.ope.reward.cross_fit's defaults (the tests train both and compare)
-CROSS_FIT_DEPTH = 5
 SCAN_COLUMNS = ["timestamp", "policy_version"]
-
-
-def cross_fit_params(seed: int, depth: int = CROSS_FIT_DEPTH) -> dict[str, Any]:
-    """``bartops.ope.reward.cross_fit``'s booster parameters, without ``nthread`` (the workers' threads)."""
-    return {"objective": "binary:logistic", "tree_method": "hist", "max_depth": depth, "eta": 0.15,
-            "min_child_weight": 5.0, "subsample": 0.8, "seed": seed, "verbosity": 0}
 
 
 def examination_rows() -> int:
@@ -87,9 +74,11 @@ class EvaluationSetup:
     targets: dict[str, tuple[PagePolicy, Any] | None]  # name → (policy, its Features); None = the logging policy
     kinds: np.ndarray  # explanation code → kind label
 
-    def estimators(self) -> list[Estimator]:
-        """IPS, SNIPS and DR as ``evaluate_policies`` runs them (with a reward model)."""
-        return [IPS(self.cfg.clip), SNIPS(self.cfg.clip), DR(self.cfg.dr_clip)]
+    def reduce(self, results: Sequence[PartitionResult], kappa: np.ndarray) -> PolicyEvaluation:
+        """``reduce_evaluation`` of the partitions' results (the targets' versions, the kinds' names)."""
+        versions = {name: None if spec is None else spec[0].version for name, spec in self.targets.items()}
+        return reduce_evaluation(list(results), versions, self.cfg, kappa,
+                                 list(np.unique(np.asarray(self.kinds).astype(str))))
 
     def featurize(self, contexts: pd.DataFrame, cards: CandidateSet, shelf, position) -> np.ndarray:
         """The reward-model inputs ``evaluate_bundle`` uses (the candidate's snapshot)."""
@@ -237,7 +226,8 @@ def partition_summary(state: PartitionState) -> dict[str, Any]:
     """What the driver needs of a partition: its pages (sorted request ids) with their rows and streams."""
     lp = state.logs
     return {"ids": np.asarray(lp.request_id).astype(str), "rows": np.bincount(lp.page, minlength=lp.n_pages),
-            "streams": np.bincount(lp.page, weights=lp.reward, minlength=lp.n_pages)}
+            "streams": np.bincount(lp.page, weights=lp.reward, minlength=lp.n_pages),
+            "first": lp.contexts["timestamp"].min(), "last": lp.contexts["timestamp"].max()}
 
 
 def page_fold_assignment(summaries: Sequence[dict[str, Any]], folds: int, seed: int) -> list[np.ndarray]:
@@ -246,7 +236,7 @@ def page_fold_assignment(summaries: Sequence[dict[str, Any]], folds: int, seed: 
     ids = np.concatenate([s["ids"] for s in summaries])
     if len(np.unique(ids)) != len(ids):
         raise ValueError("a page is split across partitions: partitions must hold whole page views")
-    fold = np.random.default_rng([seed, 7]).permutation(len(ids)) % folds
+    fold = page_folds(len(ids), folds, seed)
     index = pd.Index(np.sort(ids))
     return [fold[index.get_indexer(s["ids"])] for s in summaries]
 
@@ -263,15 +253,15 @@ def _width(state: PartitionState) -> int:
 
 
 def fit_fold_models(client, states: Sequence[Any], summaries: Sequence[dict[str, Any]],
-                    page_folds: Sequence[np.ndarray], cfg: OPEConfig) -> list[Any]:
+                    folds_of_pages: Sequence[np.ndarray], cfg: OPEConfig) -> list[Any]:
     """Per fold, ``cross_fit``'s model of the other folds' logged cards: an ``xgboost.dask`` booster, or
     (as ``cross_fit`` does when those cards are one class or none) their mean reward as a float."""
     import dask.array as da
     import xgboost.dask as dxgb
     from dask import delayed
 
-    rows = [np.bincount(f, weights=s["rows"], minlength=cfg.folds) for s, f in zip(summaries, page_folds)]
-    streams = [np.bincount(f, weights=s["streams"], minlength=cfg.folds) for s, f in zip(summaries, page_folds)]
+    rows = [np.bincount(f, weights=s["rows"], minlength=cfg.folds) for s, f in zip(summaries, folds_of_pages)]
+    streams = [np.bincount(f, weights=s["streams"], minlength=cfg.folds) for s, f in zip(summaries, folds_of_pages)]
     width = client.submit(_width, states[0], pure=False).result()
     models: list[Any] = []
     for k in range(cfg.folds):
@@ -281,12 +271,13 @@ def fit_fold_models(client, states: Sequence[Any], summaries: Sequence[dict[str,
             models.append(y_sum / n if n else sum(float(s.sum()) for s in streams) / sum(float(r.sum()) for r in rows))
             continue
         xs, ys = [], []
-        for st, pf, m in zip(states, page_folds, n_train):
+        for st, pf, m in zip(states, folds_of_pages, n_train):
             if m:
                 xs.append(da.from_delayed(delayed(_fold_part)(st, pf, k, "x"), (m, width), np.float32))
                 ys.append(da.from_delayed(delayed(_fold_part)(st, pf, k, "y"), (m,), np.float64))
         dtrain = dxgb.DaskQuantileDMatrix(client, da.concatenate(xs), da.concatenate(ys))
-        booster = dxgb.train(client, cross_fit_params(cfg.seed), dtrain, num_boost_round=CROSS_FIT_ROUNDS)["booster"]
+        booster = dxgb.train(client, {k: v for k, v in cross_fit_params(cfg.seed).items() if k != "nthread"}, dtrain,
+                             num_boost_round=CROSS_FIT_ROUNDS)["booster"]
         booster.set_param({"nthread": 1})
         models.append(booster)
         del dtrain
@@ -303,125 +294,19 @@ def predict_folds(models: Sequence[Any], x: np.ndarray, fold: np.ndarray) -> np.
     return out
 
 
-# ---------------------------------------------------------------------- pass 5: finish and reduce
-@dataclass(frozen=True)
-class PartitionResult:
-    """A partition's share of the evaluation: statistics per target and sums to reduce."""
-
-    rows: int
-    pages: int
-    statistics: dict[str, PartitionStatistics]
-    weights: dict[str, np.ndarray]  # unclipped weights per row (the decision's histogram and ESS)
-    sums: dict[str, dict[str, float]]  # per target: diagnostic numerators and denominators
-    per_kind: dict[str, KindPageSums]  # per target: per-page sums by kind (pages in request-id order)
-    kind_rows: np.ndarray  # logged rows of each kind
-    kind_streams: np.ndarray  # logged streams of each kind
-    supported: int
-    min_exposure: float  # among supported rows (inf if none)
-    first_page_view: pd.Timestamp
-    last_page_view: pd.Timestamp
-
-
-def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: np.ndarray, models: Sequence[Any],
-                     kappa: np.ndarray) -> PartitionResult:
-    """The rows' inputs of every estimator as ``evaluate_policies`` builds them, and the partition's
-    per-page statistic sums, per-kind and diagnostic sums."""
-    cfg, lp, marginals = setup.cfg, state.logs, state.marginals
-    n = len(lp)
-    slot_exam, supported, p = logged_row_terms(lp, marginals.exposure, kappa)
-    first = first_row_of_page(lp)
-    kind_names, kind_code = np.unique(np.asarray(setup.kinds).astype(str), return_inverse=True)
-    row_kind, n_kinds = kind_code[lp.explanation], len(kind_names)
+# ---------------------------------------------------------------------- pass 5: finish
+def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: np.ndarray, models: Sequence[Any]
+                     ) -> PartitionResult:
+    """``evaluate_partition`` of the partition's pages, with DR's predictions by the fold models."""
+    lp = state.logs
     row_fold = page_fold[lp.page]
-    pred_logged = predict_folds(models, state.x_logged, row_fold)
-    cap = cfg.dr_clip if cfg.dr_clip is not None else np.inf
-    ests = setup.estimators()
-    stats, w_out, sums, per_kind = {}, {}, {}, {}
-    for name, tp in state.targets.items():
-        if tp is None:  # the logging policy, on-policy: weight 1 everywhere
-            q = p.copy()
-            target_mass = np.bincount(lp.page, weights=slot_exam, minlength=lp.n_pages)
-            prediction, expected = np.zeros(n), np.zeros(n)
-            per_kind[name] = logging_kind_sums(lp.page, row_kind, lp.reward, lp.n_pages, n_kinds)
-            sums[name] = {"shown": float(n)}
-        else:
-            q = np.where(supported, tp.exposure, 0.0)
-            target_mass = np.bincount(tp.cards.page, weights=kappa[tp.shelf, tp.position], minlength=lp.n_pages) / tp.m
-            x_t = setup.featurize(lp.contexts, tp.cards, tp.shelf, tp.position)
-            pt = predict_folds(models, x_t, row_fold[first[tp.cards.page]])
-            prediction = pred_logged
-            dm_page = np.bincount(tp.cards.page, weights=pt, minlength=lp.n_pages) / tp.m
-            expected = on_first_rows(dm_page, first, n)
-            clip = cfg.dr_clip if len(tp.cards) else cfg.clip  # as evaluate_policies caps the per-kind weights
-            corr = weights(LoggedData(lp.reward, p, q, lp.page, lp.n_pages), clip) * (lp.reward - prediction)
-            per_kind[name] = target_kind_sums(lp.page, row_kind, corr, tp.cards.page, kind_code[tp.cards.explanation],
-                                              pt, tp.m, lp.n_pages, n_kinds)
-            t_exam = kappa[tp.shelf, tp.position]
-            sums[name] = {"shown": len(tp.cards) / tp.m, "cards": float(len(tp.cards)), "m": float(tp.m),
-                          "exposure": float(tp.exposure.sum()), "unsupported": float(tp.exposure[~supported].sum()),
-                          "exam": float(t_exam.sum()),
-                          "exam_inside": log_time_support(marginals, tp.cards, t_exam) * float(t_exam.sum())}
-        d = check_inputs(lp.reward, p, q, lp.page, None, prediction, expected, examination=slot_exam,
-                         target_mass=on_first_rows(target_mass, first, n))
-        stats[name] = partition_statistics(ests, d, lp.request_id)
-        w_all = weights(d, None)
-        w_out[name] = w_all
-        sums[name].update(covered=float((np.minimum(w_all, cap) * slot_exam).sum()), mass=float(target_mass.sum()),
-                          clipped=float((w_all > cap).sum()))
-    min_exposure = float(marginals.exposure[supported].min()) if supported.any() else np.inf
-    return PartitionResult(n, lp.n_pages, stats, w_out, sums, per_kind, np.bincount(row_kind, minlength=n_kinds),
-                           np.bincount(row_kind, weights=lp.reward, minlength=n_kinds), int(supported.sum()),
-                           min_exposure, lp.contexts["timestamp"].min(), lp.contexts["timestamp"].max())
-
-
-def _one(stats: PartitionStatistics, i: int) -> PartitionStatistics:
-    """The statistics of the i-th estimator only."""
-    lo = sum(stats.widths[:i])
-    return PartitionStatistics(stats.request_id, stats.sums[:, lo: lo + stats.widths[i]], stats.moments[i: i + 1],
-                               (stats.widths[i],))
-
-
-def reduce_results(results: Sequence[PartitionResult], setup: EvaluationSetup, kappa: np.ndarray
-                   ) -> PolicyEvaluation:
-    """What ``evaluate_policies`` returns, from the partitions' results."""
-    cfg = setup.cfg
-    ests = setup.estimators()
-    names = list(setup.targets)
-    n = sum(r.rows for r in results)
-    n_pages = sum(r.pages for r in results)
-    estimates = {name: evaluate_many_partitioned(ests, [r.statistics[name] for r in results], cfg.n_boot, cfg.level,
-                                                 cfg.seed) for name in names}
-    differences = {other: {e.name: paired_difference_partitioned(
-        e, [_one(r.statistics[names[0]], i) for r in results], [_one(r.statistics[other], i) for r in results],
-        cfg.n_boot, cfg.level, cfg.seed) for i, e in enumerate(ests)} for other in names[1:]}
-    diag: dict[str, dict[str, Any]] = {}
-    for name in names:
-        s = {k: sum(r.sums[name][k] for r in results) for k in results[0].sums[name]}
-        if setup.targets[name] is None:
-            diag[name] = {"policy": "logging (on-policy)", "unsupported_share": 0.0, "log_time_support": 1.0}
-        else:
-            diag[name] = {"policy": setup.targets[name][0].version, "target_samples": int(results[0].sums[name]["m"]),
-                          "unsupported_share": float(s["unsupported"] / max(s["exposure"], 1e-300)),
-                          "log_time_support": float(s["exam_inside"] / max(s["exam"], 1e-300)) if s["exam"] > 0
-                          else 1.0}
-        diag[name].update({"weights": np.concatenate([r.weights[name] for r in results]),
-                           "support_share": min(1.0, s["covered"] / max(s["mass"], 1e-300)),
-                           "clipped_share": float(s["clipped"] / n), "cards_per_page": s["shown"] / n_pages})
-    # the per-kind page sums of all partitions in the logs' page order (sorted request ids), as one log
-    order = np.argsort(np.concatenate([r.statistics[names[0]].request_id for r in results]), kind="stable")
-    kind_sums = {name: KindPageSums(np.vstack([r.per_kind[name].streams for r in results])[order],
-                                    np.vstack([r.per_kind[name].cards for r in results])[order]) for name in names}
-    kind_names = list(np.unique(np.asarray(setup.kinds).astype(str)))
-    per_kind = per_kind_table(kind_sums, kind_names, sum(r.kind_rows for r in results))
-    lifts = {other: kind_lifts(kind_sums[names[0]], kind_sums[other], kind_names,
-                               sum(r.kind_streams for r in results), cfg.n_boot, cfg.level, cfg.seed)
-             for other in names[1:]}
-    supported = sum(r.supported for r in results)
-    min_exposure = min(r.min_exposure for r in results)
-    return PolicyEvaluation(estimates, differences, per_kind, lifts,
-                            {name: TargetDiagnostics(**d) for name, d in diag.items()},
-                            LoggingSummary(np.round(kappa, 4).tolist(), float(supported / n),
-                                           float(min_exposure) if supported else 0.0))
+    first = first_row_of_page(lp)
+    targets = {name: None if tp is None else TargetInputs(tp, predict_folds(
+        models, setup.featurize(lp.contexts, tp.cards, tp.shelf, tp.position), row_fold[first[tp.cards.page]]))
+        for name, tp in state.targets.items()}
+    kind_names, kind_code = np.unique(np.asarray(setup.kinds).astype(str), return_inverse=True)
+    return evaluate_partition(lp, state.marginals, targets, setup.cfg, predict_folds(models, state.x_logged, row_fold),
+                              kind_code, len(kind_names))
 
 
 # ---------------------------------------------------------------------- the whole evaluation
@@ -482,12 +367,12 @@ def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSet
     folds = page_fold_assignment(summaries, cfg.folds, cfg.seed)
     models = fit_fold_models(client, states, summaries, folds, cfg)
     models_f = client.scatter(models, broadcast=True, hash=False)
-    results = client.gather([client.submit(finish_partition, s, setup_f, f, models_f, kappa, pure=False)
+    results = client.gather([client.submit(finish_partition, s, setup_f, f, models_f, pure=False)
                              for s, f in zip(states, folds)])
     del states
-    return PartitionedEvaluation(reduce_results(results, setup, kappa), kappa, models, sum(r.rows for r in results),
-                                 sum(r.pages for r in results), min(r.first_page_view for r in results),
-                                 max(r.last_page_view for r in results))
+    return PartitionedEvaluation(setup.reduce(results, kappa), kappa, models,
+                                 sum(r.rows for r in results), sum(r.pages for r in results),
+                                 min(s["first"] for s in summaries), max(s["last"] for s in summaries))
 
 
 def evaluate_bundle_dask(client, bundle_dir: Path, params: dict, registry, impressions: Path | Sequence[Path],

@@ -9,7 +9,7 @@ fresh child process so every peak RSS is that mode's own:
   ``train_reward_models`` without baselines; evaluate = the gate's evaluation as ``bartops evaluate``
   runs it: ``evaluate_bundle`` on the whole log);
 - ``dask``: validate on page-aligned partitions (``validate_partitioned``), features from history sums
-  of user-aligned partitions (``build_features_dask``), train with ``xgboost.dask`` on page-aligned
+  of user-aligned partitions (``build_features`` with ``DaskExecutor``), train with ``xgboost.dask`` on page-aligned
   partitions, evaluate with ``evaluate_bundle_dask`` (logging exposures, target pages and DR's reward
   model on the partitions; estimates from per-page sums);
 - ``dask-small``: the same with a per-worker memory limit far below the local peak (``--small-memory``)
@@ -53,7 +53,7 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
     from bartops.features.logstats import batches_version
     from bartops.features.store import build_features, save_features
     from bartops.reward.pipeline import write_training_outputs
-    from bartops.scale.partitions import batch_files
+    from bartops.features.partitions import batch_files
     from bartops.validation import validate_batch
 
     params = load_params(ROOT / "params.yaml")
@@ -89,9 +89,9 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
         if client is None:
             features = build_features(data, params, incoming)
         else:
-            from bartops.scale.features import build_features_dask
+            from bartops.scale import DaskExecutor
 
-            features = build_features_dask(client, data, params, incoming, partition_rows)
+            features = build_features(data, params, incoming, DaskExecutor(client), partition_rows)
         steps["features"] = time.perf_counter() - t
         t = time.perf_counter()
         if client is None:
@@ -104,7 +104,7 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
                                          data_version=version)
             del imp
         else:
-            from bartops.scale.partitions import page_partitions
+            from bartops.features.partitions import page_partitions
             from bartops.scale.train import train_reward_model_dask
 
             parts = page_partitions(incoming, partition_rows)

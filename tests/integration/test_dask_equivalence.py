@@ -68,7 +68,7 @@ def features(small_data_dir, params):
 
 @pytest.fixture(scope="module")
 def parts(small_data_dir, settings):
-    from bartops.scale.partitions import page_partitions
+    from bartops.features.partitions import page_partitions
 
     return page_partitions(small_data_dir / "incoming", settings.partition_rows)
 
@@ -87,7 +87,8 @@ def local_training(features, params, small_data_dir):
 def test_training_rows_equal_and_stacked_predictions_close(client, features, parts, params, small_data_dir,
                                                            local_training):
     from bartops.features.logstats import load_impressions, time_split
-    from bartops.reward.train import RewardParams, classification_metrics, ips_weights, training_rows
+    from bartops.reward.train import (RewardParams, classification_metrics, fold_response_tables, ips_weights,
+                                      training_rows)
     from bartops.scale import train as st
 
     imp, _ = load_impressions(small_data_dir / "incoming")
@@ -105,14 +106,16 @@ def test_training_rows_equal_and_stacked_predictions_close(client, features, par
     w = ips_weights(imp["propensity"].to_numpy()[train], rp.clip, rp.normalize)
     assert result.split["max_weight"] == pytest.approx(w.max(), rel=1e-12)
 
-    tables = st.dask_response_tables(client, features.explanations, parts, cut, rp.response_folds)
-    got = client.gather(client.map(st.partition_rows, parts, features=st._broadcast(client, features), cut=cut,
-                                   tables=st._broadcast(client, tables), folds=rp.response_folds, pure=False))
+    tables = fold_response_tables(features, imp, train, rp.response_folds)  # what the driver computes
+    features_f, tables_f = client.scatter(features, broadcast=True), client.scatter(tables, broadcast=True)
+    futures = client.map(st.partition_rows, parts, features=features_f, cut=cut, tables=tables_f,
+                         folds=rp.response_folds, pure=False)
+    got = client.gather(futures)
     at = pd.Index(np.concatenate([g["impression_id"] for g in got])).get_indexer(imp["impression_id"].astype(str))
     np.testing.assert_allclose(np.vstack([g["rows"] for g in got])[at], rows, rtol=1e-6, atol=1e-6)
 
     # the stacked logistic regression: fitted on the same rows (fewer than stack_rows) in another order
-    futures, shapes = st._row_futures(client, st._broadcast(client, features), parts, cut, tables, rp.response_folds)
+    shapes = [(int(g["train"].sum()), int((~g["train"]).sum())) for g in got]
     sample_rows, sample_y = st.stack_sample(client, futures, shapes, 5000, int(params["seed"]))
     in_order = [g for g in got if g["train"].any()]
     keep = np.sort(np.random.default_rng([int(params["seed"]), 17]).choice(int(train.sum()), 5000, replace=False))
@@ -130,12 +133,12 @@ def test_training_rows_equal_and_stacked_predictions_close(client, features, par
 
 
 def test_features_on_dask_equal_local(client, features, small_data_dir, params):
-    from bartops.features.store import SNAPSHOT_ARRAYS, SNAPSHOT_TABLES
-    from bartops.scale.features import build_features_dask
-    from bartops.scale.partitions import user_partitions
+    from bartops.features.partitions import user_partitions
+    from bartops.features.store import SNAPSHOT_ARRAYS, SNAPSHOT_TABLES, build_features
+    from bartops.scale import DaskExecutor
 
     assert len(user_partitions(small_data_dir / "history.parquet", 8000)) >= 4  # several history partitions
-    dist = build_features_dask(client, small_data_dir, params, small_data_dir / "incoming", partition_rows=8000)
+    dist = build_features(small_data_dir, params, small_data_dir / "incoming", DaskExecutor(client), partition_rows=8000)
     for name in SNAPSHOT_TABLES:
         if name != "user_kind":  # candidates, cold start, affinities, similar items, item stats: identical
             pd.testing.assert_frame_equal(getattr(dist, name), getattr(features, name), check_exact=True, obj=name)
@@ -333,7 +336,7 @@ def test_gate_evaluation_draws_the_local_pages(small_data_dir, tmp_path):
     on the concatenated batches after the cut (it draws from the pages in file order)."""
     from bartops.ope.pipeline import subsample_pages
     from bartops.scale import evaluate as se
-    from bartops.scale.partitions import page_partitions
+    from bartops.features.partitions import page_partitions
 
     logs = pd.read_parquet(small_data_dir / "incoming" / "sim-seed3.parquet")
     half = len(logs) // 2

@@ -33,7 +33,7 @@ def test_worker_environment_carries_the_prefect_api():
 
 
 def test_partitions_hold_whole_pages_and_every_row_once(small_data_dir):
-    from bartops.scale.partitions import page_partitions, read_partition
+    from bartops.features.partitions import page_partitions, read_partition
 
     parts = page_partitions(small_data_dir / "incoming", 7000)
     frames = [read_partition(p) for p in parts]
@@ -45,30 +45,9 @@ def test_partitions_hold_whole_pages_and_every_row_once(small_data_dir):
     assert sum(map(len, pages)) == len(set().union(*pages))  # no page in two partitions
 
 
-def test_response_table_from_summed_cell_rates_equals_direct():
-    """Two partitions' cell sums, added, give the rates of the whole: the same table as computed at once."""
-    from bartops.features.logstats import cell_sums, response_table
-
-    rng = np.random.default_rng(5)
-    n = 5000
-    user, kind = rng.integers(0, 50, n), rng.integers(0, 4, n)
-    shelf, position = rng.integers(0, 3, n), rng.integers(0, 4, n)
-    reward = (rng.random(n) < 0.2).astype(float)
-    half = rng.random(n) < 0.5
-    sums = pd.concat([cell_sums(kind[m], shelf[m], position[m], reward[m]) for m in (half, ~half)])
-    rates = sums.groupby(["shelf", "position", "kind"], as_index=False)[["shows", "streams"]].sum()
-    rates["rate"] = rates["streams"] / rates["shows"]
-    direct = response_table(user, kind, shelf, position, reward)
-    via = response_table(user, kind, shelf, position, reward, rates=rates)
-    pd.testing.assert_frame_equal(direct[["user_id", "kind", "shows", "streams"]], via[["user_id", "kind", "shows", "streams"]])
-    np.testing.assert_allclose(via["expected"], direct["expected"], rtol=1e-12)
-    with pytest.raises(ValueError, match="rates lack"):
-        response_table(user, kind, shelf, position, reward, rates=rates.iloc[1:])
-
-
 def test_history_sums_of_user_partitions_concatenate_to_the_whole(small_data_dir):
     from bartops.features.store import add_history_sums, history_sums
-    from bartops.scale.partitions import read_user_partition, user_partitions
+    from bartops.features.partitions import read_user_partition, user_partitions
 
     history = pd.read_parquet(small_data_dir / "history.parquet")
     items = pd.read_parquet(small_data_dir / "items.parquet")["item_id"].to_numpy()

@@ -255,7 +255,7 @@ def test_design_effect_of_independent_and_page_shared_rewards_and_its_sums_add_u
 
 def test_partitioned_validation_gets_the_same_stream_rate_bounds(data_dir, params):
     """The Dask path's bounds come from per-partition page sums; they equal the whole batch's."""
-    from bartops.scale.partitions import page_partitions
+    from bartops.features.partitions import page_partitions
     from bartops.scale.validate import batch_parameters, partition_batch_stats
     from bartops.validation.suites import impression_parameters
 

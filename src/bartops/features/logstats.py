@@ -43,26 +43,6 @@ def explanation_kind_codes(explanations: pd.DataFrame) -> np.ndarray:
     return codes.to_numpy(np.int64)
 
 
-def cell_sums(kind: np.ndarray, shelf: np.ndarray, position: np.ndarray, reward: np.ndarray) -> pd.DataFrame:
-    """(shelf, position, kind, shows, streams) per slot cell: sums that add up across partitions.
-
-    ``streams / shows`` of the summed table are the cell rates ``response_table`` uses as ``rates``.
-    """
-    frame = pd.DataFrame({"shelf": np.asarray(shelf, np.int64), "position": np.asarray(position, np.int64),
-                          "kind": np.asarray(kind, np.int64), "shows": 1.0,
-                          "streams": np.asarray(reward, np.float64)})
-    return frame.groupby(["shelf", "position", "kind"], as_index=False, sort=True)[["shows", "streams"]].sum()
-
-
-def _cell_rates(rates: pd.DataFrame, kind: np.ndarray, shelf: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """Each row's rate from a (shelf, position, kind, rate) table; ValueError on cells it lacks."""
-    index = pd.MultiIndex.from_frame(rates[["shelf", "position", "kind"]].astype(np.int64))
-    pos = index.get_indexer(pd.MultiIndex.from_arrays([shelf, position, kind]))
-    if (pos < 0).any():
-        raise ValueError(f"rates lack {int((pos < 0).sum())} row(s)' (shelf, position, kind) cells")
-    return rates["rate"].to_numpy(np.float64)[pos]
-
-
 def response_tables(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, position: np.ndarray,
                     reward: np.ndarray, sources: list[np.ndarray]) -> list[pd.DataFrame]:
     """``[response_table(user_id[s], kind[s], shelf[s], position[s], reward[s]) for s in sources]``
@@ -110,34 +90,15 @@ def response_tables(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, po
 
 
 def response_table(user_id: np.ndarray, kind: np.ndarray, shelf: np.ndarray, position: np.ndarray,
-                   reward: np.ndarray, rates: pd.DataFrame | None = None) -> pd.DataFrame:
+                   reward: np.ndarray) -> pd.DataFrame:
     """(user_id, kind, shows, streams, expected) from logged impressions given as arrays.
 
     ``expected`` sums each impression's mean reward over these same impressions at its (shelf,
-    position, kind) cell, or, given ``rates`` (shelf, position, kind, rate: e.g. from summed
-    ``cell_sums`` of a larger set), that cell's rate.  Sorted by (user_id, kind).
+    position, kind) cell.  Sorted by (user_id, kind).
     """
-    user_id = np.asarray(user_id, np.int64)
-    kind = np.asarray(kind, np.int64)
-    reward = np.asarray(reward, np.float64)
     if len(user_id) == 0:
         return empty_user_kind()
-    if not (len(kind) == len(shelf) == len(position) == len(reward) == len(user_id)):
-        raise ValueError("response_table: user_id, kind, shelf, position and reward must have equal lengths")
-    if (kind < 0).any() or (kind >= len(EXPLANATION_KINDS)).any():
-        raise ValueError(f"kind codes must lie in [0, {len(EXPLANATION_KINDS)})")
-    if rates is None:
-        return response_tables(user_id, kind, shelf, position, reward, [np.ones(len(user_id), bool)])[0]
-    K = len(EXPLANATION_KINDS)
-    expected = _cell_rates(rates, kind, np.asarray(shelf, np.int64), np.asarray(position, np.int64))
-    ukeys, inv = group_codes(user_id * K + kind)
-    return pd.DataFrame({
-        "user_id": ukeys // K,
-        "kind": ukeys % K,
-        "shows": np.bincount(inv).astype(np.float64),
-        "streams": np.bincount(inv, weights=reward),
-        "expected": np.bincount(inv, weights=expected),
-    })
+    return response_tables(user_id, kind, shelf, position, reward, [np.ones(len(user_id), bool)])[0]
 
 
 def impression_kinds(explanations: pd.DataFrame, explanation_id: np.ndarray | pd.Series) -> np.ndarray:

@@ -35,13 +35,15 @@ from bartops.features.candidates import (
 from bartops.leftovers import OLD, make_temp_dir, recover_leftovers, temp_path
 from bartops.features.logstats import (
     USER_KIND_COLUMNS,
+    batches_version,
     empty_user_kind,
     explanation_kind_codes,
     impressions_response_table,
     lift,
-    load_impressions,
     time_split,
 )
+from bartops.features.partitions import (IN_PROCESS, Executor, Partition, page_partitions, parquet_columns,
+                                         read_partition, read_user_partition, user_partitions)
 from bartops.features.arrays import native_threads
 from bartops.policy.page import CandidateSet
 
@@ -584,17 +586,41 @@ def with_response_stats(features: Features, impressions: pd.DataFrame, data_vers
                                            "before": before})
 
 
-def build_features(data_dir: Path, params: dict, impressions_dir: Path | None = None) -> Features:
+RESPONSE_ROW_COLUMNS = ["timestamp", "user_id", "explanation_id", "shelf", "position", "reward"]
+
+
+def partition_last_play(part: Partition) -> pd.Timestamp | None:
+    """The latest play of a history partition (None when it is empty)."""
+    ts = read_user_partition(part, ["timestamp"])["timestamp"]
+    return pd.to_datetime(ts, utc=True).max() if len(ts) else None
+
+
+def partition_history_sums(part: Partition, item_ids: np.ndarray, now: pd.Timestamp,
+                           half_life_days: float) -> pd.DataFrame:
+    """``history_sums`` of a history partition's plays."""
+    return history_sums(read_user_partition(part, ["item_id", "timestamp"]), item_ids, now, half_life_days)
+
+
+def partition_response_rows(part: Partition) -> pd.DataFrame:
+    """The columns of a batch partition (conformed) that the logged-response table reads."""
+    return read_partition(part)[RESPONSE_ROW_COLUMNS]
+
+
+def build_features(data_dir: Path, params: dict, impressions_dir: Path | None = None,
+                   executor: Executor = IN_PROCESS, partition_rows: int | None = None) -> Features:
     """Features from the raw data folder (items, users, explanations, history parquet) and the
     validated impression batches (``impressions_dir``, default params ``paths.impressions``).
 
     ``params`` is the whole params.yaml mapping (reads ``features:``, ``seed`` and ``paths:``).
     Without validated batches (first run, or no ``paths.impressions`` and no ``impressions_dir``)
-    ``user_kind`` is empty: every user gets the prior.
+    ``user_kind`` is empty: every user gets the prior.  ``executor`` runs the per-partition work
+    (``history_sums`` of user partitions of the history, about ``partition_rows`` rows each, and the
+    batches' response rows); the catalog, the users and the finish run here.  Each user's plays lie
+    in one partition, so the snapshot is the same whatever the partitions.
     """
     data_dir = Path(data_dir)
     frames = {}
-    for name in ("items", "users", "history", "explanations"):
+    for name in ("items", "users", "explanations"):
         path = data_dir / f"{name}.parquet"
         if not path.exists():
             if name == "explanations":
@@ -602,19 +628,29 @@ def build_features(data_dir: Path, params: dict, impressions_dir: Path | None = 
                 continue
             raise FileNotFoundError(f"{path} not found: run `bartops simulate` (or provide the catalog) first")
         frames[name] = pd.read_parquet(path)
+    history = data_dir / "history.parquet"
+    if not history.exists():
+        raise FileNotFoundError(f"{history} not found: run `bartops simulate` (or provide the catalog) first")
+    missing = sorted({"user_id", "item_id", "timestamp"} - set(parquet_columns(history)))
+    if missing:
+        raise ValueError(f"history table lacks column(s) {missing}")
     fp = FeatureParams.from_dict(params.get("features"))
-    features = build_features_from_frames(frames["items"], frames["users"], frames["history"], fp,
-                                          seed=int(params.get("seed", 0)), explanations=frames["explanations"])
+    items, users = _check_catalog(frames["items"], frames["users"])
+    parts = user_partitions(history, partition_rows)
+    last = None if fp.now else max((t for t in executor.map(partition_last_play, parts) if t is not None), default=None)
+    now = snapshot_now(fp, last)
+    sums = add_history_sums(executor.map(partition_history_sums, parts, item_ids=items["item_id"].to_numpy(np.int64),
+                                         now=now, half_life_days=fp.half_life_days))
+    features = features_from_history_sums(items, users, sums, now, fp, seed=int(params.get("seed", 0)),
+                                          explanations=frames["explanations"])
     if impressions_dir is None and (params.get("paths") or {}).get("impressions"):
         impressions_dir = Path(params["paths"]["impressions"])
-    if impressions_dir is None:
+    files = sorted(Path(impressions_dir).glob("*.parquet")) if impressions_dir is not None else []
+    if not files:
         return features.with_user_kind(empty_user_kind(), {"rows": 0, "data_version": None})
-    try:
-        impressions, data_version = load_impressions(Path(impressions_dir))
-    except FileNotFoundError:
-        return features.with_user_kind(empty_user_kind(), {"rows": 0, "data_version": None})
+    rows = executor.map(partition_response_rows, page_partitions(files, partition_rows))
     vf = float((params.get("reward") or {}).get("validation_fraction", 0.2))
-    return with_response_stats(features, impressions, data_version, vf)
+    return with_response_stats(features, pd.concat(rows, ignore_index=True), batches_version(files), vf)
 
 
 # ---------------------------------------------------------------------- persistence

@@ -13,6 +13,7 @@ from typing import Any
 
 from bartops.config import Paths
 from bartops.features.logstats import load_impressions
+from bartops.features.partitions import IN_PROCESS, Executor
 from bartops.features.store import Features, build_features, load_features, save_features
 from bartops.leftovers import recover_leftovers, write_json_atomic, write_text_atomic
 from bartops.reward.model import RewardModel, save_model
@@ -35,11 +36,12 @@ def default_paths(params: dict[str, Any]) -> dict[str, Path]:
     }
 
 
-def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any],
-                       impressions_dir: Path | None = None) -> Features:
+def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any], impressions_dir: Path | None = None,
+                       executor: Executor = IN_PROCESS, partition_rows: int | None = None) -> Features:
     """Build the shared-layer snapshot from ``data_dir`` and the validated impression batches
-    (``impressions_dir``, default params ``paths.impressions``) and save it to ``out_dir``."""
-    features = build_features(Path(data_dir), params, impressions_dir)
+    (``impressions_dir``, default params ``paths.impressions``) and save it to ``out_dir``
+    (``build_features``'s per-partition work on ``executor``)."""
+    features = build_features(Path(data_dir), params, impressions_dir, executor, partition_rows)
     save_features(features, Path(out_dir))
     return features
 

@@ -15,7 +15,7 @@ saved model carries (``margin.json``) and applies on every prediction.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import numpy as np
@@ -218,6 +218,11 @@ class LoggedCodes:
             position=impressions["position"].to_numpy(np.int64),
             reward=impressions["reward"].to_numpy(np.float64), fold=page_folds(impressions["request_id"], folds))
 
+    @staticmethod
+    def concat(parts: list["LoggedCodes"]) -> "LoggedCodes":
+        """The codes of several sets of impressions, one after the other."""
+        return LoggedCodes(*(np.concatenate([getattr(c, f.name) for c in parts]) for f in fields(LoggedCodes)))
+
 
 def _train_mask(train: np.ndarray, n: int) -> np.ndarray:
     train = np.asarray(train, bool)
@@ -226,7 +231,8 @@ def _train_mask(train: np.ndarray, n: int) -> np.ndarray:
     return train
 
 
-def _tables(codes: LoggedCodes, train: np.ndarray, folds: int) -> list[pd.DataFrame]:
+def fold_tables(codes: LoggedCodes, train: np.ndarray, folds: int) -> list[pd.DataFrame]:
+    """``fold_response_tables`` of the rows' codes (row-aligned with the ``train`` mask)."""
     sources = [train & (codes.fold != k) for k in range(folds)] + [train]
     return response_tables(codes.user, codes.kind, codes.shelf, codes.position, codes.reward, sources)
 
@@ -254,7 +260,7 @@ def fold_response_tables(features: Features, impressions: pd.DataFrame, train: n
     """
     impressions = impressions.reset_index(drop=True)
     train = _train_mask(train, len(impressions))
-    return _tables(LoggedCodes.of(features, impressions, folds), train, folds)
+    return fold_tables(LoggedCodes.of(features, impressions, folds), train, folds)
 
 
 def rows_from_tables(features: Features, impressions: pd.DataFrame, train: np.ndarray,
@@ -280,7 +286,7 @@ def training_rows(features: Features, impressions: pd.DataFrame, train: np.ndarr
     impressions = impressions.reset_index(drop=True)
     train = _train_mask(train, len(impressions))
     codes = LoggedCodes.of(features, impressions, folds)
-    return _rows(features, impressions, codes, train, _tables(codes, train, folds), folds)
+    return _rows(features, impressions, codes, train, fold_tables(codes, train, folds), folds)
 
 
 # ---------------------------------------------------------------------- training
@@ -319,6 +325,23 @@ def _take(rows: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return rows[mask]
 
 
+def candidate_params(rp: RewardParams, seed: int, features: Features, data_version: str) -> dict[str, Any]:
+    """The candidate model's parameters as saved with it (training, booster, features and data versions)."""
+    return {**asdict(rp), "seed": seed, "booster": rp.booster_params(seed), "feature_schema_hash": feature_schema_hash(),
+            "features_version": features.version, "response_prior": float(features.params.get("response_prior", 2.0)),
+            "data_version": data_version}
+
+
+def split_summary(rp: RewardParams, train_rows: int, validation_rows: int, cutoff: pd.Timestamp,
+                  weight: np.ndarray | None) -> dict[str, Any]:
+    """The time split and the training weights' summary (largest weight, effective sample share)."""
+    w = weight
+    return {"train_rows": train_rows, "validation_rows": validation_rows, "validation_from": cutoff.isoformat(),
+            "weighting": rp.weighting, "clip": rp.clip, "normalize": rp.normalize,
+            "max_weight": float(w.max()) if w is not None else 1.0,
+            "ess_fraction": float(w.sum() ** 2 / (w ** 2).sum() / len(w)) if w is not None else 1.0}
+
+
 @dataclass
 class TrainingResult:
     """The candidate model, the fitted baselines and every model's validation metrics."""
@@ -350,7 +373,7 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
                          f"{int(y[train][0])}): a stream model cannot be fitted")
     with native_threads():  # numpy and scikit-learn steps; XGBoost below keeps its own threads
         codes = LoggedCodes.of(features, impressions, rp.response_folds)
-        rows = _rows(features, impressions, codes, train, _tables(codes, train, rp.response_folds), rp.response_folds)
+        rows = _rows(features, impressions, codes, train, fold_tables(codes, train, rp.response_folds), rp.response_folds)
         tr_rows, tr_y = _take(rows, train), y[train]
         w = ips_weights(impressions["propensity"].to_numpy()[train], rp.clip, rp.normalize) \
             if rp.weighting == "ips" else None
@@ -358,10 +381,7 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
         tr_margin = None if margin is None else margin.decision(tr_rows)
     booster = _fit_booster(tr_rows, tr_y, w, tr_margin, rp, seed)
     cutoff = pd.to_datetime(impressions["timestamp"], utc=True)[valid].min()
-    model_params = {**asdict(rp), "seed": seed, "booster": rp.booster_params(seed),
-                    "feature_schema_hash": feature_schema_hash(), "features_version": features.version,
-                    "response_prior": float(features.params.get("response_prior", 2.0)),
-                    "data_version": data_version}
+    model_params = candidate_params(rp, seed, features, data_version)
     model = RewardModel(booster, FEATURE_NAMES, model_params, {},
                         name="xgboost-weighted" if rp.weighting == "ips" else "xgboost-unweighted", margin=margin)
     baselines: dict[str, Any] = {}
@@ -388,11 +408,7 @@ def train_reward_models(features: Features, impressions: pd.DataFrame, params: d
         else:
             p = m.predict_rows(va_rows)
         metrics[name] = model_metrics(va_y, p, va_kind, rp.ece_bins)
-    split = {"train_rows": int(train.sum()), "validation_rows": int(valid.sum()),
-             "validation_from": cutoff.isoformat(), "weighting": rp.weighting, "clip": rp.clip,
-             "normalize": rp.normalize, "baseline_rows": int(len(b_rows)),
-             "max_weight": float(w.max()) if w is not None else 1.0,
-             "ess_fraction": float(w.sum() ** 2 / (w ** 2).sum() / len(w)) if w is not None else 1.0}
+    split = {**split_summary(rp, int(train.sum()), int(valid.sum()), cutoff, w), "baseline_rows": int(len(b_rows))}
     model.metrics = {"validation": metrics[model.name], "split": split}
     for name, b in baselines.items():
         if isinstance(b, RewardModel):

@@ -7,6 +7,7 @@ them on the same data (``evaluate``: up to Monte-Carlo draws, see its docs).
 Dask is imported lazily, so importing this package costs nothing without the extra.
 """
 
-from bartops.scale.cluster import ScaleSettings, dask_client, scale_settings, task_runner, worker_environment
+from bartops.scale.cluster import (DaskExecutor, ScaleSettings, dask_client, scale_settings, task_runner,
+                                   worker_environment)
 
-__all__ = ["ScaleSettings", "scale_settings", "dask_client", "task_runner", "worker_environment"]
+__all__ = ["DaskExecutor", "ScaleSettings", "scale_settings", "dask_client", "task_runner", "worker_environment"]

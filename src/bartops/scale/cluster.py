@@ -120,6 +120,21 @@ def dask_client(settings: ScaleSettings, env: dict[str, str] | None = None):
     return client
 
 
+@dataclass(frozen=True)
+class DaskExecutor:
+    """``bartops.features.partitions.Executor`` on a Dask cluster: one task per partition; the shared
+    arguments are sent once to every worker."""
+
+    client: Any
+
+    def map(self, fn, items, **shared):
+        if not items:
+            return []
+        sent = {k: v if isinstance(v, (int, float, str, bool, type(None))) else
+                self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
+        return self.client.gather(self.client.map(fn, list(items), pure=False, **sent))
+
+
 def close_client(client) -> None:
     """Close the client and the LocalCluster it started (a remote cluster keeps running)."""
     cluster = getattr(client, "_bartops_cluster", None)

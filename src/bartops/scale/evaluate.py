@@ -1,7 +1,7 @@
 """The gate's evaluation (``bartops evaluate``) on Dask: the per-page work on page-aligned partitions.
 
 The local path is ``bartops.gate.evaluate.evaluate_bundle`` → ``bartops.ope.pipeline.evaluate_policies``
-on the whole log.  Here no worker holds more than its partitions (whole pages, ``bartops.scale.partitions``)
+on the whole log.  Here no worker holds more than its partitions (whole pages, ``bartops.features.partitions``)
 and the driver at most ``estimate_examination``'s sample:
 
 0. ``scan_partition``: the policy versions of every row; after the candidate's training cut, each row's
@@ -52,7 +52,7 @@ from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, PartitionResult, 
 from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params, page_folds
 from bartops.ope.slate import LoggedPages, logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy
-from bartops.scale.partitions import Partition, page_partitions, read_partition_rows
+from bartops.features.partitions import Partition, page_partitions, read_partition_rows
 
 SCAN_COLUMNS = ["timestamp", "policy_version"]
 

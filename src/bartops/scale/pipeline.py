@@ -1,7 +1,7 @@
 """The pipeline steps with the backend chosen by ``scale:`` (same signatures as the local steps).
 
-``run_build_features`` builds the snapshot locally or, with the Dask backend, reduces the history
-and the impression logs on the cluster (``bartops.scale.features``) and finishes on the driver.
+``run_build_features`` builds the snapshot with its per-partition work in this process or, with the
+Dask backend, on the cluster (``DaskExecutor``), and finishes on the driver.
 ``run_training`` trains locally (``bartops.reward.pipeline.run_training``) or, with the Dask
 backend, with ``xgboost.dask`` on page-aligned partitions of the validated batches, and writes the
 same outputs (model, metrics JSON, policy bundle).  Inside a Prefect task that runs on a Dask worker
@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
-from bartops.scale.cluster import ScaleSettings, close_client, dask_client, scale_settings
+from bartops.scale.cluster import DaskExecutor, ScaleSettings, close_client, dask_client, scale_settings
 
 if TYPE_CHECKING:
     from bartops.gate.evaluate import Evaluation
@@ -43,19 +43,16 @@ def scale_client(settings: ScaleSettings) -> Iterator[Any]:
 
 
 def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any], impressions_dir: Path | None = None):
-    """``bartops.reward.pipeline.run_build_features`` on the configured backend (see module docs)."""
+    """``bartops.reward.pipeline.run_build_features`` with its per-partition work on the configured
+    backend (history sums by user partition, the batches' response rows by page partition)."""
     from bartops.reward import pipeline as local
 
     settings = scale_settings(params)
     if not settings.dask:
         return local.run_build_features(data_dir, out_dir, params, impressions_dir)
-    from bartops.features.store import save_features
-    from bartops.scale.features import build_features_dask
-
     with scale_client(settings) as client:
-        features = build_features_dask(client, Path(data_dir), params, impressions_dir, settings.partition_rows)
-    save_features(features, Path(out_dir))
-    return features
+        return local.run_build_features(data_dir, out_dir, params, impressions_dir, DaskExecutor(client),
+                                        settings.partition_rows)
 
 
 def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: dict[str, Any],
@@ -70,7 +67,7 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
                                   bundle_dir)
     from bartops.features.logstats import batches_version
     from bartops.features.store import load_features
-    from bartops.scale.partitions import batch_files, page_partitions
+    from bartops.features.partitions import batch_files, page_partitions
     from bartops.scale.train import train_reward_model_dask
 
     features = load_features(Path(features_dir))
@@ -94,7 +91,7 @@ def run_evaluation(bundle_dir: Path, params: dict[str, Any], registry: Any, impr
         logs, files = local.load_impressions(Path(impressions_dir))
         return local.evaluate_bundle(Path(bundle_dir), params, registry, logs, Path(data_dir)), files
     from bartops.scale.evaluate import evaluate_bundle_dask
-    from bartops.scale.partitions import batch_files
+    from bartops.features.partitions import batch_files
 
     files = batch_files(Path(impressions_dir))
     with scale_client(settings) as client:

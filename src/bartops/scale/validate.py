@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bartops.scale.partitions import Partition, batch_files, page_partitions, read_partition
+from bartops.features.partitions import Partition, batch_files, page_partitions, read_partition
 from bartops.validation.checks import explored_share_stats, page_reward_sums
 from bartops.validation.reader import BatchReadError, coerce_impressions, digest_files
 from bartops.validation.report import ExpectationOutcome, ValidationReport

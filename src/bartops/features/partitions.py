@@ -1,4 +1,6 @@
-"""Page-aligned partitions of the validated impression batches; user-aligned ones of the history.
+"""Partitions of the data a step runs over, and the executors that run a step's per-partition work.
+
+Page-aligned partitions of the validated impression batches; user-aligned ones of the history.
 
 A partition is the rows of one parquet batch whose page view (``request_id``) hashes to one of
 ``buckets`` buckets (``page_folds``), so every page lies wholly in one partition whatever the file's
@@ -6,6 +8,11 @@ row order.  It is read by streaming the file's record batches and keeping only i
 task holds about ``partition_rows`` rows (plus one record batch), never the whole file.
 The listening history is split the same way by user (``user_partitions``), so every user's plays
 lie in one partition.
+
+A step is written once as per-partition work (``partial``), a reduction and a finish, and takes an
+``Executor`` that maps the per-partition function over the partitions: ``IN_PROCESS`` here (the
+whole file is one partition when ``partition_rows`` is None), or ``bartops.scale.DaskExecutor`` on
+a cluster.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -21,6 +29,23 @@ from bartops.features.logstats import page_folds
 from bartops.logs.schema import SchemaError, conform_impressions
 
 READ_BATCH_ROWS = 65_536
+T = TypeVar("T")
+
+
+class Executor(Protocol):
+    """Runs a per-partition function over partitions: ``[fn(item, **shared) for item in items]``."""
+
+    def map(self, fn: Callable[..., T], items: Sequence[Any], **shared: Any) -> list[T]: ...
+
+
+class InProcess:
+    """The executor of one process: each partition in turn."""
+
+    def map(self, fn: Callable[..., T], items: Sequence[Any], **shared: Any) -> list[T]:
+        return [fn(item, **shared) for item in items]
+
+
+IN_PROCESS = InProcess()
 
 
 @dataclass(frozen=True)
@@ -46,18 +71,32 @@ def batch_files(source: Path | str | list[Path]) -> list[Path]:
     return files
 
 
-def page_partitions(source: Path | str | list[Path], partition_rows: int) -> list[Partition]:
-    """Page-aligned partitions of about ``partition_rows`` rows each (row counts from parquet metadata)."""
-    import pyarrow.parquet as pq
-
+def _buckets(rows: int, partition_rows: int | None) -> int:
+    if partition_rows is None:
+        return 1
     if int(partition_rows) < 1:
         raise ValueError(f"partition_rows must be positive, got {partition_rows!r}")
+    return max(1, math.ceil(rows / int(partition_rows)))
+
+
+def page_partitions(source: Path | str | list[Path], partition_rows: int | None) -> list[Partition]:
+    """Page-aligned partitions of about ``partition_rows`` rows each (row counts from parquet metadata;
+    None: each file whole)."""
+    import pyarrow.parquet as pq
+
     parts = []
     for f in batch_files(source):
         rows = pq.ParquetFile(f).metadata.num_rows
-        buckets = max(1, math.ceil(rows / int(partition_rows)))
-        parts += [Partition(str(f), b, buckets, rows) for b in range(buckets)]
+        parts += [Partition(str(f), b, _buckets(rows, partition_rows), rows)
+                  for b in range(_buckets(rows, partition_rows))]
     return parts
+
+
+def parquet_columns(path: Path | str) -> list[str]:
+    """The column names of a parquet file (from its schema)."""
+    import pyarrow.parquet as pq
+
+    return list(pq.ParquetFile(path).schema_arrow.names)
 
 
 def read_partition(part: Partition, columns: list[str] | None = None, conform: bool = True) -> pd.DataFrame:
@@ -115,18 +154,17 @@ def user_buckets(user_id: pd.Series | np.ndarray, buckets: int) -> np.ndarray:
     return (h % np.uint64(buckets)).astype(np.int64)
 
 
-def user_partitions(path: Path | str, partition_rows: int) -> list[Partition]:
+def user_partitions(path: Path | str, partition_rows: int | None) -> list[Partition]:
     """User-aligned partitions of a table with ``user_id`` (the listening history), about
-    ``partition_rows`` rows each: every user's rows lie in one partition, in file order."""
+    ``partition_rows`` rows each (None: the whole file): every user's rows lie in one partition, in
+    file order."""
     import pyarrow.parquet as pq
 
-    if int(partition_rows) < 1:
-        raise ValueError(f"partition_rows must be positive, got {partition_rows!r}")
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path} not found")
     rows = pq.ParquetFile(path).metadata.num_rows
-    buckets = max(1, math.ceil(rows / int(partition_rows)))
-    return [Partition(str(path), b, buckets, rows) for b in range(buckets)]
+    return [Partition(str(path), b, _buckets(rows, partition_rows), rows)
+            for b in range(_buckets(rows, partition_rows))]
 
 
 def read_user_partition(part: Partition, columns: list[str]) -> pd.DataFrame:

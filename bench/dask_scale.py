@@ -8,7 +8,7 @@ fresh child process so every peak RSS is that mode's own:
 - ``local``: the local steps (train = the weighted candidate only, stacked as params.yaml says:
   ``train_reward_models`` without baselines; evaluate = the gate's evaluation as ``bartops evaluate``
   runs it: ``evaluate_bundle`` on the whole log);
-- ``dask``: validate on page-aligned partitions (``validate_partitioned``), features from history sums
+- ``dask``: validate in this process (as every mode), features from history sums
   of user-aligned partitions (``build_features`` with ``DaskExecutor``), train with ``xgboost.dask`` on page-aligned
   partitions, evaluate with ``evaluate_bundle_dask`` (logging exposures, target pages and DR's reward
   model on the partitions; estimates from per-page sums);
@@ -77,12 +77,7 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
                                            partition_rows=partition_rows))
     try:
         t = time.perf_counter()
-        if client is None:
-            report = validate_batch(batch, data, params)
-        else:
-            from bartops.scale.validate import validate_partitioned
-
-            report = validate_partitioned(client, batch, data, params, partition_rows)
+        report = validate_batch(batch, data, params)  # every mode: validation runs in this process
         steps["validate"] = time.perf_counter() - t
         out.update(validation_passed=report.passed, rows=report.rows)
         t = time.perf_counter()

@@ -449,40 +449,6 @@ def test_flow_runs_tasks_on_dask_against_the_session_api(prefect_api, client, fe
     assert [r.name.split("-")[0] for r in runs] == ["train_and_save"] and runs[0].state.is_completed()
 
 
-def _corrupt(src: Path, dst: Path) -> Path:
-    """The batch with bad propensities, a few impression ids repeated in other pages, and an explored
-    share far from ε: failures of row, page/cross-partition and batch-level checks."""
-    df = pd.read_parquet(src)
-    rng = np.random.default_rng(0)
-    rows = rng.choice(len(df), 60, replace=False)
-    df.loc[rows[:20], "propensity"] = 0.0
-    df.loc[rows[20:40], "impression_id"] = df["impression_id"].to_numpy()[rows[40:60]]
-    df.loc[rng.random(len(df)) < 0.05, "explored"] = True
-    dst.mkdir(parents=True, exist_ok=True)
-    df.to_parquet(dst / "bad.parquet", index=False)
-    return dst / "bad.parquet"
-
-
-def test_validation_same_verdict_and_counts(client, small_data_dir, params, parts, tmp_path):
-    from bartops.scale.validate import validate_partitioned
-    from bartops.validation import validate_batch
-
-    now = pd.Timestamp("2026-11-02T00:00:00Z")
-    good = small_data_dir / "incoming" / "sim-seed3.parquet"
-    bad = _corrupt(good, tmp_path / "bad")
-    for batch, passed in ((good, True), (bad, False)):
-        local = validate_batch(batch, small_data_dir, params, now=now)
-        dist = validate_partitioned(client, batch, small_data_dir, params, 8000, now=now)
-        assert local.passed is passed and dist.passed is passed
-        assert dist.suites["impressions"]["partitions"] == 4
-        assert (dist.rows, dist.pages) == (local.rows, local.pages)
-        a = {(o.suite, o.check): (o.success, o.unexpected_count) for o in local.expectations}
-        b = {(o.suite, o.check): (o.success, o.unexpected_count) for o in dist.expectations}
-        assert a == b
-    failed = {o.check for o in dist.failed}
-    assert {"propensity_range", "impression_id_unique", "explored_share"} <= failed
-
-
 def test_pipeline_commands_honour_the_dask_setting(small_data_dir, tmp_path):
     """`BARTOPS_DASK_SCHEDULER=dask bartops features`, `bartops train` and `bartops evaluate` (what `dvc
     repro` runs), in a project copy: the snapshot and the stacked model come from the Dask paths, the

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from bartops.config import load_params
-from bartops.validation import ingest, read_batch, validate_batch
+from bartops.validation import ingest, validate_batch
 from bartops.validation.checks import explored_share_stats, page_slots_contiguous
 from bartops.validation.suites import load_suite_json, normal_quantile, reference_stream_rate, stream_rate_bounds
 
@@ -246,29 +246,7 @@ def test_design_effect_of_independent_and_page_shared_rewards_and_its_sums_add_u
     # every card of a page streams or none does: deff = 48·P/(P−1) exactly
     shared = pd.Series(np.repeat((rng.random(2000) < 0.12).astype(int), 48))
     assert design_effect(page_reward_sums(shared, req)) == pytest.approx(48 * 2000 / 1999)
-    # sums over whole pages add up (what the partitioned validation relies on)
-    cut = 1000 * 48
-    halves = [page_reward_sums(shared.iloc[sl], req.iloc[sl]) for sl in (slice(0, cut), slice(cut, None))]
-    assert {k: halves[0][k] + halves[1][k] for k in halves[0]} == page_reward_sums(shared, req)
     assert design_effect({"rows": 10, "pages": 1, "y": 3, "y2": 9, "ym": 30, "m2": 100}) == 1.0  # one page: no estimate
-
-
-def test_partitioned_validation_gets_the_same_stream_rate_bounds(data_dir, params):
-    """The Dask path's bounds come from per-partition page sums; they equal the whole batch's."""
-    from bartops.features.partitions import page_partitions
-    from bartops.scale.validate import batch_parameters, partition_batch_stats
-    from bartops.validation.suites import impression_parameters
-
-    now = pd.Timestamp("2026-11-02T00:00:00Z")
-    frame = read_batch(data_dir / BATCH).frame
-    whole = impression_parameters(frame, data_dir, params, now)
-    parts = page_partitions(data_dir / BATCH, 8000)
-    stats = [partition_batch_stats(p, now + pd.Timedelta(minutes=5)) for p in parts]
-    split = batch_parameters(stats, data_dir, params, now)
-    assert len(parts) == 4 and whole["stream_rate_pages"] == frame["request_id"].nunique()
-    assert whole["stream_rate_design_effect"] > 1.2, whole  # the simulator's cards of a page are correlated
-    for k in ("stream_rate_min", "stream_rate_max", "stream_rate_design_effect", "stream_rate_pages"):
-        assert split[k] == pytest.approx(whole[k], rel=1e-12), (k, split[k], whole[k])
 
 
 def test_suite_enums_match_the_shared_vocabularies():

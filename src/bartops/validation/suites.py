@@ -197,10 +197,7 @@ def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: dict[str,
     pol = params.get("policy", {})
     now = _utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
     start, end = batch_window(frame["timestamp"], v, now)
-    if "reward" in frame.columns and "request_id" in frame.columns:
-        sums = page_reward_sums(frame["reward"], frame["request_id"])
-    else:  # a stand-in frame (bartops.scale.validate sets the stream-rate bounds from its partitions' sums)
-        sums = {"rows": len(frame), "pages": 0, "y": 0.0, "y2": 0.0, "ym": 0.0, "m2": 0.0}
+    sums = page_reward_sums(frame["reward"], frame["request_id"])
     data_dir = Path(data_dir)
     versions = sorted(frame["policy_version"].astype(str).unique()) if "policy_version" in frame.columns else []
     reference = stream_rate_reference(versions, store_stream_rates(store, store_exclude), v)

@@ -10,7 +10,8 @@
   some splits move; measured on this world at 60 rounds: max 0.0067, mean 0.0007), with
   validation log loss within 1 %;
 - ``bartops features`` and ``bartops train`` with ``BARTOPS_DASK_SCHEDULER=dask`` use these paths;
-- OPE estimates from per-partition sums equal the local ones to floating-point precision;
+- the gate's evaluation on partitions equals the local one to floating-point precision given the
+  same Monte-Carlo draws and reward model, and within their noise otherwise;
 - a Prefect flow runs its task on the cluster with DaskTaskRunner and its task runs are recorded by
   the session's Prefect API (a worker that had started its own temporary API would record them there).
 """
@@ -180,8 +181,8 @@ def greedy_reference(gate_bundle, eval_params, small_data_dir, parts, tmp_path_f
     (``evaluate_policies`` as ``evaluate_bundle`` calls it) fed with those partitions' logging exposures."""
     import json
 
-    from bartops.gate.evaluate import SIM_LOGGING_VERSION
-    from bartops.ope.pipeline import LoggingMarginals, evaluate_policies
+    from bartops.gate.evaluate import SIM_LOGGING_VERSION, evaluation_setup
+    from bartops.ope.pipeline import EXAMINATION_ROWS, LoggingMarginals, evaluate_policies
     from bartops.ope.slate import logged_pages
     from bartops.scale import evaluate as se
 
@@ -189,14 +190,14 @@ def greedy_reference(gate_bundle, eval_params, small_data_dir, parts, tmp_path_f
     shutil.copytree(gate_bundle, bundle)
     pol = json.loads((bundle / "policy.json").read_text())
     (bundle / "policy.json").write_text(json.dumps({**pol, "epsilon_head": 0.0, "epsilon_fill": 0.0}))
-    setup = se.evaluation_setup(bundle, eval_params, None, small_data_dir, SIM_LOGGING_VERSION)
+    setup = evaluation_setup(bundle, eval_params, None, small_data_dir, SIM_LOGGING_VERSION)
     assert setup.holdout_from is not None and list(setup.targets) == ["candidate", "production"]
     logs = pd.read_parquet(small_data_dir / "incoming" / "sim-seed3.parquet")
     logs = logs[(pd.to_datetime(logs["timestamp"], utc=True) >= setup.holdout_from).to_numpy()].reset_index(drop=True)
     lp = logged_pages(logs, setup.features.explanations)
     scans = [se.scan_partition(p, setup.holdout_from) for p in parts]
-    keep, sample, n = se.row_plan(scans, [0] * len(parts), None, setup.cfg.seed, se.examination_rows())
-    assert n == len(lp) <= se.examination_rows()  # κ's sample is every row, in the local order: the local κ
+    keep, sample, n = se.row_plan(scans, [0] * len(parts), None, setup.cfg.seed, EXAMINATION_ROWS)
+    assert n == len(lp) <= EXAMINATION_ROWS  # κ's sample is every row, in the local order: the local κ
     loaded = [se.load_partition(p, setup, k, s) for p, k, s in zip(parts, keep, sample)]
     sample_frame = se.examination_sample([s.sample for s in loaded], [0] * len(parts))
     pd.testing.assert_frame_equal(sample_frame, logs)
@@ -277,7 +278,7 @@ def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_re
     when they get the same κ, exposures, target pages and reward model (trained as ``cross_fit`` trains it)."""
     import xgboost as xgb
 
-    from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params
+    from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params, predict_folds
     from bartops.scale import evaluate as se
 
     ref, cf = greedy_reference, _local_cross_fit(greedy_reference)
@@ -289,8 +290,8 @@ def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_re
         models.append(xgb.train(cross_fit_params(cfg.seed),
                                 xgb.DMatrix(cf["x_logged"][train], label=ref["lp"].reward[train]),
                                 num_boost_round=CROSS_FIT_ROUNDS))
-    np.testing.assert_array_equal(se.predict_folds(models, cf["x_logged"], cf["fold"]), cf["pl"])
-    np.testing.assert_array_equal(se.predict_folds(models, cf["x_t"], cf["fold_t"]), cf["pt"])
+    np.testing.assert_array_equal(predict_folds(models, cf["x_logged"], cf["fold"]), cf["pl"])
+    np.testing.assert_array_equal(predict_folds(models, cf["x_t"], cf["fold_t"]), cf["pt"])
     summaries = [se.partition_summary(s) for s in states]
     folds = se.page_fold_assignment(summaries, cfg.folds, cfg.seed)
 
@@ -310,6 +311,7 @@ def test_gate_evaluation_on_dask_equals_local_within_the_reward_model(client, pa
     """On the cluster: the workers draw the same Monte Carlo as this process (the same partition seeds), so
     κ and everything but DR equal the local evaluation given those draws; DR differs only through
     xgboost.dask's reward model, by at most what its prediction differences allow."""
+    from bartops.ope.reward import predict_folds
     from bartops.scale import evaluate as se
 
     ref, cf = greedy_reference, _local_cross_fit(greedy_reference)
@@ -322,8 +324,8 @@ def test_gate_evaluation_on_dask_equals_local_within_the_reward_model(client, pa
     # subsamples rows per worker; their training rows are cross_fit's, tested above): DR =
     # (Σ_target q̂ + Σ_rows min(w, dr_clip)·(r − q̂)) / pages moves by at most what the prediction
     # differences allow
-    d_logged = np.abs(se.predict_folds(ev.models, cf["x_logged"], cf["fold"]) - cf["pl"])
-    d_target = np.abs(se.predict_folds(ev.models, cf["x_t"], cf["fold_t"]) - cf["pt"])
+    d_logged = np.abs(predict_folds(ev.models, cf["x_logged"], cf["fold"]) - cf["pl"])
+    d_target = np.abs(predict_folds(ev.models, cf["x_t"], cf["fold_t"]) - cf["pt"])
     cand = local.diagnostics["candidate"].weights
     bound = (d_target.sum() + (np.minimum(cand, ref["setup"].cfg.dr_clip) * d_logged).sum()) / ref["lp"].n_pages
     for got, want in ((ev.result.estimates["candidate"]["dr"], local.estimates["candidate"]["dr"]),

@@ -16,8 +16,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import numpy as np
 import pandas as pd
 
 from bartops.features.assemble import assemble_rows
@@ -25,8 +26,9 @@ from bartops.features.candidates import candidates_for_requests
 from bartops.gate.decision import EvaluatedLogs, GateDecision, OPEEvidence, PolicyWeights
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
 from bartops.leftovers import recover_leftovers, write_text_atomic
-from bartops.ope.pipeline import (OPEConfig, PolicyEvaluation, estimate_examination, evaluate_policies,
-                                  logging_marginals, PreparedTargets, prepare_targets, subsample_pages)
+from bartops.ope.pipeline import (OPEConfig, PartitionResult, PolicyEvaluation, PreparedTargets, estimate_examination,
+                                  evaluate_policies, logging_marginals, prepare_targets, reduce_evaluation,
+                                  subsample_pages)
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
@@ -138,9 +140,49 @@ class Evaluation:
                              self.first_page_view, self.last_page_view)
 
 
+@dataclass(frozen=True)
+class EvaluationSetup:
+    """What the gate evaluates and with what: the candidate bundle's snapshot (the reward-model inputs),
+    the logging policy and the snapshot giving its log-time candidate sets, the targets (name → (policy,
+    its Features); None = the logging policy, on-policy) and each explanation's kind.  On Dask it is
+    sent once to every worker."""
+
+    cfg: OPEConfig
+    holdout_from: pd.Timestamp | None
+    features: Any  # the candidate bundle's Features (reward-model inputs)
+    logging: PagePolicy
+    logging_features: Any  # Features whose candidates the logging policy draws from
+    targets: dict[str, tuple[PagePolicy, Any] | None]  # name → (policy, its Features); None = the logging policy
+    kinds: np.ndarray  # explanation code → kind label
+
+    def reduce(self, results: Sequence[PartitionResult], kappa: np.ndarray) -> PolicyEvaluation:
+        """``reduce_evaluation`` of the partitions' results (the targets' versions, the kinds' names)."""
+        versions = {name: None if spec is None else spec[0].version for name, spec in self.targets.items()}
+        return reduce_evaluation(list(results), versions, self.cfg, kappa,
+                                 list(np.unique(np.asarray(self.kinds).astype(str))))
+
+    def featurize(self, contexts: pd.DataFrame, cards: CandidateSet, shelf, position) -> np.ndarray:
+        """The reward-model inputs of cards at slots (the candidate's snapshot)."""
+        return assemble_rows(self.features, contexts, cards, shelf, position)
+
+
+def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, logging_version: str) -> EvaluationSetup:
+    """The candidate bundle, the logging policy and production (a target unless it logged the logs)."""
+    cfg = OPEConfig.from_dict(params.get("ope"))
+    holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
+    candidate, features = load_policy_bundle(Path(bundle_dir))
+    logging, log_feats = logging_policy_for(logging_version, Path(data_dir), registry, params["policy"])
+    targets: dict[str, Any] = {"candidate": (candidate, features)}
+    production = registry.production() if registry is not None else None
+    targets["production"] = (None if production is None or production == logging_version
+                             else load_policy_bundle(registry.path(production)))
+    return EvaluationSetup(cfg, holdout_from, features, logging, log_feats or features, targets,
+                           features.explanations["kind"].astype(str).to_numpy())
+
+
 def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, logs: pd.DataFrame,
                     data_dir: Path) -> Evaluation:
-    """OPE of the bundle (and production) on ``logs``."""
+    """OPE of the bundle (and production) on ``logs``, in this process."""
     cfg = OPEConfig.from_dict(params.get("ope"))
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
     if holdout_from is not None:
@@ -152,31 +194,22 @@ def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, l
     production = registry.production() if registry is not None else None
     logs, logging_version = logs_of_one_policy(logs, production)
     logs = subsample_pages(logs, cfg.max_pages, cfg.seed)
-    candidate, features = load_policy_bundle(Path(bundle_dir))
-    lp = logged_pages(logs, features.explanations)
-    logging, log_feats = logging_policy_for(logging_version, data_dir, registry, params["policy"])
-
-    def featurize(ctx, cards, shelf, position):
-        return assemble_rows(features, ctx, cards, shelf, position)
+    setup = evaluation_setup(Path(bundle_dir), params, registry, Path(data_dir), logging_version)
+    lp = logged_pages(logs, setup.features.explanations)
 
     def targets_and_inputs() -> tuple[dict[str, Any], PreparedTargets]:
-        targets: dict[str, Any] = {"candidate": (candidate, features.candidates_for(lp.contexts))}
-        if production is None or production == logging_version:
-            targets["production"] = None
-        else:
-            prod, prod_feats = load_policy_bundle(registry.path(production))
-            targets["production"] = (prod, prod_feats.candidates_for(lp.contexts))
-        return targets, prepare_targets(lp, targets, cfg, featurize)
+        targets = {name: None if spec is None else (spec[0], spec[1].candidates_for(lp.contexts))
+                   for name, spec in setup.targets.items()}
+        return targets, prepare_targets(lp, targets, cfg, setup.featurize)
 
     # the targets' pages and DR's model do not depend on κ: they run beside κ and the logging exposures,
     # so the cores serve both (the results are those of running them in turn: each has its own seeds)
     with ThreadPoolExecutor(1, thread_name_prefix="bartops-targets") as pool:
         prepared = pool.submit(targets_and_inputs)
-        kappa = estimate_examination(lp, featurize, logging.shelves, logging.cards, cfg.seed)
-        marg = logging_marginals(logging, lp, (log_feats or features).candidates_for(lp.contexts), cfg, kappa)
+        kappa = estimate_examination(lp, setup.featurize, setup.logging.shelves, setup.logging.cards, cfg.seed)
+        marg = logging_marginals(setup.logging, lp, setup.logging_features.candidates_for(lp.contexts), cfg, kappa)
         targets, ready = prepared.result()
-    kinds = features.explanations["kind"].astype(str).to_numpy()
-    result = evaluate_policies(lp, marg, targets, cfg, featurize, kinds, ready)
+    result = evaluate_policies(lp, marg, targets, cfg, setup.featurize, setup.kinds, ready)
     return Evaluation(result, production, logging_version, cfg, lp.n_pages, len(lp),
                       None if holdout_from is None else holdout_from.isoformat(),
                       _iso(lp.contexts["timestamp"].min()), _iso(lp.contexts["timestamp"].max()))

@@ -119,8 +119,11 @@ def log_time_support(marginals: LoggingMarginals, cards: CandidateSet, examinati
     return float((examination * inside).sum()), total
 
 
+EXAMINATION_ROWS = 200_000  # logged cards (at most) the examination profile's model is fitted on
+
+
 def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, cards: int, seed: int = 0,
-                         max_rows: int = 200_000, probe_cards: int = 2_000) -> np.ndarray:
+                         max_rows: int = EXAMINATION_ROWS, probe_cards: int = 2_000) -> np.ndarray:
     """Examination profile κ(shelf, position), max 1, from the logs: a reward model fitted on (a sample
     of) the logged cards, then its mean prediction for ``probe_cards`` logged cards moved to each slot
     (partial dependence).  Under the position-based model E[r] = θ(card)·κ(slot) this recovers κ."""

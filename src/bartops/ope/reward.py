@@ -56,25 +56,34 @@ def cross_fit(
     _, g = np.unique(group, return_inverse=True)
     fold = page_folds(g.max() + 1, n_folds, seed)[g]
     fold_t = fold[target_row]
+    models = fit_fold_models(x_logged, reward, fold, n_folds, seed, rounds, depth)
+    return predict_folds(models, x_logged, fold), predict_folds(models, x_target, fold_t)
+
+
+def fit_fold_models(x: np.ndarray, reward: np.ndarray, fold: np.ndarray, n_folds: int, seed: int,
+                    rounds: int = CROSS_FIT_ROUNDS, depth: int = CROSS_FIT_DEPTH) -> list[xgb.Booster | float]:
+    """Per fold, the model of the other folds' rows: a booster, or their mean reward when they are one
+    class (a constant; the whole log's mean when there are none).  One thread per fold, each booster
+    single-threaded, so the models are the same on any number of cores."""
     params = cross_fit_params(seed, depth)
-    pred_l = np.zeros(len(reward))
-    pred_t = np.zeros(len(x_target))
 
-    def fit_fold(f: int) -> None:
-        """Fold ``f``'s rows predicted by the model of the other folds (written into pred_l, pred_t)."""
+    def fit(f: int) -> xgb.Booster | float:
         train = fold != f
-        if train.sum() == 0 or len(np.unique(reward[train])) < 2:
-            pred_l[~train] = reward[train].mean() if train.any() else reward.mean()
-            pred_t[fold_t == f] = pred_l[~train][:1].mean() if (~train).any() else 0.0
-            return
-        booster = xgb.train(params, xgb.DMatrix(x_logged[train], label=reward[train]), num_boost_round=rounds)
-        if (~train).any():
-            pred_l[~train] = booster.inplace_predict(x_logged[~train])
-        tm = fold_t == f
-        if tm.any():
-            pred_t[tm] = booster.inplace_predict(x_target[tm])
+        if not train.any():
+            return float(reward.mean())
+        if len(np.unique(reward[train])) < 2:
+            return float(reward[train].mean())
+        return xgb.train(params, xgb.DMatrix(x[train], label=reward[train]), num_boost_round=rounds)
 
-    # one thread per fold (each booster single-threaded, so the same models on any number of cores)
     with ThreadPoolExecutor(n_folds, thread_name_prefix="bartops-cross-fit") as pool:
-        list(pool.map(fit_fold, range(n_folds)))
-    return pred_l, pred_t
+        return list(pool.map(fit, range(n_folds)))
+
+
+def predict_folds(models: list[xgb.Booster | float], x: np.ndarray, fold: np.ndarray) -> np.ndarray:
+    """Each row's prediction by its fold's model (a float model is a constant)."""
+    out = np.zeros(len(x))
+    for k, model in enumerate(models):
+        at = fold == k
+        if at.any():
+            out[at] = model if isinstance(model, float) else model.inplace_predict(np.asarray(x[at], np.float32))
+    return out

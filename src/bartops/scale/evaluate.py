@@ -35,7 +35,6 @@ per-worker subsampling).  The on-policy production estimates involve none of the
 
 from __future__ import annotations
 
-import inspect
 import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -44,47 +43,16 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bartops.gate.evaluate import Evaluation, evaluated_policy, logging_policy_for, training_cut
-from bartops.ope.pipeline import (LoggingMarginals, OPEConfig, PartitionResult, PolicyEvaluation, TargetInputs,
-                                  TargetPages,
-                                  estimate_examination, evaluate_partition, first_row_of_page, logging_marginals,
-                                  reduce_evaluation, sample_target_pages, subsample_pages)
-from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params, page_folds
-from bartops.ope.slate import LoggedPages, logged_pages
-from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.features.partitions import Partition, page_partitions, read_partition_rows
+from bartops.gate.evaluate import Evaluation, EvaluationSetup, evaluated_policy, evaluation_setup, training_cut
+from bartops.ope.pipeline import (EXAMINATION_ROWS, LoggingMarginals, OPEConfig, PartitionResult, PolicyEvaluation, TargetInputs,
+                                  TargetPages, estimate_examination, evaluate_partition, first_row_of_page,
+                                  logging_marginals, sample_target_pages, subsample_pages)
+from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params, page_folds, predict_folds
+from bartops.ope.slate import LoggedPages, logged_pages
+from bartops.policy.page import CandidateSet
 
 SCAN_COLUMNS = ["timestamp", "policy_version"]
-
-
-def examination_rows() -> int:
-    """The rows ``estimate_examination`` fits its model on (its ``max_rows`` default)."""
-    return int(inspect.signature(estimate_examination).parameters["max_rows"].default)
-
-
-@dataclass(frozen=True)
-class EvaluationSetup:
-    """What every partition needs (sent once to each worker)."""
-
-    cfg: OPEConfig
-    holdout_from: pd.Timestamp | None
-    features: Any  # the candidate bundle's Features (reward-model inputs)
-    logging: PagePolicy
-    logging_features: Any  # Features whose candidates the logging policy draws from
-    targets: dict[str, tuple[PagePolicy, Any] | None]  # name → (policy, its Features); None = the logging policy
-    kinds: np.ndarray  # explanation code → kind label
-
-    def reduce(self, results: Sequence[PartitionResult], kappa: np.ndarray) -> PolicyEvaluation:
-        """``reduce_evaluation`` of the partitions' results (the targets' versions, the kinds' names)."""
-        versions = {name: None if spec is None else spec[0].version for name, spec in self.targets.items()}
-        return reduce_evaluation(list(results), versions, self.cfg, kappa,
-                                 list(np.unique(np.asarray(self.kinds).astype(str))))
-
-    def featurize(self, contexts: pd.DataFrame, cards: CandidateSet, shelf, position) -> np.ndarray:
-        """The reward-model inputs ``evaluate_bundle`` uses (the candidate's snapshot)."""
-        from bartops.features.assemble import assemble_rows
-
-        return assemble_rows(self.features, contexts, cards, shelf, position)
 
 
 @dataclass(frozen=True)
@@ -252,7 +220,7 @@ def _width(state: PartitionState) -> int:
     return int(state.x_logged.shape[1])
 
 
-def fit_fold_models(client, states: Sequence[Any], summaries: Sequence[dict[str, Any]],
+def dask_fold_models(client, states: Sequence[Any], summaries: Sequence[dict[str, Any]],
                     folds_of_pages: Sequence[np.ndarray], cfg: OPEConfig) -> list[Any]:
     """Per fold, ``cross_fit``'s model of the other folds' logged cards: an ``xgboost.dask`` booster, or
     (as ``cross_fit`` does when those cards are one class or none) their mean reward as a float."""
@@ -284,16 +252,6 @@ def fit_fold_models(client, states: Sequence[Any], summaries: Sequence[dict[str,
     return models
 
 
-def predict_folds(models: Sequence[Any], x: np.ndarray, fold: np.ndarray) -> np.ndarray:
-    """Each row's prediction by its fold's model (a float model is a constant)."""
-    out = np.zeros(len(x))
-    for k, model in enumerate(models):
-        at = fold == k
-        if at.any():
-            out[at] = model if isinstance(model, float) else model.inplace_predict(np.asarray(x[at], np.float32))
-    return out
-
-
 # ---------------------------------------------------------------------- pass 5: finish
 def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: np.ndarray, models: Sequence[Any]
                      ) -> PartitionResult:
@@ -310,22 +268,6 @@ def finish_partition(state: PartitionState, setup: EvaluationSetup, page_fold: n
 
 
 # ---------------------------------------------------------------------- the whole evaluation
-def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, logging_version: str) -> EvaluationSetup:
-    """The candidate bundle, the logging policy and production, as ``evaluate_bundle`` chooses them."""
-    from bartops.reward.policy import load_policy_bundle
-
-    cfg = OPEConfig.from_dict(params.get("ope"))
-    holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
-    candidate, features = load_policy_bundle(Path(bundle_dir))
-    logging, log_feats = logging_policy_for(logging_version, Path(data_dir), registry, params["policy"])
-    targets: dict[str, Any] = {"candidate": (candidate, features)}
-    production = registry.production() if registry is not None else None
-    targets["production"] = (None if production is None or production == logging_version
-                             else load_policy_bundle(registry.path(production)))
-    return EvaluationSetup(cfg, holdout_from, features, logging, log_feats or features, targets,
-                           features.explanations["kind"].astype(str).to_numpy())
-
-
 @dataclass(frozen=True)
 class PartitionedEvaluation:
     """``evaluate_policies``'s result, κ, the cross-fitted fold models, and the rows and pages evaluated."""
@@ -349,7 +291,7 @@ def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSet
     if scans is None:
         scans = client.gather(client.map(scan_partition, parts, holdout_from=setup.holdout_from,
                                          version=setup.logging.version, pure=False))
-    keep, sample, n = row_plan(scans, file_index, cfg.max_pages, cfg.seed, examination_rows())
+    keep, sample, n = row_plan(scans, file_index, cfg.max_pages, cfg.seed, EXAMINATION_ROWS)
     if n == 0:
         raise ValueError("logs are empty: nothing to evaluate")
     workers = sorted(client.scheduler_info()["workers"])
@@ -365,7 +307,7 @@ def evaluate_partitions(client, parts: Sequence[Partition], setup: EvaluationSet
     states = [client.submit(sample_partition, f, setup_f, kappa, **w) for f, w in zip(states, where)]
     summaries = client.gather([client.submit(partition_summary, s, pure=False) for s in states])
     folds = page_fold_assignment(summaries, cfg.folds, cfg.seed)
-    models = fit_fold_models(client, states, summaries, folds, cfg)
+    models = dask_fold_models(client, states, summaries, folds, cfg)
     models_f = client.scatter(models, broadcast=True, hash=False)
     results = client.gather([client.submit(finish_partition, s, setup_f, f, models_f, pure=False)
                              for s, f in zip(states, folds)])

@@ -10,7 +10,7 @@ fresh child process so every peak RSS is that mode's own:
   runs it: ``evaluate_bundle`` on the whole log);
 - ``dask``: validate in this process (as every mode), features from history sums
   of user-aligned partitions (``build_features`` with ``DaskExecutor``), train with ``xgboost.dask`` on page-aligned
-  partitions, evaluate with ``evaluate_bundle_dask`` (logging exposures, target pages and DR's reward
+  partitions, evaluate with ``evaluate_bundle`` on the ``DaskExecutor`` (logging exposures, target pages and DR's reward
   model on the partitions; estimates from per-page sums);
 - ``dask-small``: the same with a per-worker memory limit far below the local peak (``--small-memory``)
   and smaller partitions: the data goes through with memory bounded per worker.
@@ -114,16 +114,16 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
         del result, features
         gc.collect()
         t = time.perf_counter()
+        from bartops.gate.evaluate import evaluate_bundle
+
         if client is None:
-            from bartops.gate.evaluate import evaluate_bundle, load_impressions
-
-            logs, _ = load_impressions(incoming)
-            ev = evaluate_bundle(bundle, params, None, logs, data)
-            del logs
+            ev = evaluate_bundle(bundle, params, None, incoming, data)
         else:
-            from bartops.scale.evaluate import evaluate_bundle_dask
+            from bartops.scale import DaskExecutor
+            from bartops.scale.evaluate import dask_fold_models
 
-            ev = evaluate_bundle_dask(client, bundle, params, None, incoming, data, partition_rows)
+            ev = evaluate_bundle(bundle, params, None, incoming, data, DaskExecutor(client), partition_rows,
+                                 dask_fold_models)
         steps["evaluate"] = time.perf_counter() - t
         out.update(evaluated_rows=ev.n_rows, evaluated_pages=ev.n_pages, holdout_from=ev.holdout_from,
                    table=[asdict(r) for r in ev.result.table()])

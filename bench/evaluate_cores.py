@@ -27,11 +27,11 @@ def worker(cores: list[int], repeats: int) -> dict:
     import time
 
     from bartops.config import Paths, load_params
-    from bartops.gate.evaluate import evaluate_bundle, load_impressions
+    from bartops.gate.evaluate import evaluate_bundle
 
     params = load_params(ROOT / "params.yaml")
     paths = Paths.from_params(params)
-    logs, _ = load_impressions(ROOT / paths.impressions)
+    logs = ROOT / paths.impressions
     bundle = ROOT / paths.build / "bundle"
     evaluate_bundle(bundle, params, None, logs, ROOT / paths.data)  # warm-up
     times = []

@@ -10,8 +10,9 @@
   some splits move; measured on this world at 60 rounds: max 0.0067, mean 0.0007), with
   validation log loss within 1 %;
 - ``bartops features`` and ``bartops train`` with ``BARTOPS_DASK_SCHEDULER=dask`` use these paths;
-- the gate's evaluation on partitions equals the local one to floating-point precision given the
-  same Monte-Carlo draws and reward model, and within their noise otherwise;
+- the gate's evaluation is one code on every executor: on the same partitions in this process and on
+  Dask every estimate but DR is equal (the same partition-seeded Monte Carlo), and DR too given the
+  same fold models (Dask trains them with xgboost.dask on the same cards);
 - a Prefect flow runs its task on the cluster with DaskTaskRunner and its task runs are recorded by
   the session's Prefect API (a worker that had started its own temporary API would record them there).
 """
@@ -174,69 +175,6 @@ def gate_bundle(local_training, features, params, small_data_dir, tmp_path_facto
     return tmp / "bundle"
 
 
-@pytest.fixture(scope="module")
-def greedy_reference(gate_bundle, eval_params, small_data_dir, parts, tmp_path_factory):
-    """The greedy twin of the candidate (its pages are exact, no sampling), the partitions prepared in
-    this process (the same functions and seeds as on the workers), and the local evaluation
-    (``evaluate_policies`` as ``evaluate_bundle`` calls it) fed with those partitions' logging exposures."""
-    import json
-
-    from bartops.gate.evaluate import SIM_LOGGING_VERSION, evaluation_setup
-    from bartops.ope.pipeline import EXAMINATION_ROWS, LoggingMarginals, evaluate_policies
-    from bartops.ope.slate import logged_pages
-    from bartops.scale import evaluate as se
-
-    bundle = tmp_path_factory.mktemp("greedy") / "bundle"
-    shutil.copytree(gate_bundle, bundle)
-    pol = json.loads((bundle / "policy.json").read_text())
-    (bundle / "policy.json").write_text(json.dumps({**pol, "epsilon_head": 0.0, "epsilon_fill": 0.0}))
-    setup = evaluation_setup(bundle, eval_params, None, small_data_dir, SIM_LOGGING_VERSION)
-    assert setup.holdout_from is not None and list(setup.targets) == ["candidate", "production"]
-    logs = pd.read_parquet(small_data_dir / "incoming" / "sim-seed3.parquet")
-    logs = logs[(pd.to_datetime(logs["timestamp"], utc=True) >= setup.holdout_from).to_numpy()].reset_index(drop=True)
-    lp = logged_pages(logs, setup.features.explanations)
-    scans = [se.scan_partition(p, setup.holdout_from) for p in parts]
-    keep, sample, n = se.row_plan(scans, [0] * len(parts), None, setup.cfg.seed, EXAMINATION_ROWS)
-    assert n == len(lp) <= EXAMINATION_ROWS  # κ's sample is every row, in the local order: the local κ
-    loaded = [se.load_partition(p, setup, k, s) for p, k, s in zip(parts, keep, sample)]
-    sample_frame = se.examination_sample([s.sample for s in loaded], [0] * len(parts))
-    pd.testing.assert_frame_equal(sample_frame, logs)
-    kappa = se.examination_profile(sample_frame, setup)
-    states = [se.sample_partition(s, setup, kappa) for s in loaded]
-
-    def key(x):
-        return pd.MultiIndex.from_arrays([np.asarray(x.request_id)[x.page], x.shelf, x.position])
-
-    at = pd.MultiIndex.from_tuples(sum((list(key(s.logs)) for s in states), [])).get_indexer(key(lp))
-    assert (at >= 0).all() and len(at) == sum(len(s.logs) for s in states)
-    marg = LoggingMarginals(kappa, np.concatenate([s.marginals.exposure for s in states])[at],
-                            setup.logging_features.candidates_for(lp.contexts))
-    policy, feats = setup.targets["candidate"]
-    targets = {"candidate": (policy, feats.candidates_for(lp.contexts)), "production": None}
-    local = evaluate_policies(lp, marg, targets, setup.cfg, setup.featurize, setup.kinds)
-    return {"setup": setup, "states": states, "lp": lp, "kappa": kappa, "targets": targets, "local": local}
-
-
-def _local_cross_fit(ref) -> dict:
-    """``cross_fit`` as ``evaluate_policies`` runs it for the greedy candidate: inputs and predictions."""
-    from bartops.ope.pipeline import sample_target_pages
-    from bartops.ope.reward import cross_fit, page_folds
-    from bartops.policy.page import CandidateSet
-
-    lp, cfg, featurize = ref["lp"], ref["setup"].cfg, ref["setup"].featurize
-    policy, cands = ref["targets"]["candidate"]
-    tp = sample_target_pages(policy, lp, cands, cfg.target_samples, cfg.seed, ref["kappa"])
-    assert tp.m == 1  # greedy: one exact page per context
-    x_logged = featurize(lp.contexts, CandidateSet(lp.page, lp.item_id, lp.explanation, lp.n_pages,
-                                                   np.ones(len(lp), bool)), lp.shelf, lp.position)
-    x_t = featurize(lp.contexts, tp.cards, tp.shelf, tp.position)
-    first = np.full(lp.n_pages, -1, np.int64)
-    first[lp.page[::-1]] = np.arange(len(lp))[::-1]
-    pl, pt = cross_fit(x_logged, lp.reward, lp.page, x_t, first[tp.cards.page], cfg.folds, cfg.seed)
-    fold = page_folds(lp.n_pages, cfg.folds, cfg.seed)[lp.page]
-    return {"x_logged": x_logged, "x_t": x_t, "pl": pl, "pt": pt, "fold": fold, "fold_t": fold[first[tp.cards.page]]}
-
-
 def _assert_same(a, b, rel=1e-12):
     assert (a.value, a.ci_low, a.ci_high, a.se) == pytest.approx((b.value, b.ci_low, b.ci_high, b.se), rel=rel,
                                                                  abs=1e-12), a.estimator
@@ -273,72 +211,61 @@ def _assert_same_result(dist, local, estimators=("ips", "snips", "dr"), candidat
             assert got == pytest.approx(want, rel=1e-9, nan_ok=True), (k, got, want)
 
 
-def test_gate_evaluation_partitioned_equals_local_given_the_same_draws(greedy_reference):
-    """The per-partition inputs and the reduction equal ``evaluate_policies`` to floating-point precision
-    when they get the same κ, exposures, target pages and reward model (trained as ``cross_fit`` trains it)."""
-    import xgboost as xgb
+def test_gate_evaluation_the_same_on_every_executor(client, gate_bundle, eval_params, small_data_dir):
+    """``evaluate_bundle`` on the same partitions in this process and on Dask: the same code and the same
+    partition-seeded Monte Carlo, so κ, production and the candidate's IPS and SNIPS (values, intervals,
+    diagnostics) are equal; DR differs only through the fold models (``xgboost.dask``: merged per-worker
+    quantile sketches, per-worker subsampling): given Dask's fold models the in-process evaluation equals
+    Dask's in every estimate, and Dask trains each fold's model on the cards the in-process one uses."""
+    from dataclasses import replace
 
-    from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params, predict_folds
-    from bartops.scale import evaluate as se
-
-    ref, cf = greedy_reference, _local_cross_fit(greedy_reference)
-    setup, states = ref["setup"], ref["states"]
-    cfg = setup.cfg
-    models = []
-    for k in range(cfg.folds):  # cross_fit's boosters: the same rows in the same order, the same parameters
-        train = cf["fold"] != k
-        models.append(xgb.train(cross_fit_params(cfg.seed),
-                                xgb.DMatrix(cf["x_logged"][train], label=ref["lp"].reward[train]),
-                                num_boost_round=CROSS_FIT_ROUNDS))
-    np.testing.assert_array_equal(predict_folds(models, cf["x_logged"], cf["fold"]), cf["pl"])
-    np.testing.assert_array_equal(predict_folds(models, cf["x_t"], cf["fold_t"]), cf["pt"])
-    summaries = [se.partition_summary(s) for s in states]
-    folds = se.page_fold_assignment(summaries, cfg.folds, cfg.seed)
-
-    def rows_sorted(x, y):
-        a = np.hstack([x, np.asarray(y, np.float64)[:, None]])
-        return a[np.lexsort(a.T[::-1])]
-
-    for k in range(cfg.folds):  # what fit_fold_models gives xgboost.dask: cross_fit's training rows of fold k
-        got = [(se._fold_part(s, f, k, "x"), se._fold_part(s, f, k, "y")) for s, f in zip(states, folds)]
-        np.testing.assert_array_equal(rows_sorted(np.vstack([g[0] for g in got]), np.concatenate([g[1] for g in got])),
-                                      rows_sorted(cf["x_logged"][cf["fold"] != k], ref["lp"].reward[cf["fold"] != k]))
-    results = [se.finish_partition(s, setup, f, models) for s, f in zip(states, folds)]
-    _assert_same_result(setup.reduce(results, ref["kappa"]), ref["local"])
-
-
-def test_gate_evaluation_on_dask_equals_local_within_the_reward_model(client, parts, greedy_reference):
-    """On the cluster: the workers draw the same Monte Carlo as this process (the same partition seeds), so
-    κ and everything but DR equal the local evaluation given those draws; DR differs only through
-    xgboost.dask's reward model, by at most what its prediction differences allow."""
+    from bartops.features.partitions import IN_PROCESS, page_partitions
+    from bartops.gate import evaluation as se
+    from bartops.gate.evaluate import SIM_LOGGING_VERSION, evaluate_bundle, evaluation_setup
     from bartops.ope.reward import predict_folds
-    from bartops.scale import evaluate as se
+    from bartops.scale import DaskExecutor
+    from bartops.scale.evaluate import dask_fold_models, fold_cards
 
-    ref, cf = greedy_reference, _local_cross_fit(greedy_reference)
-    ev = se.evaluate_partitions(client, parts, ref["setup"])
-    local = ref["local"]
-    assert (ev.n_rows, ev.n_pages) == (len(ref["lp"]), ref["lp"].n_pages)
-    np.testing.assert_array_equal(ev.examination, ref["kappa"])
-    _assert_same_result(ev.result, local, estimators=("ips", "snips"), candidate_per_kind=False)
-    # the fold models differ from cross_fit's (xgboost.dask merges per-worker quantile sketches and
-    # subsamples rows per worker; their training rows are cross_fit's, tested above): DR =
-    # (Σ_target q̂ + Σ_rows min(w, dr_clip)·(r − q̂)) / pages moves by at most what the prediction
-    # differences allow
-    d_logged = np.abs(predict_folds(ev.models, cf["x_logged"], cf["fold"]) - cf["pl"])
-    d_target = np.abs(predict_folds(ev.models, cf["x_t"], cf["fold_t"]) - cf["pt"])
-    cand = local.diagnostics["candidate"].weights
-    bound = (d_target.sum() + (np.minimum(cand, ref["setup"].cfg.dr_clip) * d_logged).sum()) / ref["lp"].n_pages
-    for got, want in ((ev.result.estimates["candidate"]["dr"], local.estimates["candidate"]["dr"]),
-                      (ev.result.differences["production"]["dr"], local.differences["production"]["dr"])):
-        assert abs(got.value - want.value) <= bound + 1e-12, (got.value, want.value, bound)
+    incoming = small_data_dir / "incoming"
+    dist = evaluate_bundle(gate_bundle, eval_params, None, incoming, small_data_dir, DaskExecutor(client), 8000,
+                           dask_fold_models)
+    here = evaluate_bundle(gate_bundle, eval_params, None, incoming, small_data_dir, IN_PROCESS, 8000)
+    assert replace(dist, result=None, backend="local") == replace(here, result=None)
+    assert dist.backend == "dask" and dist.partitions == 4
+    assert dist.result.logging == here.result.logging  # κ, supported share, smallest exposure
+    _assert_same_result(dist.result, here.result, estimators=("ips", "snips"), candidate_per_kind=False)
+
+    # DR given Dask's fold models: every estimate equal
+    setup = evaluation_setup(gate_bundle, eval_params, None, small_data_dir, SIM_LOGGING_VERSION)
+    parts = page_partitions(incoming, 8000)
+    models = se.evaluate_partitions(DaskExecutor(client), parts, setup, fit_folds=dask_fold_models).models
+    same = se.evaluate_partitions(IN_PROCESS, parts, setup, fit_folds=lambda *args: models)
+    _assert_same_result(same.result, dist.result)
+
+    # Dask's fold k model is trained on the cards the in-process one is trained on: the other folds' cards
+    scans = [se.scan_partition(p, setup.holdout_from) for p in parts]
+    keep, sample, _ = se.row_plan(scans, [0] * len(parts), None, setup.cfg.seed, 10**9)
+    states = [se.load_partition(p, setup, k, s) for p, k, s in zip(parts, keep, sample)]
+    folds = se.page_fold_assignment([se.partition_summary(s) for s in states], setup.cfg.folds, setup.cfg.seed)
+    rows = [se.fold_rows(s, f) for s, f in zip(states, folds)]
+    x, y, fold = (np.concatenate([r[i] for r in rows]) for i in range(3))
+
+    def sorted_rows(a, b):
+        both = np.hstack([a, np.asarray(b, np.float64)[:, None]])
+        return both[np.lexsort(both.T[::-1])]
+
+    for k in range(setup.cfg.folds):
+        got = [(fold_cards(s, f, k, "x"), fold_cards(s, f, k, "y")) for s, f in zip(states, folds)]
+        np.testing.assert_array_equal(sorted_rows(np.vstack([g[0] for g in got]), np.concatenate([g[1] for g in got])),
+                                      sorted_rows(x[fold != k], y[fold != k]))
 
 
 def test_gate_evaluation_draws_the_local_pages(small_data_dir, tmp_path):
     """``ope.max_pages`` on partitions of two batch files: the same pages and rows as ``subsample_pages``
     on the concatenated batches after the cut (it draws from the pages in file order)."""
-    from bartops.ope.pipeline import subsample_pages
-    from bartops.scale import evaluate as se
     from bartops.features.partitions import page_partitions
+    from bartops.gate import evaluation as se
+    from bartops.ope.pipeline import subsample_pages
 
     logs = pd.read_parquet(small_data_dir / "incoming" / "sim-seed3.parquet")
     half = len(logs) // 2
@@ -353,57 +280,6 @@ def test_gate_evaluation_draws_the_local_pages(small_data_dir, tmp_path):
     assert len(parts) == 8 and n == len(want)
     assert sorted(np.concatenate(keep)) == sorted(want["request_id"].astype(str).unique())
     assert sum(len(s) for s in sample) == n  # below estimate_examination's rows: every row
-
-
-def test_gate_evaluation_on_dask_within_monte_carlo_noise_of_local(client, gate_bundle, eval_params, small_data_dir):
-    """`evaluate_bundle_dask` with the ε-greedy candidate against `evaluate_bundle`: κ and production
-    (on-policy, no Monte Carlo) equal; the candidate's IPS and SNIPS are other Monte-Carlo draws of the
-    local estimators (partition-seeded), so their difference from the local value is within a Student-t
-    bound on the difference of two draws (α = 0.001, K − 1 degrees of freedom), from the spread of K
-    replicate local draws."""
-    from dataclasses import replace
-
-    from scipy import stats
-
-    from bartops.gate.evaluate import SIM_LOGGING_VERSION, evaluate_bundle, logging_policy_for
-    from bartops.ope.pipeline import OPEConfig, evaluate_policies, logging_marginals
-    from bartops.ope.slate import logged_pages
-    from bartops.reward.policy import load_policy_bundle
-    from bartops.scale.evaluate import evaluate_bundle_dask
-
-    incoming = small_data_dir / "incoming"
-    dist = evaluate_bundle_dask(client, gate_bundle, eval_params, None, incoming, small_data_dir, 8000)
-    logs = pd.read_parquet(incoming / "sim-seed3.parquet")
-    local = evaluate_bundle(gate_bundle, eval_params, None, logs, small_data_dir)
-    # rows, pages, the cut, the config, production, logging version
-    assert replace(dist, result=None, backend="local", partitions=1) == replace(local, result=None)
-    assert dist.backend == "dask" and dist.partitions == 4
-    for e in ("ips", "snips", "dr"):
-        _assert_same(dist.result.estimates["production"][e], local.result.estimates["production"][e])
-    assert dist.result.logging.examination == local.result.logging.examination
-
-    # K replicate local draws of the Monte Carlo (logging exposures, sampled candidate pages), κ fixed
-    cfg = replace(OPEConfig.from_dict(eval_params["ope"]), n_boot=10)
-    cut = pd.Timestamp(local.holdout_from)
-    logs = logs[(pd.to_datetime(logs["timestamp"], utc=True) >= cut).to_numpy()].reset_index(drop=True)
-    candidate, features = load_policy_bundle(gate_bundle)
-    lp = logged_pages(logs, features.explanations)
-    logging, _ = logging_policy_for(SIM_LOGGING_VERSION, small_data_dir, None, eval_params["policy"])
-    cands = features.candidates_for(lp.contexts)  # the logging policy's too (the simulator's policy)
-    kappa = np.asarray(local.result.logging.examination)  # the local κ (to 1e-4: the spread is the same)
-    K = 8
-    reps = []
-    for seed in range(1000, 1000 + K):
-        c = replace(cfg, seed=seed)
-        res = evaluate_policies(lp, logging_marginals(logging, lp, cands, c, kappa),
-                                {"candidate": (candidate, cands), "production": None}, c)
-        reps.append([res.estimates["candidate"][e].value for e in ("ips", "snips")])
-    sd = np.std(np.asarray(reps), axis=0, ddof=1)
-    t = stats.t.ppf(1 - 0.001 / 2, K - 1)
-    for i, e in enumerate(("ips", "snips")):
-        got = dist.result.estimates["candidate"][e].value
-        want = local.result.estimates["candidate"][e].value
-        assert abs(got - want) <= t * np.sqrt(2) * sd[i], (e, got, want, sd[i])
 
 
 def test_flow_runs_tasks_on_dask_against_the_session_api(prefect_api, client, features, small_data_dir, tmp_path,

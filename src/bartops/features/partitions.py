@@ -33,16 +33,37 @@ T = TypeVar("T")
 
 
 class Executor(Protocol):
-    """Runs a per-partition function over partitions: ``[fn(item, **shared) for item in items]``."""
+    """Runs a step's per-partition work: ``map`` for results wanted here; ``submit``/``gather`` for
+    results kept where they ran (``where``: the partition's index, so each partition runs in the same
+    place pass after pass); ``share`` sends a value once to wherever the tasks run."""
+
+    name: str
 
     def map(self, fn: Callable[..., T], items: Sequence[Any], **shared: Any) -> list[T]: ...
 
+    def submit(self, fn: Callable[..., Any], *args: Any, where: int | None = None) -> Any: ...
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]: ...
+
+    def share(self, value: Any) -> Any: ...
+
 
 class InProcess:
-    """The executor of one process: each partition in turn."""
+    """The executor of one process: each task runs when submitted; a handle is its result."""
+
+    name = "local"
 
     def map(self, fn: Callable[..., T], items: Sequence[Any], **shared: Any) -> list[T]:
         return [fn(item, **shared) for item in items]
+
+    def submit(self, fn: Callable[..., Any], *args: Any, where: int | None = None) -> Any:
+        return fn(*args)
+
+    def gather(self, handles: Sequence[Any]) -> list[Any]:
+        return list(handles)
+
+    def share(self, value: Any) -> Any:
+        return value
 
 
 IN_PROCESS = InProcess()

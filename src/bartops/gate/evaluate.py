@@ -8,28 +8,24 @@ were served by production itself — the logging policy recorded in the logs (on
 from __future__ import annotations
 
 import csv
-import glob
 import io
 import json
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
-from bartops.features.assemble import assemble_rows
 from bartops.features.candidates import candidates_for_requests
+from bartops.features.partitions import IN_PROCESS, Executor, page_partitions
 from bartops.gate.decision import EvaluatedLogs, GateDecision, OPEEvidence, PolicyWeights
+from bartops.gate.evaluation import (EvaluationSetup, FitFolds, evaluate_partitions, local_fold_models,
+                                     scan_partition)
 from bartops.gate.rules import GateParams, decide, ece_from_metrics
 from bartops.leftovers import recover_leftovers, write_text_atomic
-from bartops.ope.pipeline import (OPEConfig, PartitionResult, PolicyEvaluation, PreparedTargets, estimate_examination,
-                                  evaluate_policies, logging_marginals, prepare_targets, reduce_evaluation,
-                                  subsample_pages)
-from bartops.ope.slate import logged_pages
+from bartops.ope.pipeline import OPEConfig, PolicyEvaluation
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
 from bartops.reward.policy import load_policy_bundle
@@ -39,15 +35,6 @@ from bartops.sim.store import LOGGING_CANDIDATES
 log = logging.getLogger(__name__)
 
 SIM_LOGGING_VERSION = "logging-popularity"
-
-
-def load_impressions(impressions_dir: Path) -> tuple[pd.DataFrame, list[Path]]:
-    """All validated batches (``*.parquet``) of ``impressions_dir``, concatenated."""
-    files = sorted(Path(p) for p in glob.glob(str(Path(impressions_dir) / "*.parquet")))
-    if not files:
-        raise FileNotFoundError(f"no validated impression batches (*.parquet) in {impressions_dir}: "
-                                "run `bartops validate` on a batch first")
-    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True), files
 
 
 def validation_reports(files: list[Path], build_dir: Path | None = None) -> list[dict]:
@@ -112,13 +99,6 @@ def evaluated_policy(versions: list[str], production: str | None) -> str:
     return versions[0]
 
 
-def logs_of_one_policy(logs: pd.DataFrame, production: str | None) -> tuple[pd.DataFrame, str]:
-    """(the logs the gate evaluates on, the policy that served them); see ``evaluated_policy``."""
-    served_by = logs["policy_version"].astype(str)
-    version = evaluated_policy(served_by.unique().tolist(), production)
-    return logs[(served_by == version).to_numpy()].reset_index(drop=True), version
-
-
 @dataclass(frozen=True)
 class Evaluation:
     """A candidate's off-policy evaluation against production, from either executor."""
@@ -140,32 +120,6 @@ class Evaluation:
                              self.first_page_view, self.last_page_view)
 
 
-@dataclass(frozen=True)
-class EvaluationSetup:
-    """What the gate evaluates and with what: the candidate bundle's snapshot (the reward-model inputs),
-    the logging policy and the snapshot giving its log-time candidate sets, the targets (name → (policy,
-    its Features); None = the logging policy, on-policy) and each explanation's kind.  On Dask it is
-    sent once to every worker."""
-
-    cfg: OPEConfig
-    holdout_from: pd.Timestamp | None
-    features: Any  # the candidate bundle's Features (reward-model inputs)
-    logging: PagePolicy
-    logging_features: Any  # Features whose candidates the logging policy draws from
-    targets: dict[str, tuple[PagePolicy, Any] | None]  # name → (policy, its Features); None = the logging policy
-    kinds: np.ndarray  # explanation code → kind label
-
-    def reduce(self, results: Sequence[PartitionResult], kappa: np.ndarray) -> PolicyEvaluation:
-        """``reduce_evaluation`` of the partitions' results (the targets' versions, the kinds' names)."""
-        versions = {name: None if spec is None else spec[0].version for name, spec in self.targets.items()}
-        return reduce_evaluation(list(results), versions, self.cfg, kappa,
-                                 list(np.unique(np.asarray(self.kinds).astype(str))))
-
-    def featurize(self, contexts: pd.DataFrame, cards: CandidateSet, shelf, position) -> np.ndarray:
-        """The reward-model inputs of cards at slots (the candidate's snapshot)."""
-        return assemble_rows(self.features, contexts, cards, shelf, position)
-
-
 def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, logging_version: str) -> EvaluationSetup:
     """The candidate bundle, the logging policy and production (a target unless it logged the logs)."""
     cfg = OPEConfig.from_dict(params.get("ope"))
@@ -180,39 +134,30 @@ def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, l
                            features.explanations["kind"].astype(str).to_numpy())
 
 
-def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, logs: pd.DataFrame,
-                    data_dir: Path) -> Evaluation:
-    """OPE of the bundle (and production) on ``logs``, in this process."""
+def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, impressions: Path | Sequence[Path],
+                    data_dir: Path, executor: Executor = IN_PROCESS, partition_rows: int | None = None,
+                    fit_folds: FitFolds = local_fold_models) -> Evaluation:
+    """OPE of the bundle (and production) on the validated batches ``impressions`` (a folder or files):
+    ``evaluate_partitions`` on their page-aligned partitions (each file whole when ``partition_rows`` is
+    None), the passes on ``executor``, DR's fold models by ``fit_folds``."""
+    parts = page_partitions(impressions, partition_rows)
     cfg = OPEConfig.from_dict(params.get("ope"))
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
-    if holdout_from is not None:
-        ts = pd.to_datetime(logs["timestamp"], utc=True)
-        logs = logs[(ts >= holdout_from).to_numpy()].reset_index(drop=True)
-        if len(logs) == 0:
-            raise ValueError(f"no logged impressions after the candidate's training cut {holdout_from}: "
-                             "nothing it has not been trained on to evaluate it with")
+    scans = executor.map(scan_partition, parts, holdout_from=holdout_from)
+    if holdout_from is not None and sum(len(s["page"]) for s in scans) == 0:
+        raise ValueError(f"no logged impressions after the candidate's training cut {holdout_from}: "
+                         "nothing it has not been trained on to evaluate it with")
+    versions = sorted(set().union(*[s["versions"] for s in scans]))
     production = registry.production() if registry is not None else None
-    logs, logging_version = logs_of_one_policy(logs, production)
-    logs = subsample_pages(logs, cfg.max_pages, cfg.seed)
-    setup = evaluation_setup(Path(bundle_dir), params, registry, Path(data_dir), logging_version)
-    lp = logged_pages(logs, setup.features.explanations)
-
-    def targets_and_inputs() -> tuple[dict[str, Any], PreparedTargets]:
-        targets = {name: None if spec is None else (spec[0], spec[1].candidates_for(lp.contexts))
-                   for name, spec in setup.targets.items()}
-        return targets, prepare_targets(lp, targets, cfg, setup.featurize)
-
-    # the targets' pages and DR's model do not depend on κ: they run beside κ and the logging exposures,
-    # so the cores serve both (the results are those of running them in turn: each has its own seeds)
-    with ThreadPoolExecutor(1, thread_name_prefix="bartops-targets") as pool:
-        prepared = pool.submit(targets_and_inputs)
-        kappa = estimate_examination(lp, setup.featurize, setup.logging.shelves, setup.logging.cards, cfg.seed)
-        marg = logging_marginals(setup.logging, lp, setup.logging_features.candidates_for(lp.contexts), cfg, kappa)
-        targets, ready = prepared.result()
-    result = evaluate_policies(lp, marg, targets, cfg, setup.featurize, setup.kinds, ready)
-    return Evaluation(result, production, logging_version, cfg, lp.n_pages, len(lp),
+    version = evaluated_policy(versions, production)
+    if len(versions) > 1:  # production's own logs among others': scan again for its pages alone
+        scans = executor.map(scan_partition, parts, holdout_from=holdout_from, version=version)
+    setup = evaluation_setup(Path(bundle_dir), params, registry, Path(data_dir), version)
+    ev = evaluate_partitions(executor, parts, setup, scans, fit_folds)
+    return Evaluation(ev.result, production, version, cfg, ev.n_pages, ev.n_rows,
                       None if holdout_from is None else holdout_from.isoformat(),
-                      _iso(lp.contexts["timestamp"].min()), _iso(lp.contexts["timestamp"].max()))
+                      _iso(ev.first_page_view), _iso(ev.last_page_view), backend=executor.name,
+                      partitions=len(parts))
 
 
 def _iso(timestamp) -> str:

@@ -122,17 +122,31 @@ def dask_client(settings: ScaleSettings, env: dict[str, str] | None = None):
 
 @dataclass(frozen=True)
 class DaskExecutor:
-    """``bartops.features.partitions.Executor`` on a Dask cluster: one task per partition; the shared
-    arguments are sent once to every worker."""
+    """``bartops.features.partitions.Executor`` on a Dask cluster: a task per partition, pinned
+    round-robin to the workers by ``where``; shared values are sent once to every worker."""
 
     client: Any
+    name = "dask"
 
     def map(self, fn, items, **shared):
         if not items:
             return []
-        sent = {k: v if isinstance(v, (int, float, str, bool, type(None))) else
-                self.client.scatter(v, broadcast=True, hash=False) for k, v in shared.items()}
+        sent = {k: v if isinstance(v, (int, float, str, bool, type(None))) else self.share(v)
+                for k, v in shared.items()}
         return self.client.gather(self.client.map(fn, list(items), pure=False, **sent))
+
+    def submit(self, fn, *args, where: int | None = None):
+        pin: dict[str, Any] = {}
+        if where is not None:
+            workers = sorted(self.client.scheduler_info()["workers"])
+            pin = {"workers": [workers[where % len(workers)]], "allow_other_workers": True}
+        return self.client.submit(fn, *args, pure=False, **pin)
+
+    def gather(self, handles):
+        return self.client.gather(list(handles))
+
+    def share(self, value):
+        return self.client.scatter(value, broadcast=True, hash=False)
 
 
 def close_client(client) -> None:

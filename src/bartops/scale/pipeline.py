@@ -6,8 +6,9 @@ Each step runs where it is fastest (docs/scale-out.md, "Which executor runs whic
   response rows) in this process or on the cluster (``DaskExecutor``); the finish on the driver;
 - ``run_training``: ``xgboost.train`` in this process, or ``xgboost.dask`` on page-aligned
   partitions of the validated batches (``bartops.scale.train``); the same outputs either way;
-- ``run_evaluation``: the gate's evaluation (``bartops evaluate``) of the whole log in this process,
-  or on page-aligned partitions on the cluster (``bartops.scale.evaluate``).
+- ``run_evaluation``: the gate's evaluation (``bartops evaluate``, ``bartops.gate.evaluation``) with
+  each batch file one partition in this process, or on page-aligned partitions on the cluster, DR's
+  fold models by ``xgboost.dask`` (``bartops.scale.evaluate``).
 
 Inside a Prefect task that runs on a Dask worker (``DaskTaskRunner``) a step uses that worker's
 cluster; otherwise it connects to ``scale.scheduler`` or starts a LocalCluster for the step.
@@ -23,12 +24,11 @@ from typing import Any, Iterator
 from bartops.features.logstats import batches_version
 from bartops.features.partitions import batch_files, page_partitions
 from bartops.features.store import Features, load_features
-from bartops.gate import evaluate as local_evaluation
-from bartops.gate.evaluate import Evaluation
+from bartops.gate.evaluate import Evaluation, evaluate_bundle
 from bartops.reward import pipeline as local
 from bartops.reward.train import TrainingResult
 from bartops.scale.cluster import DaskExecutor, ScaleSettings, close_client, dask_client, scale_settings
-from bartops.scale.evaluate import evaluate_bundle_dask
+from bartops.scale.evaluate import dask_fold_models
 from bartops.scale.train import train_reward_model_dask
 
 
@@ -85,11 +85,9 @@ def run_evaluation(bundle_dir: Path, params: dict[str, Any], registry: Any, impr
                    data_dir: Path) -> tuple[Evaluation, list[Path]]:
     """(the gate's ``Evaluation`` of the bundle, the batch files) on the configured backend."""
     settings = scale_settings(params)
-    if not settings.dask:
-        logs, files = local_evaluation.load_impressions(Path(impressions_dir))
-        return local_evaluation.evaluate_bundle(Path(bundle_dir), params, registry, logs, Path(data_dir)), files
     files = batch_files(Path(impressions_dir))
+    if not settings.dask:
+        return evaluate_bundle(Path(bundle_dir), params, registry, files, Path(data_dir)), files
     with scale_client(settings) as client:
-        ev = evaluate_bundle_dask(client, Path(bundle_dir), params, registry, files, Path(data_dir),
-                                  settings.partition_rows)
-    return ev, files
+        return evaluate_bundle(Path(bundle_dir), params, registry, files, Path(data_dir), DaskExecutor(client),
+                               settings.partition_rows, dask_fold_models), files

@@ -6,6 +6,7 @@ on the other folds only, so no row is both fitted and evaluated by the same mode
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -76,7 +77,11 @@ def fit_fold_models(x: np.ndarray, reward: np.ndarray, fold: np.ndarray, n_folds
         return xgb.train(params, xgb.DMatrix(x[train], label=reward[train]), num_boost_round=rounds)
 
     with ThreadPoolExecutor(n_folds, thread_name_prefix="bartops-cross-fit") as pool:
-        return list(pool.map(fit, range(n_folds)))
+        models = list(pool.map(fit, range(n_folds)))
+    for model in models:  # predictions use every core (threads do not change them)
+        if not isinstance(model, float):
+            model.set_param({"nthread": os.cpu_count() or 1})
+    return models
 
 
 def predict_folds(models: list[xgb.Booster | float], x: np.ndarray, fold: np.ndarray) -> np.ndarray:

@@ -222,7 +222,6 @@ def test_gate_evaluation_the_same_on_every_executor(client, gate_bundle, eval_pa
     from bartops.features.partitions import IN_PROCESS, page_partitions
     from bartops.gate import evaluation as se
     from bartops.gate.evaluate import SIM_LOGGING_VERSION, evaluate_bundle, evaluation_setup
-    from bartops.ope.reward import predict_folds
     from bartops.scale import DaskExecutor
     from bartops.scale.evaluate import dask_fold_models, fold_cards
 

@@ -14,9 +14,81 @@ from bartops.policy.page import (
     CandidateSet,
     PagePolicy,
     build_pages,
+    construct_page,
+    locate_cards,
     logged_choice_probabilities,
-    slot_marginals,
+    logged_slots_to_candidates,
 )
+
+
+# ---------------------------------------------------------------------- a brute-force reference
+def slot_marginals(
+    policy: PagePolicy,
+    contexts: pd.DataFrame,
+    candidates: CandidateSet,
+    page: np.ndarray,
+    shelf: np.ndarray,
+    position: np.ndarray,
+    item_id: np.ndarray,
+    explanation: np.ndarray,
+    n_samples: int = 200,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The brute-force reference: marginal P(policy puts (item, explanation) at (shelf, position) |
+    context) for query rows as the frequency over ``n_samples`` independent page builds, with its
+    binomial standard error (exact, standard error 0, when both ε are 0)."""
+    scores = policy.scorer(contexts, candidates)
+    deterministic = policy.epsilon_head == 0 and policy.epsilon_fill == 0
+    reps = 1 if deterministic else int(n_samples)
+    if reps < 1:
+        raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+    page = np.asarray(page, np.int64)
+    widened, forced, row_index = logged_slots_to_candidates(
+        candidates, page, shelf, position, item_id, explanation, policy.shelves, policy.cards
+    )
+    del forced
+    rng = np.random.default_rng(seed)
+    hits = np.zeros(len(page))
+    inside = row_index != EMPTY
+    sh, po = np.asarray(shelf)[inside], np.asarray(position)[inside]
+    # replicate pages in chunks so memory stays bounded
+    chunk = max(1, 20_000 // max(candidates.n_pages, 1))
+    idx_map = _candidate_index_map(candidates, widened)
+    done = 0
+    while done < reps:
+        r = min(chunk, reps - done)
+        rep = _replicate(candidates, r)
+        built = construct_page(rep, np.tile(scores, r), policy.shelves, policy.cards,
+                               policy.epsilon_head, policy.epsilon_fill, rng)
+        n = len(candidates)
+        cand = built.candidate.reshape(r, candidates.n_pages, policy.shelves, policy.cards)
+        cand = np.where(cand >= 0, cand % max(n, 1), EMPTY)
+        chosen = cand[:, page[inside], sh, po]  # (r, q) original candidate index at the slot
+        target = idx_map[row_index[inside]]  # original index of the queried pair, -1 if none
+        hits[inside] += ((chosen == target[None, :]) & (target[None, :] >= 0)).sum(axis=0)
+        done += r
+    p = hits / reps
+    se = np.zeros_like(p) if deterministic else np.sqrt(p * (1 - p) / reps)
+    return p, se
+
+
+def _candidate_index_map(original: CandidateSet, widened: CandidateSet) -> np.ndarray:
+    """For each widened index, the original candidate index (-1 for added, unchoosable pairs)."""
+    pos = locate_cards(original, widened.page, widened.explanation, widened.item_id)
+    return np.where(widened.choosable, pos, EMPTY)
+
+
+def _replicate(candidates: CandidateSet, r: int) -> CandidateSet:
+    """r stacked copies of the candidate set (copy j's pages come after copy j-1's)."""
+    B = candidates.n_pages
+    page = (np.arange(r)[:, None] * B + candidates.page[None, :]).ravel()
+    return CandidateSet(
+        page,
+        np.tile(candidates.item_id, r),
+        np.tile(candidates.explanation, r),
+        B * r,
+        np.tile(candidates.choosable, r),
+    )
 
 
 def tiny_context(n_pages: int = 1):

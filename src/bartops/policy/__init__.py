@@ -7,8 +7,7 @@ from bartops.policy.page import (
     Pages,
     build_pages,
     logged_choice_probabilities,
-    slot_marginals,
 )
 
 __all__ = ["EMPTY", "CandidateSet", "PagePolicy", "Pages", "build_pages",
-           "logged_choice_probabilities", "slot_marginals"]
+           "logged_choice_probabilities"]

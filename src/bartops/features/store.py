@@ -388,13 +388,6 @@ def item_clusters(item_emb: np.ndarray, content: np.ndarray, k: int, seed: int) 
     return km.fit_predict(x).astype(np.int64)
 
 
-def default_now(history: pd.DataFrame) -> pd.Timestamp:
-    """Midnight after the last play (UTC): the reference time of a snapshot built from history."""
-    if len(history) == 0:
-        raise ValueError("history is empty: cannot choose the snapshot's reference time (set features.now)")
-    return midnight_after(pd.to_datetime(history["timestamp"], utc=True).max())
-
-
 def midnight_after(last_play: pd.Timestamp) -> pd.Timestamp:
     """The midnight after ``last_play`` (UTC; itself when it is a midnight)."""
     last = pd.Timestamp(last_play)

@@ -290,12 +290,6 @@ def training_rows(features: Features, impressions: pd.DataFrame, train: np.ndarr
 
 
 # ---------------------------------------------------------------------- training
-def fit_xgboost(rows: np.ndarray, y: np.ndarray, weight: np.ndarray | None, params: RewardParams,
-                seed: int) -> xgb.Booster:
-    """``xgboost.train`` on assembled rows with the configured params."""
-    return _fit_booster(rows, y, weight, None, params, seed)
-
-
 def _fit_booster(rows: np.ndarray, y: np.ndarray, weight: np.ndarray | None, base_margin: np.ndarray | None,
                  params: RewardParams, seed: int) -> xgb.Booster:
     dtrain = xgb.QuantileDMatrix(rows, label=y, weight=weight, base_margin=base_margin,

@@ -30,17 +30,19 @@ def copy_tracked_files(dest: Path, skip: tuple[str, ...] = ("data.dvc",)) -> Pat
 
 def simulate_batch(n: int, out: Path, seed: int = 11) -> Path:
     """Simulate ``n`` impressions with params.yaml's world into ``out`` once (cached); the batch path."""
-    from bartops.config import load_params, section
-    from bartops.sim import SimParams, World, simulate
+    from dataclasses import replace
+
+    from bartops.config import load_params
+    from bartops.sim import World, simulate
     from bartops.sim.store import write_simulation
 
     batch = out / "incoming" / "bench.parquet"
     if batch.exists():
         return batch
     params = load_params(ROOT / "params.yaml")
-    pol = section(params, "policy")
-    world = World.generate(SimParams.from_dict({**section(params, "sim"), "impressions": n}), seed=seed)
-    data = simulate(world, n, pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed=seed)
+    pol = params.policy
+    world = World.generate(replace(params.sim, impressions=n), seed=seed)
+    data = simulate(world, n, pol.shelves, pol.cards, pol.epsilon_head, pol.epsilon_fill, seed=seed)
     write_simulation(data, out, batch_name="bench")
     return batch
 

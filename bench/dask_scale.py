@@ -49,6 +49,8 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
           max_pages: int | None = None) -> dict:
     import gc
 
+    from dataclasses import replace
+
     from bartops.config import load_params
     from bartops.features.logstats import batches_version
     from bartops.features.store import build_features, save_features
@@ -58,9 +60,9 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
 
     params = load_params(ROOT / "params.yaml")
     if rounds:
-        params["reward"]["num_boost_round"] = rounds
+        params = replace(params, reward=replace(params.reward, num_boost_round=rounds))
     if max_pages:
-        params["ope"]["max_pages"] = max_pages
+        params = replace(params, ope=replace(params.ope, max_pages=max_pages))
     incoming = data / "incoming"
     batch = incoming / "bench.parquet"
     run = data / f"run-{mode}"
@@ -71,7 +73,8 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
     out: dict = {"mode": mode, "evaluated_bundle": str(bundle.relative_to(data))}
     client = None
     if mode != "local":
-        from bartops.scale.cluster import ScaleSettings, dask_client
+        from bartops.scale.cluster import dask_client
+        from bartops.config import ScaleSettings
 
         client = dask_client(ScaleSettings(backend="dask", workers=2, threads_per_worker=1, memory_limit=memory,
                                            partition_rows=partition_rows))
@@ -95,7 +98,7 @@ def child(mode: str, data: Path, rounds: int | None, memory: str, partition_rows
 
             imp, _ = load_impressions(incoming)
             out["log_gib"] = float(imp.memory_usage(deep=True).sum()) / GIB  # the log as the local steps hold it
-            result = train_reward_models(features, imp, {**params, "reward": {**params["reward"], "baselines": []}},
+            result = train_reward_models(features, imp, replace(params, reward=replace(params.reward, baselines=())),
                                          data_version=version)
             del imp
         else:

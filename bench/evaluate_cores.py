@@ -26,11 +26,11 @@ def worker(cores: list[int], repeats: int) -> dict:
     os.sched_setaffinity(0, cores)
     import time
 
-    from bartops.config import Paths, load_params
+    from bartops.config import load_params
     from bartops.gate.evaluate import evaluate_bundle
 
     params = load_params(ROOT / "params.yaml")
-    paths = Paths.from_params(params)
+    paths = params.paths
     logs = ROOT / paths.impressions
     bundle = ROOT / paths.build / "bundle"
     evaluate_bundle(bundle, params, None, logs, ROOT / paths.data)  # warm-up

@@ -18,9 +18,10 @@ import numba
 import numpy as np
 
 from bartops.features.candidates import candidates_for_requests
-from bartops.ope.pipeline import OPEConfig, logging_marginals
+from bartops.ope.pipeline import logging_marginals
+from bartops.config import OPEConfig, SimParams
 from bartops.ope.slate import logged_pages
-from bartops.sim import SimParams, World, simulate
+from bartops.sim import World, simulate
 from bartops.sim.simulate import logging_policy
 from bench.common import save, table, timed
 

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from bartops.config import load_params
 from bartops.loop.record import RoundRecord, read_rounds
 from bartops.ops import processes
 from bartops.ops.stack import services
@@ -65,9 +66,9 @@ def loop_in_copy(project: Path, rounds: int, page_views: int, seed: int = 0,
     """Simulate, start the stack, run the first round, then ``rounds`` loop rounds; always stops the stack.
 
     Returns the round records and the seconds of the set-up steps."""
-    params = yaml.safe_load((project / "params.yaml").read_text())
-    defs = services(params["ops"], project)
-    run_dir = project / params["ops"]["run_dir"]
+    params = load_params(project / "params.yaml")
+    defs = services(params.ops, project)
+    run_dir = project / params.ops.run_dir
     env = {**os.environ, **QUIET, "PATH": f"{BIN}:{os.environ['PATH']}",
            "PREFECT_API_URL": defs["deployments"].env["PREFECT_API_URL"]}
     for key in ("BARTOPS_PARAMS", "BARTOPS_REGISTRY", "BARTOPS_BUNDLE", "BARTOPS_MODEL_TAG", "BARTOPS_SERVING_LOGS"):
@@ -96,7 +97,7 @@ def loop_in_copy(project: Path, rounds: int, page_views: int, seed: int = 0,
         os.environ.clear()
         os.environ.update(old_env)
         os.chdir(old_cwd)
-    return read_rounds(project / params["paths"]["build"] / "loop" / "rounds.csv"), setup
+    return read_rounds(project / params.paths.build / "loop" / "rounds.csv"), setup
 
 
 def summary_rows(records: list[RoundRecord]) -> list[dict]:

@@ -24,12 +24,13 @@ import numpy as np
 
 from bench.common import save, table, timed
 from bartops.features.candidates import candidates_for_requests
-from bartops.gate import GateParams, decide
+from bartops.gate import decide
+from bartops.config import GateParams, OPEConfig, SimParams
 from bartops.ope import DR, IPS, SNIPS, check_inputs, evaluate_many
-from bartops.ope.pipeline import OPEConfig, estimate_examination, evaluate_policies, logging_marginals
+from bartops.ope.pipeline import estimate_examination, evaluate_policies, logging_marginals
 from bartops.ope.simulated import SimFeaturizer, blended
 from bartops.ope.slate import logged_pages
-from bartops.sim import SimParams, World, simulate, true_value
+from bartops.sim import World, simulate, true_value
 from bartops.sim.simulate import logging_policy, sample_contexts, simulate_impressions
 
 WORLD = SimParams(impressions=1000, users=1500, artists=150, items=2500, genres=10, moods=5)

@@ -26,20 +26,19 @@ import argparse
 import dataclasses
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from bartops.config import load_params
+from bartops.config import Params, load_params
 from bartops.features.assemble import FEATURE_NAMES
-from bartops.features.store import FeatureParams, Features, build_features_from_frames, with_response_stats
+from bartops.features.store import Features, build_features_from_frames, with_response_stats
 from bartops.policy.page import CandidateSet
 from bartops.reward.policy import candidate_policy
-from bartops.reward.train import (RewardParams, fit_stack_margin, ips_weights, time_split, train_reward_models,
-                                  training_rows)
-from bartops.sim import SimParams, World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
+from bartops.reward.train import fit_stack_margin, ips_weights, time_split, train_reward_models, training_rows
+from bartops.sim import World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
 from bartops.sim.simulate import SimulatedData
 from bench.common import save, table
 
@@ -57,7 +56,7 @@ def first_impressions(impressions, n: int):
 class Setup:
     """One simulation (params.yaml world), its shared-layer snapshot and the fixed scoring contexts."""
 
-    params: dict
+    params: Params
     world: World
     data: SimulatedData
     features: Features  # shared layer without logged-response statistics
@@ -77,37 +76,36 @@ class Setup:
         return with_response_stats(self.features, impressions, None, validation_fraction(self.params))
 
 
-def validation_fraction(params: dict) -> float:
+def validation_fraction(params: Params) -> float:
     """``reward.validation_fraction`` (snapshot logs: before the training cut)."""
-    return RewardParams.from_dict(params.get("reward")).validation_fraction
+    return params.reward.validation_fraction
 
 
-def build_snapshot(params: dict, world: World, history: pd.DataFrame,
+def build_snapshot(params: Params, world: World, history: pd.DataFrame,
                    impressions: pd.DataFrame | None = None) -> Features:
     """The shared layer of the simulated world; with the logged-response table of ``impressions`` if given."""
-    f = build_features_from_frames(world.items, world.users, history, FeatureParams.from_dict(params.get("features")),
-                                   seed=int(params["seed"]), explanations=world.explanations)
+    f = build_features_from_frames(world.items, world.users, history, params.features,
+                                   seed=params.seed, explanations=world.explanations)
     return f if impressions is None else with_response_stats(f, impressions, None, validation_fraction(params))
 
 
 def setup(n_impressions: int, n_contexts: int) -> Setup:
     """Simulate ``n_impressions`` with params.yaml's world, build features, score oracle and logging."""
     params = load_params()
-    seed = int(params["seed"])
-    pol = params["policy"]
-    sim = SimParams.from_dict({**params["sim"], "impressions": n_impressions})
+    seed, pol = params.seed, params.policy
+    sim = replace(params.sim, impressions=n_impressions)
     world = World.generate(sim, seed)
     t0 = time.perf_counter()
-    data = simulate(world, n_impressions, pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed)
+    data = simulate(world, n_impressions, pol.shelves, pol.cards, pol.epsilon_head, pol.epsilon_fill, seed)
     print(f"simulated {len(data.impressions):,} impressions in {time.perf_counter() - t0:.0f} s", flush=True)
     t0 = time.perf_counter()
     feats = build_snapshot(params, world, data.history)
     t_features = time.perf_counter() - t0
     ctx = sample_contexts(world, n_contexts, np.random.default_rng([seed, 99]))
     cands = feats.candidates_for(ctx)
-    v_oracle, _ = true_value(world, oracle_policy(world, pol["shelves"], pol["cards"]), ctx, cands)
-    v_log, se_log = true_value(world, logging_policy(world, data.history, pol["shelves"], pol["cards"],
-                                                     pol["epsilon_head"], pol["epsilon_fill"]),
+    v_oracle, _ = true_value(world, oracle_policy(world, pol.shelves, pol.cards), ctx, cands)
+    v_log, se_log = true_value(world, logging_policy(world, data.history, pol.shelves, pol.cards,
+                                                     pol.epsilon_head, pol.epsilon_fill),
                                ctx, cands, n_samples=10, seed=1)
     return Setup(params, world, data, feats, t_features, ctx, cands, v_oracle, v_log, se_log)
 
@@ -127,9 +125,9 @@ def main() -> None:
     params, world, data = s.params, s.world, s.data
     ctx, cands, v_oracle, v_log, se_log, t_features = (s.contexts, s.candidates, s.oracle_value, s.logging_value,
                                                        s.logging_se, s.features_s)
-    pol, seed = params["policy"], int(params["seed"])
+    pol, seed = params.policy, params.seed
     features = s.snapshot
-    greedy = dict(pol, epsilon_head=0.0, epsilon_fill=0.0)
+    greedy = replace(pol, epsilon_head=0.0, epsilon_fill=0.0)
     quality = []
     for n in args.sizes:
         imp = first_impressions(data.impressions, n)
@@ -139,7 +137,7 @@ def main() -> None:
         t_train = time.perf_counter() - t0
         models = result.predictors()
         for clip in args.clip or []:
-            p2 = {**params, "reward": {**params.get("reward", {}), "clip": clip, "baselines": []}}
+            p2 = replace(params, reward=replace(params.reward, clip=clip, baselines=()))
             models[f"xgboost-weighted clip={clip:g}"] = train_reward_models(f_n, imp, p2).model
         row = {"impressions": len(imp), "logging": v_log / v_oracle}
         for name, m in models.items():
@@ -150,9 +148,9 @@ def main() -> None:
         print(table([row]), flush=True)
 
     # speed at the largest size: features + weighted training vs bare xgboost.train
-    rp = RewardParams.from_dict(params.get("reward"))
+    rp = params.reward
     imp = first_impressions(data.impressions, max(args.sizes))
-    only_weighted = {**params, "reward": {**params.get("reward", {}), "baselines": []}}
+    only_weighted = replace(params, reward=replace(rp, baselines=()))
     ours, bare = [], []
     for _ in range(args.repeats):
         t0 = time.perf_counter()
@@ -195,7 +193,7 @@ def main() -> None:
           f"features built in {t_features:.1f} s")
     print("\nspeed")
     print(table(speed))
-    print(f"saved {save('reward_quality', {'quality': quality, 'speed': speed, 'oracle_value': v_oracle, 'logging_value': v_log, 'contexts': args.contexts, 'params': {'features': params.get('features'), 'reward': dataclasses.asdict(rp)}})}")
+    print(f"saved {save('reward_quality', {'quality': quality, 'speed': speed, 'oracle_value': v_oracle, 'logging_value': v_log, 'contexts': args.contexts, 'params': {'features': dataclasses.asdict(params.features), 'reward': dataclasses.asdict(rp)}})}")
 
 
 if __name__ == "__main__":

@@ -41,9 +41,8 @@ import numpy as np
 
 from bench.common import save, table
 from bench.ope_accuracy import CANDIDATES, WORLD, evaluate_all, population_truth, wilson
-from bartops.gate import GateParams
-from bartops.ope.pipeline import OPEConfig
-from bartops.sim import SimParams, SimulatedData, World, logging_policy, simulate
+from bartops.config import GateParams, OPEConfig, PolicyParams, SimParams
+from bartops.sim import SimulatedData, World, logging_policy, simulate
 from bartops.sim.simulate import simulate_impressions
 
 SHELVES, CARDS = 6, 8
@@ -94,9 +93,9 @@ def evaluate_seed(name: str, seed: int, size: int, population: dict[str, float])
 def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000) -> dict:
     """The greedy policy of a reward model trained on ``n_impressions`` of the world, against the oracle."""
     from bartops.config import load_params
-    from bartops.features.store import FeatureParams, build_features_from_frames, with_response_stats
+    from bartops.features.store import build_features_from_frames, with_response_stats
     from bartops.reward.policy import candidate_policy
-    from bartops.reward.train import RewardParams, train_reward_models
+    from bartops.reward.train import train_reward_models
     from bartops.sim import oracle_policy, sample_contexts, true_value
 
     params = load_params()
@@ -104,14 +103,14 @@ def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000) ->
     t0 = time.perf_counter()
     data = simulate(world, n_impressions, SHELVES, CARDS, spec.epsilon, spec.epsilon, seed=spec.seed)
     features = build_features_from_frames(world.items, world.users, data.history,
-                                          FeatureParams.from_dict(params.get("features")), seed=int(params["seed"]),
+                                          params.features, seed=params.seed,
                                           explanations=world.explanations)
     features = with_response_stats(features, data.impressions, None,
-                                   RewardParams.from_dict(params.get("reward")).validation_fraction)
+                                   params.reward.validation_fraction)
     model = train_reward_models(features, data.impressions, params).model
     ctx = sample_contexts(world, n_contexts, np.random.default_rng([spec.seed, 99]))
     cands = features.candidates_for(ctx)
-    greedy = {"shelves": SHELVES, "cards": CARDS, "epsilon_head": 0.0, "epsilon_fill": 0.0}
+    greedy = PolicyParams(shelves=SHELVES, cards=CARDS, epsilon_head=0.0, epsilon_fill=0.0)
     v_model, _ = true_value(world, candidate_policy(model, features, greedy), ctx, cands)
     v_oracle, _ = true_value(world, oracle_policy(world, SHELVES, CARDS), ctx, cands)
     v_log, _ = true_value(world, logging_policy(world, data.history, SHELVES, CARDS, spec.epsilon, spec.epsilon),

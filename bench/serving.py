@@ -45,20 +45,20 @@ def make_bundle(work: Path) -> tuple[Path, pd.DataFrame]:
     from bartops.reward.model import save_model
     from bartops.reward.policy import write_policy_bundle
     from bartops.reward.train import train_reward_models
-    from bartops.sim import SimParams, World, sample_contexts, simulate
+    from bartops.sim import World, sample_contexts, simulate
+    from bartops.config import Params, PolicyParams, SimParams
     from bartops.sim.store import write_simulation
 
     sp = SimParams(impressions=30_000, users=600, artists=80, items=1200, genres=8, moods=4)
     world = World.generate(sp, seed=3)
     data = simulate(world, sp.impressions, 6, 8, 0.1, 0.1, seed=3)
     write_simulation(data, work / "data", "sim-seed3")
-    params = {"seed": 3, "features": {"embedding_dim": 16}, "reward": {"num_boost_round": 200, "baselines": []}}
+    params = Params.from_mapping({"seed": 3, "features": {"embedding_dim": 16},
+                                  "reward": {"num_boost_round": 200, "baselines": []}})
     feats = build_features(work / "data", params)
     save_features(feats, work / "features")
     save_model(train_reward_models(feats, data.impressions, params).model, work / "model")
-    bundle = write_policy_bundle(work / "model", work / "features",
-                                 {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1},
-                                 work / "bundle", "bench")
+    bundle = write_policy_bundle(work / "model", work / "features", PolicyParams(), work / "bundle", "bench")
     return bundle, sample_contexts(world, 2000, np.random.default_rng(1))
 
 

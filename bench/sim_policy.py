@@ -15,7 +15,8 @@ import numpy as np
 
 from bartops.features.candidates import candidates_for_requests
 from bartops.policy.page import build_pages, logged_choice_probabilities
-from bartops.sim import SimParams, World, logging_policy, sample_contexts, simulate
+from bartops.sim import World, logging_policy, sample_contexts, simulate
+from bartops.config import SimParams
 from bench.common import save, table, timed
 
 

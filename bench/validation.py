@@ -20,6 +20,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from bartops.config import Params
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -49,7 +53,7 @@ def _child(data_dir: Path, repeats: int, profile: bool) -> dict:
     return out
 
 
-def _profile(batch: Path, data_dir: Path, params: dict) -> list[dict]:
+def _profile(batch: Path, data_dir: Path, params: Params) -> list[dict]:
     from bartops.validation import read_batch
     from bartops.validation import suites as S
 

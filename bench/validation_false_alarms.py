@@ -56,7 +56,8 @@ def _measure(args: argparse.Namespace, now: pd.Timestamp, tmp: Path) -> dict:
     from bartops.policy.page import build_pages
     from bartops.reward.policy import candidate_policy
     from bartops.reward.train import train_reward_models
-    from bartops.sim import SimParams, World, sample_contexts, simulate
+    from bartops.sim import World, sample_contexts, simulate
+    from bartops.config import Params, PolicyParams, SimParams
     from bartops.sim.simulate import pages_to_impressions
     from bartops.sim.store import write_simulation
     from bartops.validation import suites as S
@@ -66,10 +67,12 @@ def _measure(args: argparse.Namespace, now: pd.Timestamp, tmp: Path) -> dict:
     world = World.generate(SimParams(**SMALL), seed=3)
     sim = simulate(world, SMALL["impressions"], seed=3, **POLICY)
     write_simulation(sim, tmp / "data", batch_name="sim-seed3")
-    features = build_features(tmp / "data", TRAIN)
-    policy = candidate_policy(train_reward_models(features, sim.impressions, TRAIN).model, features, POLICY, "v")
+    train = Params.from_mapping(TRAIN)
+    features = build_features(tmp / "data", train)
+    policy = candidate_policy(train_reward_models(features, sim.impressions, train).model, features,
+                              PolicyParams(**POLICY), "v")
     params = load_params(ROOT / "params.yaml")
-    sr = params["validation"]["stream_rate"]
+    sr = params.validation.stream_rate
 
     def served(seed: int, at: pd.Timestamp, n_pages: int = 150) -> pd.DataFrame:
         rng = np.random.default_rng(seed)
@@ -93,7 +96,7 @@ def _measure(args: argparse.Namespace, now: pd.Timestamp, tmp: Path) -> dict:
         rates.append(m)
         deffs.append(par["stream_rate_design_effect"])
         fails["stream_rate_drift"] += int(not par["stream_rate_min"] <= m <= par["stream_rate_max"])
-        lo, hi = S.stream_rate_bounds(len(imp), sr["reference"], sr["reference_rows"], sr["rel_tolerance"], sr["alpha"])
+        lo, hi = S.stream_rate_bounds(len(imp), sr.reference, sr.reference_rows, sr.rel_tolerance, sr.alpha)
         fails["stream_rate_drift, cards as independent rows (old)"] += int(not lo <= m <= hi)
         st = explored_share_stats(imp["explored"], imp["epsilon"])
         z_explored.append((st["observed"] - st["expected"]) / np.sqrt(st["variance"]))

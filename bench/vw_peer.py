@@ -46,7 +46,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ from bartops.features.logstats import page_folds, response_table
 from bartops.features.store import Features
 from bartops.policy.page import EMPTY, CandidateSet, PagePolicy, construct_page, logged_slots_to_candidates
 from bartops.reward.policy import candidate_policy
-from bartops.reward.train import RewardParams, time_split, train_reward_models
+from bartops.reward.train import time_split, train_reward_models
 from bartops.sim import true_value
 from bench.common import save, table
 from bench.reward_quality import first_impressions, setup
@@ -304,10 +304,10 @@ def main() -> None:
     t_start = time.perf_counter()
     s = setup(max(args.sizes), args.contexts)
     params, world, data = s.params, s.world, s.data
-    pol, seed = params["policy"], int(params["seed"])
-    rp = RewardParams.from_dict(params.get("reward"))
-    greedy = dict(pol, epsilon_head=0.0, epsilon_fill=0.0)
-    only_weighted = {**params, "reward": {**params.get("reward", {}), "baselines": []}}
+    pol, seed = params.policy, params.seed
+    rp = params.reward
+    greedy = replace(pol, epsilon_head=0.0, epsilon_fill=0.0)
+    only_weighted = replace(params, reward=replace(rp, baselines=()))
     quality, speed = [], []
     for n in args.sizes:
         imp = first_impressions(data.impressions, n)

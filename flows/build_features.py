@@ -7,13 +7,13 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from bartops.config import load_params
+from bartops.config import Params, load_params
 from bartops.reward.pipeline import default_paths
 from bartops.scale.pipeline import run_build_features  # local or Dask, by params.yaml `scale:`
 
 
 @task(cache_policy=None)
-def build_and_save(data_dir: str, out_dir: str, params: dict, impressions_dir: str) -> dict:
+def build_and_save(data_dir: str, out_dir: str, params: Params, impressions_dir: str) -> dict:
     """Build the snapshot and write it atomically; returns its manifest summary."""
     f = run_build_features(Path(data_dir), Path(out_dir), params, Path(impressions_dir))
     return {"out": out_dir, "version": f.version, "items": len(f.item_ids), "users": len(f.user_ids),

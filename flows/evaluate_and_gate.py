@@ -18,8 +18,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
-from bartops.config import Paths, load_params
-from bartops.gate import Approval, GateDecision, GateParams
+from bartops.config import Params, load_params
+from bartops.gate import Approval, GateDecision
 from bartops.gate.evaluate import make_decision, markdown, validation_reports, with_batches
 from bartops.scale.pipeline import run_evaluation
 from bartops.registry import Registry
@@ -49,7 +49,7 @@ def register_candidate(registry_root: str, bundle_dir: str, version: str | None)
 
 @task(cache_policy=None)
 def evaluate_candidate(registry_root: str, version: str, impressions_dir: str, data_dir: str, build_dir: str,
-                       params: dict) -> GateDecision:
+                       params: Params) -> GateDecision:
     """OPE of the registered candidate against production, and the rule-based decision."""
     reg = Registry(Path(registry_root))
     ev, files = run_evaluation(reg.path(version), params, reg, Path(impressions_dir), Path(data_dir))
@@ -94,11 +94,11 @@ def evaluate_and_gate(
     """
     logger = get_run_logger()
     params = load_params(params_file or params_path)
-    paths = Paths.from_params(params)
+    paths = params.paths
     build_dir = str(paths.build)
     bundle_dir = bundle_dir or str(paths.build / "bundle")
     registry_root = registry_root or str(paths.registry)
-    gp = GateParams.from_dict(params.get("gate"))
+    gp = params.gate
     version = register_candidate(registry_root, bundle_dir, version)
     if Registry(Path(registry_root)).production() == version:
         # the same data and features trained the same candidate again (e.g. a second `make demo`):

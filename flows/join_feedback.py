@@ -12,8 +12,8 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from bartops.config import Paths, load_params
-from bartops.serving.config import ServingConfig
+from bartops.config import load_params
+from bartops.serving.config import with_environment
 from bartops.serving.join import join_to_batch
 from bartops.serving.schemas import TimestampWindow
 
@@ -32,9 +32,9 @@ def join_feedback_flow(log_dir: str | None = None, out_dir: str | None = None,
                        params_file: str | None = None, retire: str | None = None) -> dict:
     """Write the next reward-labelled batch (validate it next with the validation flow)."""
     params = load_params(params_file)
-    cfg = ServingConfig.from_params(params).with_env()
-    skew = TimestampWindow.from_params(params).future_skew.total_seconds()
-    result = join_served_logs(log_dir or cfg.log_dir, out_dir or str(Paths.from_params(params).incoming),
+    cfg = with_environment(params.serving)
+    skew = TimestampWindow.from_rules(params.validation.window).future_skew.total_seconds()
+    result = join_served_logs(log_dir or cfg.log_dir, out_dir or str(params.paths.incoming),
                               attribution_window_seconds or cfg.attribution_window_seconds, now,
                               retire or cfg.retire_joined, skew)
     get_run_logger().info(

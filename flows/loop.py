@@ -26,13 +26,13 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.deployments import run_deployment
 
-from bartops.config import Paths, load_params, section
+from bartops.config import load_params
 from bartops.gate import GateDecision
 from bartops.loop.listeners import play_listeners
 from bartops.loop.record import ROUNDS_FILE, RoundRecord, read_rounds, write_rounds
 from bartops.loop.rounds import batch_rows, bundle_truth, mean_interval, references, served_log_rows
 from bartops.registry import Registry
-from bartops.serving.config import ServingConfig
+from bartops.serving.config import with_environment
 from bartops.sim import World
 
 INGEST = "ingest-served-logs/hourly"
@@ -80,10 +80,10 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
     """Play ``rounds`` rounds of ``page_views`` simulated page views each; returns the new round records."""
     logger = get_run_logger()
     params = load_params(params_file)
-    paths, ops = Paths.from_params(params), section(params, "ops")
-    url = f"http://{ops['host']}:{ops['service_port']}"
+    paths, ops = params.paths, params.ops
+    url = f"http://{ops.host}:{ops.service_port}"
     registry = Registry(paths.registry)
-    serving = ServingConfig.from_params(params).with_env()
+    serving = with_environment(params.serving)
     log_dir, window = Path(serving.log_dir), serving.attribution_window_seconds
     data_dir = paths.data
     out = paths.build / "loop" / ROUNDS_FILE

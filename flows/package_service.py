@@ -12,7 +12,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
-from bartops.config import Paths, load_params
+from bartops.config import load_params
 from bartops.registry import Registry
 from bartops.serving.package import default_bentoml_home, ensure_bento, store_bundle_as_bentoml_model
 
@@ -35,7 +35,7 @@ def package_service(version: str | None = None, registry: str | None = None, pro
                     bentoml_home: str | None = None, params_file: str | None = None) -> dict:
     """Package ``version`` (default: the registry's production version) as a servable Bento."""
     params = load_params(params_file or Path(project_dir) / "params.yaml")
-    reg = Registry(Path(registry or Path(project_dir) / Paths.from_params(params).registry))
+    reg = Registry(Path(registry or Path(project_dir) / params.paths.registry))
     version = version or reg.production()
     if version is None:
         raise ValueError(f"registry {reg.root} has no production version to package")

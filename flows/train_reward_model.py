@@ -7,7 +7,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from bartops.config import load_params
+from bartops.config import Params, load_params
 from bartops.reward.pipeline import default_paths, metrics_table
 from bartops.scale.cluster import flow_task_runner
 from bartops.scale.pipeline import run_training  # local or Dask, by params.yaml `scale:`
@@ -15,7 +15,7 @@ from bartops.scale.pipeline import run_training  # local or Dask, by params.yaml
 
 @task(cache_policy=None)
 def train_and_save(features_dir: str, impressions_dir: str, model_dir: str, metrics_path: str,
-                   baselines_dir: str, bundle_dir: str, params: dict) -> dict:
+                   baselines_dir: str, bundle_dir: str, params: Params) -> dict:
     """Train on one time-based split; write model, baselines, metrics JSON and the policy bundle."""
     _, report = run_training(Path(features_dir), Path(impressions_dir), Path(model_dir), params,
                              metrics_path=Path(metrics_path), baselines_dir=Path(baselines_dir),

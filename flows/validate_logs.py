@@ -14,13 +14,13 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
 
-from bartops.config import Paths, load_params
+from bartops.config import Params, load_params
 from bartops.validation import ingest
 
 
 @task(cache_policy=None)
 def validate_and_ingest(path: str, data_dir: str, quarantine_dir: str, impressions_dir: str, docs_dir: str | None,
-                        params: dict) -> dict:
+                        params: Params) -> dict:
     """Validate the batch and accept or quarantine it (side-effecting: never cached)."""
     report = ingest(Path(path), Path(data_dir), Path(quarantine_dir), params,
                     impressions_dir=Path(impressions_dir), docs_dir=Path(docs_dir) if docs_dir else None)
@@ -32,7 +32,7 @@ def validate_logs(path: str | None = None, params_file: str | None = None, data_
                   quarantine_dir: str | None = None, impressions_dir: str | None = None, docs: bool = True):
     """Validate one batch (file or folder; default: every batch in ``paths.incoming``)."""
     params = load_params(params_file)
-    paths = Paths.from_params(params)
+    paths = params.paths
     data = data_dir or str(paths.data)
     build = paths.build
     targets = [path] if path else sorted(str(p) for p in paths.incoming.iterdir()

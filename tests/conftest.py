@@ -18,7 +18,8 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from bartops.sim import SimParams, World, simulate  # noqa: E402
+from bartops.sim import World, simulate
+from bartops.config import SimParams
 from bartops.sim.store import write_simulation  # noqa: E402
 
 SMALL = SimParams(impressions=30_000, users=600, artists=80, items=1200, genres=8, moods=4)

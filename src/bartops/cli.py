@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from bartops.config import Paths, load_params, section
+from bartops.config import load_params
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="bartops: BaRT-style home-page personalisation.")
 
@@ -27,25 +28,21 @@ def simulate(
     summary_json: Optional[Path] = typer.Option(None, help="also write the summary as JSON here"),
 ) -> None:
     """Simulate a music service: catalog, users, history, and one logged impression batch."""
-    from bartops.sim import SimParams, World, simulate as run_simulation
+    from bartops.sim import World, simulate as run_simulation
     from bartops.sim.store import format_summary, summarise, write_simulation
 
-    params = load_params(params_file)
-    sim = dict(section(params, "sim"))
-    if impressions is not None:
-        sim["impressions"] = impressions
-    seed = int(params.get("seed", 0) if seed is None else seed)
-    out = Path(out or Paths.from_params(params).data)
-    pol = section(params, "policy")
     try:
-        sim_params = SimParams.from_dict(sim)
-        world = World.generate(sim_params, seed)
-        data = run_simulation(world, sim_params.impressions, pol["shelves"], pol["cards"],
-                              pol["epsilon_head"], pol["epsilon_fill"], seed)
+        params = load_params(params_file)
+        sim_params = params.sim if impressions is None else replace(params.sim, impressions=impressions)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
+    seed = params.seed if seed is None else seed
+    out = Path(out or params.paths.data)
+    pol = params.policy
+    world = World.generate(sim_params, seed)
+    data = run_simulation(world, sim_params.impressions, pol.shelves, pol.cards, pol.epsilon_head, pol.epsilon_fill, seed)
     paths = write_simulation(data, out, batch_name=f"sim-seed{seed}")
-    summary = summarise(data, pol["shelves"], pol["cards"], pol["epsilon_head"], pol["epsilon_fill"], seed=seed)
+    summary = summarise(data, pol.shelves, pol.cards, pol.epsilon_head, pol.epsilon_fill, seed=seed)
     typer.echo(format_summary(summary))
     typer.echo(f"world and history: {paths['world']}\nimpression batch:  {paths['batch']}")
     if summary_json:
@@ -92,8 +89,15 @@ from bartops.scale.cli import app as _scale_app  # noqa: E402
 app.add_typer(_scale_app, name="scale")
 
 
-def main() -> None:  # pragma: no cover - console entry
-    app()
+def main() -> None:
+    """The console entry: an invalid params file is one line naming the key and the fix, exit status 2."""
+    from bartops.config import ParamsError
+
+    try:
+        app()
+    except ParamsError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

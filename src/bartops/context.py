@@ -1,4 +1,4 @@
-"""Request context shared by the simulator, features and serving: regions, platforms, local hour."""
+"""Vocabulary shared by the simulator, features and serving: regions, platforms, local hour, genres and moods."""
 
 from __future__ import annotations
 
@@ -10,6 +10,9 @@ REGION_UTC_OFFSET_HOURS: dict[str, int] = {
     "SE": 1, "US": -5, "GB": 0, "DE": 1, "BR": -3, "JP": 9, "IN": 5, "MX": -6,
 }
 PLATFORMS: tuple[str, ...] = ("ios", "android", "desktop", "web")
+GENRES: tuple[str, ...] = ("pop", "rock", "hip-hop", "electronic", "jazz", "classical", "indie", "metal", "latin",
+                           "r&b", "country", "folk", "k-pop", "reggae", "blues", "soul")
+MOODS: tuple[str, ...] = ("chill", "energetic", "happy", "melancholy", "focus", "party", "romantic", "dark")
 
 
 def region_code(region: pd.Series | np.ndarray) -> np.ndarray:

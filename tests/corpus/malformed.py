@@ -664,7 +664,7 @@ KINDS: list[Kind] = (UNREADABLE_KINDS + SCHEMA_KINDS + VALUE_KINDS + SEMANTIC_KI
 # ---------------------------------------------------------------------------- running
 def build_base(source: Path, work: Path, accepted_pages: int = 100, new_pages: int = 200) -> Base:
     """A store holding ``accepted_pages`` pages of the simulated batch and a valid batch of the next ``new_pages``."""
-    from bartops.config import load_params
+    from bartops.config import Params, read_params_file
     from bartops.validation import ingest
     from bartops.validation.suites import reference_stream_rate
 
@@ -672,14 +672,14 @@ def build_base(source: Path, work: Path, accepted_pages: int = 100, new_pages: i
     pages = good["request_id"].unique()
     accepted = good[good["request_id"].isin(pages[:accepted_pages])].reset_index(drop=True)
     frame = good[good["request_id"].isin(pages[accepted_pages: accepted_pages + new_pages])].reset_index(drop=True)
-    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params = read_params_file(ROOT / "params.yaml")
     params["validation"]["stream_rate"].update(reference_stream_rate(good))
     params["validation"]["row_split"]["enabled"] = False
     params["validation"]["remove_accepted_source"] = False
     now = good["timestamp"].max().ceil("D") + pd.Timedelta(hours=1)
     accepted_file = write(accepted, Path(work) / "accepted-src" / ACCEPTED_NAME)
     store = Path(work) / "store"
-    report = ingest(accepted_file, source, Path(work) / "q", params, impressions_dir=store, now=now)
+    report = ingest(accepted_file, source, Path(work) / "q", Params.from_mapping(params), impressions_dir=store, now=now)
     if report.decision != ACCEPTED:
         raise RuntimeError(f"the corpus base did not validate: {report.failure_message()}")
     items = pd.read_parquet(Path(source) / "items.parquet", columns=["item_id"])["item_id"].to_numpy(np.int64)
@@ -717,6 +717,7 @@ def fingerprint(path: Path) -> dict[str, str]:
 
 def run_kind(kind: Kind, base: Base, work: Path) -> Outcome:
     """Make the kind's batch under ``work`` and ingest it against a copy of the store; compare with the record."""
+    from bartops.config import Params
     from bartops.validation import ingest
 
     store = Path(work) / "store"
@@ -725,7 +726,8 @@ def run_kind(kind: Kind, base: Base, work: Path) -> Outcome:
     path = kind.make(base, Path(work) / "incoming")
     before_files, outside = fingerprint(path), fingerprint(Path(work) / "elsewhere")
     params = kind.params(base.params) if kind.params else base.params
-    report = ingest(path, base.data_dir, Path(work) / "quarantine", params, impressions_dir=store, now=base.now)
+    report = ingest(path, base.data_dir, Path(work) / "quarantine", Params.from_mapping(params), impressions_dir=store,
+                    now=base.now)
     ids = pd.concat([pd.read_parquet(f, columns=["impression_id"]) for f in store.glob("*.parquet")])["impression_id"]
     observed = frozenset({report.error_kind} if report.error_kind else {e.check for e in report.failed})
     message = report.failure_message()

@@ -19,7 +19,6 @@ Run with ``-s`` to see the summary table (crash points tried, states left incons
 
 from __future__ import annotations
 
-import copy
 import csv
 import hashlib
 import json
@@ -35,7 +34,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from bartops.config import load_params
+from bartops.config import Params, read_params_file
 from bartops.faults import CRASH_EXIT_CODE, ENV as CRASH_ENV
 from bartops.leftovers import LEGACY, OWNED, recover_leftovers
 from bartops.registry import Registry
@@ -116,16 +115,17 @@ def base(small_data_dir, tmp_path_factory) -> Path:
     (root / "spare").mkdir()
     second.to_parquet(root / "spare" / "second-half.parquet", index=False)
 
-    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
-    params["validation"]["stream_rate"].update(reference_stream_rate(full))
-    params["validation"]["row_split"]["enabled"] = False
-    params["validation"]["remove_accepted_source"] = True
-    params["paths"].update({"data": "data", "incoming": "data/incoming", "impressions": "build/impressions",
-                            "build": "build", "quarantine": QUARANTINE, "registry": "registry"})
-    params["reward"]["num_boost_round"] = 20
-    params["ope"]["n_boot"] = 50
-    params["scale"]["backend"] = "local"
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    raw = read_params_file(ROOT / "params.yaml")
+    raw["validation"]["stream_rate"].update(reference_stream_rate(full))
+    raw["validation"]["row_split"]["enabled"] = False
+    raw["validation"]["remove_accepted_source"] = True
+    raw["paths"].update({"data": "data", "incoming": "data/incoming", "impressions": "build/impressions",
+                         "build": "build", "quarantine": QUARANTINE, "registry": "registry"})
+    raw["reward"]["num_boost_round"] = 20
+    raw["ope"]["n_boot"] = 50
+    raw["scale"]["backend"] = "local"
+    (root / "params.yaml").write_text(yaml.safe_dump(raw, sort_keys=False))
+    params = Params.from_mapping(raw)
     for name in ("bentofile.yaml",):
         shutil.copy(ROOT / name, root / name)
     shutil.copytree(ROOT / "src" / "bartops", root / "src" / "bartops",

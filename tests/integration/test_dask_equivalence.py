@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import replace
 import os
 import shutil
 from pathlib import Path
@@ -28,6 +29,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+
+from bartops.config import Params
 
 pytest.importorskip("distributed")
 pytest.importorskip("prefect_dask")
@@ -40,7 +43,7 @@ ROUNDS = 60
 
 @pytest.fixture(scope="module")
 def settings():
-    from bartops.scale.cluster import ScaleSettings
+    from bartops.config import ScaleSettings
 
     return ScaleSettings(backend="dask", workers=2, threads_per_worker=1, memory_limit="2GiB", partition_rows=8000)
 
@@ -55,10 +58,15 @@ def client(settings):
 
 
 @pytest.fixture(scope="module")
-def params() -> dict:
+def raw_params() -> dict:
     p = yaml.safe_load((ROOT / "params.yaml").read_text())
     p["reward"]["num_boost_round"] = ROUNDS
     return p
+
+
+@pytest.fixture(scope="module")
+def params(raw_params) -> Params:
+    return Params.from_mapping(raw_params)
 
 
 @pytest.fixture(scope="module")
@@ -82,19 +90,18 @@ def local_training(features, params, small_data_dir):
     from bartops.reward.train import train_reward_models
 
     imp, version = load_impressions(small_data_dir / "incoming")
-    return train_reward_models(features, imp, {**params, "reward": {**params["reward"], "baselines": []}},
+    return train_reward_models(features, imp, replace(params, reward=replace(params.reward, baselines=())),
                                data_version=version), version
 
 
 def test_training_rows_equal_and_stacked_predictions_close(client, features, parts, params, small_data_dir,
                                                            local_training):
     from bartops.features.logstats import load_impressions, time_split
-    from bartops.reward.train import (RewardParams, classification_metrics, fold_response_tables, ips_weights,
-                                      training_rows)
+    from bartops.reward.train import classification_metrics, fold_response_tables, ips_weights, training_rows
     from bartops.scale import train as st
 
     imp, _ = load_impressions(small_data_dir / "incoming")
-    rp = RewardParams.from_dict(params["reward"])
+    rp = params.reward
     assert rp.stack == "logistic"  # the default params: stacked trees
     train = time_split(imp["timestamp"], rp.validation_fraction)
     rows = training_rows(features, imp, train, rp.response_folds)
@@ -118,9 +125,9 @@ def test_training_rows_equal_and_stacked_predictions_close(client, features, par
 
     # the stacked logistic regression: fitted on the same rows (fewer than stack_rows) in another order
     shapes = [(int(g["train"].sum()), int((~g["train"]).sum())) for g in got]
-    sample_rows, sample_y = st.stack_sample(client, futures, shapes, 5000, int(params["seed"]))
+    sample_rows, sample_y = st.stack_sample(client, futures, shapes, 5000, params.seed)
     in_order = [g for g in got if g["train"].any()]
-    keep = np.sort(np.random.default_rng([int(params["seed"]), 17]).choice(int(train.sum()), 5000, replace=False))
+    keep = np.sort(np.random.default_rng([params.seed, 17]).choice(int(train.sum()), 5000, replace=False))
     np.testing.assert_array_equal(sample_rows, np.vstack([g["rows"][g["train"]] for g in in_order])[keep])
     np.testing.assert_array_equal(sample_y, np.concatenate([g["reward"][g["train"]] for g in in_order])[keep])
     del futures
@@ -156,9 +163,9 @@ def test_features_on_dask_equal_local(client, features, small_data_dir, params):
 
 # ---------------------------------------------------------------------- the gate's evaluation (bartops evaluate)
 @pytest.fixture(scope="module")
-def eval_params(params) -> dict:
+def eval_params(params) -> Params:
     """The gate's evaluation with fewer Monte-Carlo samples (its cost; the equivalences do not depend on it)."""
-    return {**params, "ope": {**params["ope"], "n_boot": 200, "marginal_samples": 10, "target_samples": 2}}
+    return replace(params, ope=replace(params.ope, n_boot=200, marginal_samples=10, target_samples=2))
 
 
 @pytest.fixture(scope="module")
@@ -282,17 +289,18 @@ def test_gate_evaluation_draws_the_local_pages(small_data_dir, tmp_path):
 
 
 def test_flow_runs_tasks_on_dask_against_the_session_api(prefect_api, client, features, small_data_dir, tmp_path,
-                                                         params):
+                                                         raw_params):
     from prefect import get_client
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.settings import PREFECT_API_URL
 
     from bartops.features.store import save_features
     from bartops.reward.model import load_model
-    from bartops.scale.cluster import ScaleSettings, task_runner, worker_environment
+    from bartops.scale.cluster import task_runner, worker_environment
+    from bartops.config import ScaleSettings
     from flows.train_reward_model import train_reward_model_flow
 
-    p = {**params, "reward": {**params["reward"], "num_boost_round": 10},
+    p = {**raw_params, "reward": {**raw_params["reward"], "num_boost_round": 10},
          "scale": {"backend": "dask", "workers": 2, "threads_per_worker": 1, "memory_limit": "2GiB",
                    "partition_rows": 8000}}
     impressions = tmp_path / "impressions"

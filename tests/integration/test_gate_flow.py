@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def workspace(small_data_dir, tmp_path_factory) -> Path:
     """Paths into a temp dir, the small batch accepted, features and a trained candidate bundle; gate
     rules loosened so that the candidate reaches the approval step (the rules have unit tests)."""
+    from bartops.config import Params
     from bartops.features.store import build_features, save_features
     from bartops.reward.pipeline import run_training
 
@@ -41,8 +42,9 @@ def workspace(small_data_dir, tmp_path_factory) -> Path:
     shutil.copy(small_data_dir / "incoming" / "sim-seed3.parquet", tmp / "impressions")
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))
     build = tmp / "build"
-    save_features(build_features(small_data_dir, params), build / "features")
-    run_training(build / "features", tmp / "impressions", build / "model", params,
+    typed = Params.from_mapping(params)
+    save_features(build_features(small_data_dir, typed, typed.paths.impressions), build / "features")
+    run_training(build / "features", tmp / "impressions", build / "model", typed,
                  metrics_path=build / "reports" / "reward_metrics.json", baselines_dir=build / "baselines",
                  bundle_dir=build / "bundle")
     return tmp

@@ -7,8 +7,8 @@ import socket
 from pathlib import Path
 
 import pytest
-import yaml
 
+from bartops.config import load_params
 from bartops.ops import processes
 from bartops.ops.smoke import check_prefect
 from bartops.ops.stack import prefect_api_url, services
@@ -25,8 +25,8 @@ def free_port() -> int:
 
 def test_runner_restarts_after_a_stop(tmp_path, monkeypatch):
     project = copy_project(tmp_path / "project", ops={"prefect_port": free_port(), "run_dir": "build/run"})
-    ops = yaml.safe_load((project / "params.yaml").read_text())["ops"]
-    defs, run_dir, api = services(ops, project), project / ops["run_dir"], prefect_api_url(ops)
+    ops = load_params(project / "params.yaml").ops
+    defs, run_dir, api = services(ops, project), project / ops.run_dir, prefect_api_url(ops)
     runner = defs["deployments"]
     monkeypatch.chdir(project)  # `python -m flows.deployments` resolves from here
     monkeypatch.setenv("BARTOPS_PARAMS", str(project / "params.yaml"))

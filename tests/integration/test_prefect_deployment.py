@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bartops.config import load_params
 from bartops.ops import processes
 from bartops.ops.stack import services
 from project_copy import copy_project
@@ -47,11 +48,9 @@ def stack(tmp_path_factory):
                            ops={"prefect_port": free_port(), "run_dir": "build/run"})
     env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"}
     subprocess.run(["bartops", "simulate"], cwd=project, env=env, check=True, capture_output=True)
-    import yaml
-
-    ops = yaml.safe_load((project / "params.yaml").read_text())["ops"]
+    ops = load_params(project / "params.yaml").ops
     defs = services(ops, project)
-    run_dir = project / ops["run_dir"]
+    run_dir = project / ops.run_dir
     old_cwd = Path.cwd()
     os.chdir(project)  # the runner resolves flow entrypoints and params paths from here
     os.environ["BARTOPS_PARAMS"] = str(project / "params.yaml")

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bartops.config import load_params
+from bartops.config import Params, PolicyParams, read_params_file
 from bartops.features.assemble import assemble_impressions
 from bartops.features.store import build_features, load_features, save_features
 from bartops.policy.page import CandidateSet, build_pages
@@ -30,8 +30,8 @@ from bartops.reward.train import train_reward_models
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
-POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
-TRAIN = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": []}}
+POLICY = PolicyParams(shelves=6, cards=8, epsilon_head=0.1, epsilon_fill=0.1)
+TRAIN = Params.from_mapping({"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": []}})
 
 
 def make_bundle(data_dir: Path, impressions: pd.DataFrame, out: Path, version: str) -> Path:
@@ -91,7 +91,7 @@ def setup(small_sim, small_data_dir, tmp_path_factory):
     reg = Registry(tmp / "registry")
     version = reg.register(bundle)
     reg.promote(version, "integration test")
-    params = load_params(ROOT / "params.yaml")
+    params = read_params_file(ROOT / "params.yaml")
     # one worker: the early "item not on this page" feedback check is per worker (with several, a
     # worker that did not serve the page accepts the feedback and the join drops it)
     params["serving"] = {**params.get("serving", {}), "log_rotate_seconds": 1, "workers": 1}
@@ -227,7 +227,7 @@ def test_closed_loop_serve_feedback_join_validate_retrain(server, setup, small_s
     expected = pd.Series(streamed.astype(int), index=pd.MultiIndex.from_frame(df[["request_id", "item_id"]])).sort_index()
     assert (mine["reward"].to_numpy() == expected.to_numpy()).all()
 
-    report = validate_batch(Path(result["batch"]), small_data_dir, setup["params"])
+    report = validate_batch(Path(result["batch"]), small_data_dir, Params.from_mapping(setup["params"]))
     assert report.passed, report.failure_message()
 
     features = load_features(setup["registry"].production_path() / "features")

@@ -20,7 +20,7 @@ import httpx
 import pytest
 import yaml
 
-from bartops.config import load_params
+from bartops.config import Params, PolicyParams, read_params_file
 from bartops.features.store import build_features, save_features
 from bartops.reward.model import save_model
 from bartops.reward.policy import write_policy_bundle
@@ -29,7 +29,7 @@ from bartops.reward.train import train_reward_models
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
-TRAIN = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": []}}
+TRAIN = Params.from_mapping({"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": []}})
 MAX_IN_FLIGHT, RETRY_AFTER = 2, 3
 BODY = json.dumps({"user_id": 5, "platform": "ios", "region": "SE"}).encode()
 
@@ -53,9 +53,8 @@ def server(small_sim, small_data_dir, tmp_path_factory):
     features = build_features(small_data_dir, TRAIN)
     save_features(features, tmp / "features")
     save_model(train_reward_models(features, small_sim.impressions, TRAIN).model, tmp / "model")
-    bundle = write_policy_bundle(tmp / "model", tmp / "features", {"shelves": 6, "cards": 8, "epsilon_head": 0.1,
-                                                                 "epsilon_fill": 0.1}, tmp / "bundle", "v-overload")
-    params = load_params(ROOT / "params.yaml")
+    bundle = write_policy_bundle(tmp / "model", tmp / "features", PolicyParams(), tmp / "bundle", "v-overload")
+    params = read_params_file(ROOT / "params.yaml")
     params["serving"] = {**params.get("serving", {}), "workers": 1, "max_in_flight": MAX_IN_FLIGHT,
                          "retry_after_seconds": RETRY_AFTER}
     (tmp / "params.yaml").write_text(yaml.safe_dump(params))

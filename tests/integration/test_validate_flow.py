@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import shutil
 from pathlib import Path
@@ -11,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from bartops.config import load_params
+from bartops.config import read_params_file
 from bartops.validation.suites import reference_stream_rate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -23,7 +22,7 @@ def project(tmp_path, small_data_dir) -> tuple[Path, Path]:
     """A project folder: data copied from the fixture, params.yaml with paths inside tmp_path."""
     data = tmp_path / "data"
     shutil.copytree(small_data_dir, data)
-    params = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    params = read_params_file(ROOT / "params.yaml")
     good = pd.read_parquet(data / "incoming" / "sim-seed3.parquet")
     params["validation"]["stream_rate"].update(reference_stream_rate(good))
     params["validation"]["row_split"]["enabled"] = False  # a broken row rejects the whole batch here

@@ -13,7 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the project root
 vowpalwabbit = pytest.importorskip("vowpalwabbit")
 
 from bartops.features.logstats import page_folds  # noqa: E402
-from bartops.features.store import FeatureParams, build_features_from_frames  # noqa: E402
+from bartops.features.store import build_features_from_frames
+from bartops.config import FeatureParams
 from bartops.ope import IPS, SNIPS, ips, snips  # noqa: E402
 from bartops.policy.page import EMPTY  # noqa: E402
 from bartops.reward.train import time_split, training_rows  # noqa: E402

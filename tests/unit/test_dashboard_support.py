@@ -13,15 +13,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bartops.gate import Approval, GateDecision, GateParams, decide
+from bartops.gate import Approval, GateDecision, decide
+from bartops.config import GateParams, OPEConfig, Params, PolicyParams
 from bartops.gate.decision import DIFFERENCE, EvaluatedLogs, OPEEvidence, PolicyWeights, WeightHistogram
 from bartops.gate.evaluate import interval_scope
 from bartops.ope.estimators import Estimate
-from bartops.ope.pipeline import EstimateRow, LoggingSummary, OPEConfig
+from bartops.ope.pipeline import EstimateRow, LoggingSummary
 
-POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
-TRAIN_PARAMS = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8},
-                "reward": {"num_boost_round": 20, "baselines": []}}
+POLICY = PolicyParams(shelves=6, cards=8, epsilon_head=0.1, epsilon_fill=0.1)
+TRAIN_PARAMS = Params.from_mapping({"seed": 3, "features": {"embedding_dim": 8, "clusters": 8},
+                                   "reward": {"num_boost_round": 20, "baselines": []}})
 
 
 def make_bundle(data_dir: Path, impressions: pd.DataFrame, out: Path, version: str = "v-test") -> Path:

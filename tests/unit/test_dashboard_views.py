@@ -76,7 +76,7 @@ def test_a_reviewer_who_does_not_approve_rejects_with_the_reason():
 
 @pytest.mark.parametrize("stored, words", [
     ({"error": "unreadable JSON: Expecting value"}, "unreadable JSON"),
-    ({"decision": "promote", "rulez": []}, "unknown gate.json key(s) ['rulez']"),
+    ({"decision": "promote", "rulez": []}, "unknown key(s) 'rulez' (did you mean 'rules'?) in 'gate.json:'"),
     ({"decision": "maybe"}, "decision must be one of"),
     ({"decision": "promote", "rules": [{"rule": "ess"}]}, "rules[0]: missing key(s)"),
     ({"decision": "promote", "ope": {"table": "x"}}, "ope.table must be a list"),

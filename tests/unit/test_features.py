@@ -9,13 +9,8 @@ import pandas as pd
 import pytest
 
 from bartops.features.assemble import FEATURE_NAMES, assemble_impressions, assemble_rows
-from bartops.features.store import (
-    FeatureParams,
-    build_features_from_frames,
-    decay_weights,
-    load_features,
-    save_features,
-)
+from bartops.features.store import build_features_from_frames, decay_weights, load_features, save_features
+from bartops.config import FeatureParams
 from bartops.policy.page import CandidateSet
 from bartops.sim import sample_contexts
 
@@ -172,7 +167,8 @@ def _reference_candidate_table(users, items, history, explanations, now, params)
 
 def test_candidate_tables_equal_their_pandas_specification(small_sim, feats):
     from bartops.context import REGIONS
-    from bartops.features.candidates import CandidateParams, candidate_table, cold_start_table
+    from bartops.features.candidates import candidate_table, cold_start_table
+    from bartops.config import CandidateParams
 
     w, now = small_sim.world, pd.Timestamp(feats.params["now"])
     # shuffled catalog, a user subset (the history also has users the table lacks), a sample of plays
@@ -222,7 +218,7 @@ def test_unknown_items_and_explanations_are_errors(feats):
         assemble_rows(feats, ctx, bad)
     with pytest.raises(ValueError, match="explanation id"):
         feats.explanation_codes(np.array(["artist:999999"]))
-    with pytest.raises(ValueError, match="unknown features parameter"):
+    with pytest.raises(ValueError, match="unknown key.*'embedding_size'.*in 'features:'"):
         FeatureParams.from_dict({"embedding_size": 3})
 
 

@@ -6,15 +6,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bartops.gate import GateParams, decide, ece_from_metrics
+from bartops.gate import decide, ece_from_metrics
+from bartops.config import GateParams, OPEConfig
 from bartops.ope.estimators import Estimate
 from bartops.ope.kinds import KindLift
-from bartops.ope.pipeline import OPEConfig
 from bartops.sim.simulate import logging_policy, simulate_impressions
 
 
 def test_params_validation():
-    with pytest.raises(ValueError, match="unknown gate parameter"):
+    with pytest.raises(ValueError, match="unknown key.*'estimatr'.*in 'gate:'"):
         GateParams.from_dict({"estimatr": "dr"})
     with pytest.raises(ValueError, match="gate.estimator"):
         GateParams.from_dict({"estimator": "magic"})
@@ -123,15 +123,15 @@ def test_support_is_computed_on_the_log_time_candidate_sets(small_sim, small_dat
     old behaviour) it stays 1."""
     from dataclasses import replace as dc_replace
 
-    from bartops.features.candidates import CandidateParams, candidate_table, candidates_for_requests
+    from bartops.features.candidates import candidate_table, candidates_for_requests
+    from bartops.config import CandidateParams, PolicyParams
     from bartops.gate.evaluate import LoggedCandidates, logging_policy_for
     from bartops.ope.pipeline import logging_marginals, evaluate_policies
     from bartops.ope.simulated import blended
     from bartops.ope.slate import logged_pages
 
     w = small_sim.world
-    logging, logged_sets = logging_policy_for("logging-popularity", small_data_dir, None,
-                                              {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1})
+    logging, logged_sets = logging_policy_for("logging-popularity", small_data_dir, None, PolicyParams())
     assert isinstance(logged_sets, LoggedCandidates), logged_sets
     logs = small_sim.impressions[small_sim.impressions["request_id"].isin(
         small_sim.impressions["request_id"].drop_duplicates().head(300))]

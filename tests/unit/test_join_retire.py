@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from bartops.config import load_params
+from bartops.config import WindowRules, load_params
 from bartops.loop.rounds import served_log_rows
 from bartops.serving import join as J
 from bartops.serving.join import MANIFEST, join_feedback, join_to_batch
@@ -75,12 +75,11 @@ def test_home_request_refuses_timestamps_outside_the_window_naming_the_field():
 
 
 def test_timestamp_window_is_the_validation_window_of_params():
-    params = load_params(ROOT / "params.yaml")
-    w = TimestampWindow.from_params(params)
-    spec = params["validation"]["window"]
-    assert (w.future_skew.total_seconds(), w.max_age.days) == (spec["future_skew_seconds"], spec["max_span_days"]), \
+    spec = load_params(ROOT / "params.yaml").validation.window
+    w = TimestampWindow.from_rules(spec)
+    assert (w.future_skew.total_seconds(), w.max_age.days) == (spec.future_skew_seconds, spec.max_span_days), \
         f"window {w} vs params validation.window {spec}"
-    assert TimestampWindow.from_params(None) == TimestampWindow(), "defaults differ without params"
+    assert TimestampWindow.from_rules(WindowRules()) == TimestampWindow(), "defaults differ without params"
 
 
 # ---------------------------------------------------------------- readiness per row

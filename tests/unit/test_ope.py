@@ -161,7 +161,8 @@ def test_exposure_weighted_estimates_unbiased_for_a_different_candidate_on_simul
     is left out: 1/Ê₀ of a Monte-Carlo exposure is biased upward where Ê₀ is small (measured in
     bench/ope_accuracy), while SNIPS divides that bias out (Σ w·κ carries it too)."""
     from bartops.features.candidates import candidates_for_requests
-    from bartops.ope.pipeline import OPEConfig, evaluate_policies, logging_marginals
+    from bartops.ope.pipeline import evaluate_policies, logging_marginals
+    from bartops.config import OPEConfig
     from bartops.ope.simulated import blended
     from bartops.sim import true_value
     from bartops.sim.simulate import logging_policy, simulate_impressions

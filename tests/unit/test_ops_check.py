@@ -9,6 +9,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from bartops.config import OpsParams
 from bartops.ops.smoke import check_dashboard, check_prefect, check_service, check_stack
 
 
@@ -94,7 +95,7 @@ def test_nothing_listening_and_no_production(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
-    ops = {"host": "127.0.0.1", "prefect_port": port, "service_port": port, "dashboard_port": port}
+    ops = OpsParams(host="127.0.0.1", prefect_port=port, service_port=port, dashboard_port=port)
     results = {r.name: r for r in check_stack(ops, tmp_path / "registry", 6)}
     assert not any(r.ok for r in results.values())
     assert "production.json does not exist" in results["registry"].detail

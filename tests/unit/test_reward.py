@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, replace
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from bartops.features.assemble import assemble_rows
-from bartops.features.store import FeatureParams, build_features_from_frames, save_features
+from bartops.features.store import build_features_from_frames, save_features
+from bartops.config import FeatureParams, Params, PolicyParams, RewardParams
 from bartops.policy.page import PagePolicy, build_pages
 from bartops.reward.model import SchemaMismatchError, load_model, save_model
 from bartops.reward.policy import candidate_policy, load_policy_bundle, model_scorer, write_policy_bundle
 from bartops.reward.train import (
-    RewardParams,
-    check_training_set,
-    expected_calibration_error,
-    ips_weights,
-    time_split,
-    train_reward_models,
+    check_training_set, expected_calibration_error, ips_weights, time_split, train_reward_models,
 )
 from bartops.sim import sample_contexts
 from bartops.sim.simulate import page_value
 
-POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
-PARAMS = {"seed": 3, "policy": POLICY,
+POLICY = PolicyParams(shelves=6, cards=8, epsilon_head=0.1, epsilon_fill=0.1)
+PARAMS = {"seed": 3, "policy": asdict(POLICY),
           "reward": {"num_boost_round": 150, "xgboost": {"max_depth": 4, "eta": 0.1, "min_child_weight": 20}}}
 
 
@@ -38,7 +35,7 @@ def feats(small_sim):
 
 @pytest.fixture(scope="module")
 def trained(feats, small_sim):
-    return train_reward_models(feats, small_sim.impressions, PARAMS, data_version="test")
+    return train_reward_models(feats, small_sim.impressions, Params.from_mapping(PARAMS), data_version="test")
 
 
 def _page_values(world, policy, ctx, cands, seed=0):
@@ -50,7 +47,7 @@ def test_weighted_policy_beats_random_and_popularity_in_true_value(small_sim, fe
     world = small_sim.world
     ctx = sample_contexts(world, 600, np.random.default_rng(11))
     cands = feats.candidates_for(ctx)
-    greedy = dict(POLICY, epsilon_head=0.0, epsilon_fill=0.0)
+    greedy = replace(POLICY, epsilon_head=0.0, epsilon_fill=0.0)
     v_model = _page_values(world, candidate_policy(trained.model, feats, greedy), ctx, cands)
     v_pop = _page_values(world, candidate_policy(trained.baselines["popularity"], feats, greedy), ctx, cands)
     random_policy = PagePolicy(lambda c, k: np.zeros(len(k)), 6, 8, 1.0, 1.0)
@@ -95,7 +92,7 @@ def test_stacked_model_carries_its_logistic_margin_and_reloads_exactly(small_sim
     """Trees on the logistic log-odds: the margin is saved beside model.ubj and applied on predict."""
     params = {**PARAMS, "reward": {**PARAMS["reward"], "stack": "logistic", "stack_rows": 5000,
                                    "baselines": ["xgboost-unweighted"]}}
-    result = train_reward_models(feats, small_sim.impressions, params)
+    result = train_reward_models(feats, small_sim.impressions, Params.from_mapping(params))
     model = result.model
     assert model.margin is not None and result.baselines["xgboost-unweighted"].margin is model.margin
     ctx = sample_contexts(small_sim.world, 50, np.random.default_rng(2))
@@ -120,14 +117,14 @@ def test_policy_bundle_roundtrip(small_sim, feats, trained, tmp_path):
     for part in ("model/model.ubj", "model/schema.json", "features/manifest.json", "policy.json",
                  "metrics.json", "gate.json", "lineage.json"):
         assert (out / part).exists(), part
-    assert json.loads((out / "policy.json").read_text()) == {"version": "v-test", **POLICY}
+    assert json.loads((out / "policy.json").read_text()) == {"version": "v-test", **asdict(POLICY)}
     policy, f2 = load_policy_bundle(out)
     assert policy.version == "v-test" and policy.epsilon_head == 0.1
     ctx = sample_contexts(small_sim.world, 20, np.random.default_rng(4))
     cands = f2.candidates_for(ctx)
     assert np.array_equal(policy.scorer(ctx, cands), model_scorer(trained.model, feats)(ctx, cands))
     with pytest.raises(ValueError, match="epsilon_head"):
-        write_policy_bundle(tmp_path / "model", tmp_path / "features", dict(POLICY, epsilon_head=2),
+        write_policy_bundle(tmp_path / "model", tmp_path / "features", replace(POLICY, epsilon_head=2),
                             tmp_path / "b2", "v2")
     assert not (tmp_path / "b2").exists()
     (out / "policy.json").unlink()
@@ -144,7 +141,7 @@ def test_policy_bundle_roundtrip(small_sim, feats, trained, tmp_path):
 def test_bad_training_sets_get_clear_errors(small_sim, feats):
     imp = small_sim.impressions
     with pytest.raises(ValueError, match="empty"):
-        train_reward_models(feats, imp.iloc[0:0], PARAMS)
+        train_reward_models(feats, imp.iloc[0:0], Params.from_mapping(PARAMS))
     with pytest.raises(ValueError, match="only one class"):
         check_training_set(imp.assign(reward=0))
     for bad in (0.0, 1.5, np.nan, -0.2):
@@ -152,10 +149,10 @@ def test_bad_training_sets_get_clear_errors(small_sim, feats):
             check_training_set(imp.assign(propensity=np.where(np.arange(len(imp)) == 7, bad, imp.propensity)))
     with pytest.raises(ValueError, match="reward.weighting"):
         RewardParams.from_dict({"weighting": "snips"})
-    with pytest.raises(ValueError, match="unknown reward parameter"):
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'clipping' \(did you mean 'clip'\?\) in 'reward:'"):
         RewardParams.from_dict({"clipping": 3})
     with pytest.raises(ValueError, match="explanation id"):
-        train_reward_models(feats, imp.assign(explanation_id="artist:99999"), PARAMS)
+        train_reward_models(feats, imp.assign(explanation_id="artist:99999"), Params.from_mapping(PARAMS))
 
 
 def test_weights_split_and_calibration_error():
@@ -202,11 +199,12 @@ def test_baselines_fit_on_a_capped_sample_while_the_candidate_sees_every_row(fea
     cap = 2_000
     params = {**PARAMS, "reward": {**PARAMS["reward"], "num_boost_round": 20, "baseline_rows": cap,
                                    "baselines": ["xgboost-unweighted", "logistic"]}}
-    result = train_reward_models(feats, small_sim.impressions, params, data_version="test")
+    result = train_reward_models(feats, small_sim.impressions, Params.from_mapping(params), data_version="test")
     assert result.split["baseline_rows"] == cap < result.split["train_rows"]
     assert set(result.metrics["models"]) == {"xgboost-weighted", "xgboost-unweighted", "logistic"}
     uncapped = train_reward_models(feats, small_sim.impressions,
-                                   {**params, "reward": {**params["reward"], "baseline_rows": None}}, data_version="test")
+                                   Params.from_mapping({**params, "reward": {**params["reward"], "baseline_rows": None}}),
+                                   data_version="test")
     assert uncapped.split["baseline_rows"] == uncapped.split["train_rows"]
     # the candidate does not depend on the cap; the sampled baselines do
     assert result.metrics["models"]["xgboost-weighted"] == uncapped.metrics["models"]["xgboost-weighted"]

@@ -6,23 +6,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bartops.config import Params
 from bartops.scale.cluster import scale_settings, worker_environment
 
 
+def _params(scale: dict) -> Params:
+    return Params.from_mapping({"scale": scale})
+
+
 def test_setting_env_overrides_params():
-    p = {"scale": {"backend": "local", "workers": 3}}
+    p = _params({"backend": "local", "workers": 3})
     assert not scale_settings(p, environ={}).dask
     s = scale_settings(p, environ={"BARTOPS_DASK_SCHEDULER": "tcp://10.0.0.5:8786"})
-    assert s.dask and s.scheduler == "tcp://10.0.0.5:8786" and s.workers == 3
+    assert s.dask and s.scheduler == "tcp://10.0.0.5:8786" and s.workers == 3, f"override not applied: {s}"
     assert scale_settings(p, environ={"BARTOPS_DASK_SCHEDULER": "dask"}).dask
-    assert not scale_settings({"scale": {"backend": "dask"}}, environ={"BARTOPS_DASK_SCHEDULER": "local"}).dask
-    assert scale_settings({"scale": {"scheduler": "tcp://h:1"}}, environ={}).dask
+    assert not scale_settings(_params({"backend": "dask"}), environ={"BARTOPS_DASK_SCHEDULER": "local"}).dask
+    assert scale_settings(_params({"scheduler": "tcp://h:1"}), environ={}).dask
     with pytest.raises(ValueError, match="scale.backend"):
-        scale_settings({"scale": {"backend": "spark"}}, environ={})
-    with pytest.raises(ValueError, match="unknown scale parameter"):
-        scale_settings({"scale": {"nodes": 4}}, environ={})
+        _params({"backend": "spark"})
+    with pytest.raises(ValueError, match="unknown key.*'nodes'.*'scale:'"):
+        _params({"nodes": 4})
     with pytest.raises(ValueError, match="address"):
-        scale_settings({"scale": {"scheduler": "localhost"}}, environ={})
+        _params({"scheduler": "localhost"})
 
 
 def test_worker_environment_carries_the_prefect_api():

@@ -19,14 +19,15 @@ from bartops.policy.page import build_pages
 from bartops.reward.model import save_model
 from bartops.reward.policy import write_policy_bundle
 from bartops.reward.train import train_reward_models
-from bartops.serving.config import ServingConfig
+from bartops.config import Params, PolicyParams, ServingConfig
+from bartops.serving.config import with_environment
 from bartops.serving.engine import BundleLoadError, PageEngine, load_bundle
 from bartops.serving.join import join_feedback, join_to_batch, label_impressions
 from bartops.serving.logwriter import RotatingLogWriter, closed_files, read_rows, recover_partial_files
 from bartops.serving.schemas import FeedbackRequest, HomeRequest
 
-POLICY = {"shelves": 6, "cards": 8, "epsilon_head": 0.1, "epsilon_fill": 0.1}
-TRAIN = {"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": [], "stack": "logistic"}}  # as params.yaml: stacked
+POLICY = PolicyParams(shelves=6, cards=8, epsilon_head=0.1, epsilon_fill=0.1)
+TRAIN = Params.from_mapping({"seed": 3, "features": {"embedding_dim": 8, "clusters": 8}, "reward": {"num_boost_round": 30, "baselines": [], "stack": "logistic"}})  # as params.yaml: stacked
 
 
 def make_bundle(data_dir: Path, impressions: pd.DataFrame, out: Path, version: str = "v-test-1") -> Path:
@@ -148,13 +149,13 @@ def test_feedback_request_validation():
 
 
 def test_serving_config():
-    cfg = ServingConfig.from_params({"paths": {"serving_logs": "x-logs"}, "serving": {"workers": 2}})
-    assert cfg.log_dir == "x-logs" and cfg.workers == 2
-    with pytest.raises(ValueError, match="unknown serving parameter"):
-        ServingConfig.from_params({"serving": {"wokers": 2}})
+    cfg = Params.from_mapping({"paths": {"serving_logs": "x-logs"}, "serving": {"workers": 2}}).serving
+    assert cfg.log_dir == "x-logs" and cfg.workers == 2, f"log_dir/workers not read: {cfg}"
+    with pytest.raises(ValueError, match=r"unknown key\(s\) 'wokers' \(did you mean 'workers'\?\) in 'serving:'"):
+        Params.from_mapping({"serving": {"wokers": 2}})
     with pytest.raises(ValueError, match="max_body_bytes"):
-        ServingConfig.from_params({"serving": {"max_body_bytes": 0}})
-    assert cfg.with_env({"BARTOPS_SERVING_LOGS": "/tmp/z"}).log_dir == "/tmp/z"
+        ServingConfig.from_dict({"max_body_bytes": 0})
+    assert with_environment(cfg, {"BARTOPS_SERVING_LOGS": "/tmp/z"}).log_dir == "/tmp/z", "env override ignored"
 
 
 # ---------------------------------------------------------------- log files

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from bartops.serving.config import ServingConfig
+from bartops.config import ServingConfig
 from bartops.serving.shedding import LoadShedMiddleware
 
 
@@ -124,7 +124,7 @@ def test_bounds_are_validated():
         ServingConfig(max_in_flight=0)
     with pytest.raises(ValueError, match="retry_after_seconds"):
         ServingConfig(retry_after_seconds=1.5)
-    cfg = ServingConfig.from_params({"serving": {"max_in_flight": 6, "retry_after_seconds": 2}})
+    cfg = ServingConfig.from_dict({"max_in_flight": 6, "retry_after_seconds": 2})
     assert (cfg.max_in_flight, cfg.retry_after_seconds) == (6, 2), f"config read {cfg.max_in_flight}, {cfg.retry_after_seconds}"
 
 

@@ -11,7 +11,8 @@ import pytest
 from bartops.features.candidates import candidates_for_requests
 from bartops.logs.schema import IMPRESSION_COLUMNS, SchemaError, conform_impressions
 from bartops.policy.page import build_pages
-from bartops.sim import SimParams, World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
+from bartops.sim import World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
+from bartops.config import SimParams
 from bartops.sim.simulate import page_value
 
 from conftest import SHAPE, SMALL

@@ -7,7 +7,6 @@ kinds are in the corpus, ``tests/corpus/malformed.py``; here the pure rules and 
 
 from __future__ import annotations
 
-import copy
 import shutil
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bartops.config import load_params
+from bartops.config import Params, read_params_file
 from bartops.policy.page import CandidateSet, PagePolicy, build_pages
 from bartops.validation import ingest, validate_batch
 from bartops.validation.checks import (
@@ -117,7 +116,7 @@ def good(data_dir) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def params(good) -> dict:
-    p = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    p = read_params_file(ROOT / "params.yaml")
     p["validation"]["stream_rate"].update(reference_stream_rate(good))
     p["validation"]["row_split"]["enabled"] = False
     p["validation"]["remove_accepted_source"] = False
@@ -128,7 +127,7 @@ def params(good) -> dict:
 def store(data_dir, params, tmp_path_factory) -> Path:
     """A store holding the good batch, accepted once."""
     imp = tmp_path_factory.mktemp("store") / "impressions"
-    report = ingest(data_dir / BATCH, data_dir, imp.parent / "q", params, impressions_dir=imp)
+    report = ingest(data_dir / BATCH, data_dir, imp.parent / "q", Params.from_mapping(params), impressions_dir=imp)
     assert report.decision == "accepted", report.failure_message()
     return imp
 
@@ -148,7 +147,8 @@ def test_store_lookups_read_the_id_columns(store, good):
 
 
 def test_the_simulated_batch_passes_every_new_check(data_dir, params):
-    report = validate_batch(data_dir / BATCH, data_dir, params, impressions_dir=data_dir / "no-store-yet")
+    report = validate_batch(data_dir / BATCH, data_dir, Params.from_mapping(params),
+                            impressions_dir=data_dir / "no-store-yet")
     assert report.passed, report.failure_message()
     names = {e.check for e in report.expectations}
     assert {"explored_matches_propensity", "propensity_one_only_when_one_choice_left", "policy_version_length",

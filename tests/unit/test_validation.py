@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bartops.config import load_params
+from bartops.config import Params, read_params_file
 from bartops.validation import ingest, validate_batch
 from bartops.validation.checks import explored_share_stats, page_slots_contiguous
 from bartops.validation.suites import load_suite_json, normal_quantile, reference_stream_rate, stream_rate_bounds
@@ -35,7 +35,7 @@ def good(data_dir) -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def params(good) -> dict:
-    p = copy.deepcopy(load_params(ROOT / "params.yaml"))
+    p = read_params_file(ROOT / "params.yaml")
     p["validation"]["stream_rate"].update(reference_stream_rate(good))  # the good batch is the reference
     p["validation"]["row_split"]["enabled"] = False
     return p
@@ -65,7 +65,7 @@ def _failed(report) -> set[str]:
 
 
 def test_good_batch_passes_every_suite(data_dir, params):
-    report = validate_batch(data_dir / BATCH, data_dir, params)
+    report = validate_batch(data_dir / BATCH, data_dir, Params.from_mapping(params))
     assert report.passed, report.failure_message()
     assert set(report.suites) == {"impressions", "catalog", "history"}
     assert len(report.expectations) == sum(len(load_suite_json(n)["expectations"]) for n in report.suites)
@@ -88,7 +88,7 @@ def test_accept_is_atomic_and_idempotent(tmp_path, data_dir, params, good):
     half = len(good) // 2 // 48 * 48  # split on a page boundary
     _write(good.iloc[:half], folder / "part-0.parquet")
     _write(good.iloc[half:], folder / "part-1.parquet")
-    first = ingest(folder, data_dir, q, params, impressions_dir=imp)
+    first = ingest(folder, data_dir, q, Params.from_mapping(params), impressions_dir=imp)
     assert first.decision == "accepted", first.failure_message()
     assert not folder.exists()  # moved into the training data
     files = sorted(imp.iterdir())
@@ -99,7 +99,7 @@ def test_accept_is_atomic_and_idempotent(tmp_path, data_dir, params, good):
     folder.mkdir(parents=True)
     _write(good.iloc[:half], folder / "part-0.parquet")
     _write(good.iloc[half:], folder / "part-1.parquet")
-    again = ingest(folder, data_dir, q, params, impressions_dir=imp)
+    again = ingest(folder, data_dir, q, Params.from_mapping(params), impressions_dir=imp)
     assert again.passed and again.decision == "already-ingested", (again.decision, again.failure_message())
     assert sorted(imp.iterdir()) == files and _sha(files[0]) == _sha(Path(first.accepted_path))
     assert not q.exists()
@@ -114,7 +114,7 @@ def test_row_level_failures_under_the_share_are_split_off(tmp_path, data_dir, pa
     page = bad.loc[bad.index[100], "request_id"]
     path = _write(bad, tmp_path / "incoming" / "b.parquet")
     digest = _sha(path)
-    report = ingest(path, data_dir, tmp_path / "q", p, impressions_dir=tmp_path / "imp")
+    report = ingest(path, data_dir, tmp_path / "q", Params.from_mapping(p), impressions_dir=tmp_path / "imp")
     assert report.passed and report.decision == "accepted-partly", report.failure_message()
     page_rows = int((bad["request_id"] == page).sum())
     assert report.split["applied"] and report.split["rows"] == page_rows and report.split["checks"] == ["item_known"], report.split
@@ -127,7 +127,7 @@ def test_row_level_failures_under_the_share_are_split_off(tmp_path, data_dir, pa
     many = good.copy()
     many.loc[many.index[::50], "item_id"] = 10**9
     path = _write(many, tmp_path / "incoming" / "c.parquet")
-    report = ingest(path, data_dir, tmp_path / "q", p, impressions_dir=tmp_path / "imp")
+    report = ingest(path, data_dir, tmp_path / "q", Params.from_mapping(p), impressions_dir=tmp_path / "imp")
     assert report.decision == "rejected" and not report.split["applied"], (report.decision, report.split, report.failure_message())
 
 
@@ -136,7 +136,7 @@ def test_missing_reference_data_is_a_setup_error_not_a_quarantine(tmp_path, para
     from bartops.validation import ValidationSetupError
 
     with pytest.raises(ValidationSetupError, match="items.parquet"):
-        ingest(path, tmp_path / "empty-data", tmp_path / "q", params)
+        ingest(path, tmp_path / "empty-data", tmp_path / "q", Params.from_mapping(params))
     assert path.exists() and not (tmp_path / "q").exists()
 
 
@@ -277,14 +277,14 @@ def test_stream_rate_reference_follows_the_accepted_history(tmp_path, data_dir, 
     loud["reward"] = np.maximum(loud["reward"].to_numpy(), extra.astype(loud["reward"].dtype))
     imp, q = tmp_path / "imp", tmp_path / "q"
 
-    first = ingest(_write(batch[0], tmp_path / "in" / "a.parquet"), data_dir, q, p, impressions_dir=imp)
+    first = ingest(_write(batch[0], tmp_path / "in" / "a.parquet"), data_dir, q, Params.from_mapping(p), impressions_dir=imp)
     assert first.decision == "accepted", first.failure_message()
     assert first.parameters["stream_rate_reference"] is None, first.parameters
-    second = ingest(_write(batch[1], tmp_path / "in" / "b.parquet"), data_dir, q, p, impressions_dir=imp)
+    second = ingest(_write(batch[1], tmp_path / "in" / "b.parquet"), data_dir, q, Params.from_mapping(p), impressions_dir=imp)
     assert second.decision == "accepted", second.failure_message()
     source = second.parameters["stream_rate_reference_source"]
     assert source.startswith("accepted history of ") and "every policy" not in source, source
     assert abs(second.parameters["stream_rate_reference"] - float(batch[0]["reward"].mean())) < 1e-12, second.parameters
-    third = ingest(_write(loud, tmp_path / "in" / "c.parquet"), data_dir, q, p, impressions_dir=imp)
+    third = ingest(_write(loud, tmp_path / "in" / "c.parquet"), data_dir, q, Params.from_mapping(p), impressions_dir=imp)
     assert third.decision == "rejected" and "impressions/stream_rate_drift" in _failed(third), (
         third.decision, float(loud["reward"].mean()), third.parameters["stream_rate_max"])

@@ -74,13 +74,13 @@ def _environment() -> Environment:
 
 def default_loop_file() -> Path:
     """``<paths.build>/loop/rounds.csv`` from params.yaml (``build/loop/rounds.csv`` without one)."""
-    from bartops.config import load_params
+    from bartops.config import load_params_or_defaults
     from bartops.loop.record import ROUNDS_FILE
 
     try:
-        build = load_params().get("paths", {}).get("build", "build")
-    except (FileNotFoundError, ValueError):
-        build = "build"
+        build = load_params_or_defaults().paths.build
+    except ValueError:  # an invalid params file: the dashboard still shows the registry
+        build = Path("build")
     return Path(build) / "loop" / ROUNDS_FILE
 
 

@@ -54,12 +54,9 @@ def dashboard(
         if env:
             registry = Path(env)
         else:
-            from bartops.config import load_params
+            from bartops.config import load_params_or_defaults
 
-            try:
-                registry = Path(load_params().get("paths", {}).get("registry", "registry"))
-            except FileNotFoundError:
-                registry = Path("registry")
+            registry = load_params_or_defaults().paths.registry
     typer.echo(f"review dashboard: http://{host}:{port}/  (registry {registry.resolve()}, reviewers {reviewers})")
     serve(registry, host=host, port=port, preview_users=preview_users, seed=seed, loop_file=loop_file,
           reviewers_file=reviewers)

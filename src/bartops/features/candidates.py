@@ -7,11 +7,10 @@ and their items, come from the user's listening history, region and the catalog.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
+from bartops.config import CandidateParams
 from bartops.context import REGIONS
 from bartops.features.arrays import group_codes
 from bartops.policy.page import CandidateSet
@@ -21,19 +20,6 @@ REGION_NAMES = {"SE": "Sweden", "US": "the US", "GB": "the UK", "DE": "Germany",
                 "JP": "Japan", "IN": "India", "MX": "Mexico"}
 
 
-@dataclass(frozen=True)
-class CandidateParams:
-    """How many explanations of each kind a user gets and how many items each explanation holds."""
-
-    top_artists: int = 3
-    top_genres: int = 2
-    top_moods: int = 2
-    items_per_artist: int = 20
-    items_per_genre: int = 45
-    items_per_mood: int = 35
-    items_per_region: int = 45
-    items_new: int = 45
-    new_release_days: int = 120
 
 
 def explanation_table(items: pd.DataFrame) -> pd.DataFrame:

@@ -13,7 +13,7 @@ import hashlib
 import json
 import os
 import shutil
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,11 +21,10 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from bartops.config import reject_unknown
+from bartops.config import FeatureParams, Params
 from bartops.context import REGIONS, region_code
 from bartops.faults import crash_point
 from bartops.features.candidates import (
-    CandidateParams,
     candidate_pairs,
     candidates_for_requests,
     cold_start_pairs,
@@ -54,40 +53,6 @@ SNAPSHOT_TABLES = ("items", "explanations", "users", "candidates", "cold_candida
 SNAPSHOT_ARRAYS = ("item_ids", "item_emb", "user_ids", "user_emb", "user_plays", "cluster")
 
 
-@dataclass(frozen=True)
-class FeatureParams:
-    """``params.yaml`` → ``features:``."""
-
-    half_life_days: float = 365.0
-    embedding_dim: int = 8
-    clusters: int = 24
-    similar_items: int = 10
-    response_prior: float = 2.0  # prior strength (expected streams) of the user × kind lift
-    now: str | None = None  # cut-off for "new releases"; None = the day after the last play
-    candidates: CandidateParams = field(default_factory=CandidateParams)
-
-    def __post_init__(self) -> None:
-        if not self.half_life_days > 0:
-            raise ValueError(f"features.half_life_days must be positive, got {self.half_life_days!r}")
-        if not self.response_prior > 0:
-            raise ValueError(f"features.response_prior must be positive, got {self.response_prior!r}")
-        for name in ("embedding_dim", "clusters", "similar_items"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"features.{name} must be a positive integer, got {v!r}")
-
-    @staticmethod
-    def from_dict(values: dict[str, Any] | None) -> "FeatureParams":
-        values = dict(values or {})
-        reject_unknown(FeatureParams, values, "features parameter")
-        cand = values.pop("candidates", None) or {}
-        reject_unknown(CandidateParams, cand, "features.candidates parameter")
-        return FeatureParams(candidates=CandidateParams(**cand), **values)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "candidates"}
-        out["candidates"] = {f.name: getattr(self.candidates, f.name) for f in fields(CandidateParams)}
-        return out
 
 
 def _sorted_lookup(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -599,16 +564,15 @@ def partition_response_rows(part: Partition) -> pd.DataFrame:
     return read_partition(part)[RESPONSE_ROW_COLUMNS]
 
 
-def build_features(data_dir: Path, params: dict, impressions_dir: Path | None = None,
+def build_features(data_dir: Path, params: Params, impressions_dir: Path | None = None,
                    executor: Executor = IN_PROCESS, partition_rows: int | None = None) -> Features:
     """Features from the raw data folder (items, users, explanations, history parquet) and the
-    validated impression batches (``impressions_dir``, default params ``paths.impressions``).
+    validated impression batches in ``impressions_dir``.
 
-    ``params`` is the whole params.yaml mapping (reads ``features:``, ``seed`` and ``paths:``).
-    Without validated batches (first run, or no ``paths.impressions`` and no ``impressions_dir``)
-    ``user_kind`` is empty: every user gets the prior.  ``executor`` runs the per-partition work
-    (``history_sums`` of user partitions of the history, about ``partition_rows`` rows each, and the
-    batches' response rows); the catalog, the users and the finish run here.  Each user's plays lie
+    Reads ``params.features``, ``params.seed`` and ``params.reward.validation_fraction``.  Without
+    validated batches (first run, or ``impressions_dir`` None) ``user_kind`` is empty: every user gets
+    the prior.  ``executor`` runs the per-partition work (``history_sums`` of user partitions of the
+    history, about ``partition_rows`` rows each, and the batches' response rows); the catalog, the users and the finish run here.  Each user's plays lie
     in one partition, so the snapshot is the same whatever the partitions.
     """
     data_dir = Path(data_dir)
@@ -627,23 +591,21 @@ def build_features(data_dir: Path, params: dict, impressions_dir: Path | None = 
     missing = sorted({"user_id", "item_id", "timestamp"} - set(parquet_columns(history)))
     if missing:
         raise ValueError(f"history table lacks column(s) {missing}")
-    fp = FeatureParams.from_dict(params.get("features"))
+    fp = params.features
     items, users = _check_catalog(frames["items"], frames["users"])
     parts = user_partitions(history, partition_rows)
     last = None if fp.now else max((t for t in executor.map(partition_last_play, parts) if t is not None), default=None)
     now = snapshot_now(fp, last)
     sums = add_history_sums(executor.map(partition_history_sums, parts, item_ids=items["item_id"].to_numpy(np.int64),
                                          now=now, half_life_days=fp.half_life_days))
-    features = features_from_history_sums(items, users, sums, now, fp, seed=int(params.get("seed", 0)),
+    features = features_from_history_sums(items, users, sums, now, fp, seed=params.seed,
                                           explanations=frames["explanations"])
-    if impressions_dir is None and (params.get("paths") or {}).get("impressions"):
-        impressions_dir = Path(params["paths"]["impressions"])
     files = sorted(Path(impressions_dir).glob("*.parquet")) if impressions_dir is not None else []
     if not files:
         return features.with_user_kind(empty_user_kind(), {"rows": 0, "data_version": None})
     rows = executor.map(partition_response_rows, page_partitions(files, partition_rows))
-    vf = float((params.get("reward") or {}).get("validation_fraction", 0.2))
-    return with_response_stats(features, pd.concat(rows, ignore_index=True), batches_version(files), vf)
+    return with_response_stats(features, pd.concat(rows, ignore_index=True), batches_version(files),
+                               params.reward.validation_fraction)
 
 
 # ---------------------------------------------------------------------- persistence
@@ -761,6 +723,6 @@ def load_features(dir: Path) -> Features:
     return Features(**tables, **arrays, params=manifest["params"], version=manifest["version"])
 
 
-__all__ = ["Features", "FeatureParams", "build_features", "build_features_from_frames", "features_from_history_sums",
+__all__ = ["Features", "build_features", "build_features_from_frames", "features_from_history_sums",
            "history_sums", "add_history_sums", "snapshot_now", "save_features", "load_features", "with_response_stats",
            "most_similar", "item_clusters", "co_listening_embeddings", "REGIONS", "regional_popularity"]

@@ -25,13 +25,13 @@ def evaluate(
     """Evaluate the candidate against production on the validated logs; write ope.json and policy_value.csv.
 
     With `scale:` dask (or BARTOPS_DASK_SCHEDULER) the evaluation runs on page-aligned partitions."""
-    from bartops.config import Paths, load_params
+    from bartops.config import load_params
     from bartops.gate.evaluate import make_decision, validation_reports, write_reports
     from bartops.registry import Registry
     from bartops.scale.pipeline import run_evaluation
 
     params = load_params(params_file)
-    paths = Paths.from_params(params)
+    paths = params.paths
     build = paths.build
     bundle = Path(bundle or build / "bundle")
     root = Path(registry_root or os.environ.get("BARTOPS_REGISTRY") or paths.registry)

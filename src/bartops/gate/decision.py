@@ -19,10 +19,10 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from bartops.config import reject_unknown
-from bartops.gate.rules import GateParams, RuleResult
+from bartops.config import GateParams, OPEConfig, reject_unknown
+from bartops.gate.rules import RuleResult
 from bartops.ope.kinds import KindLift
-from bartops.ope.pipeline import EstimateRow, LoggingSummary, OPEConfig, TargetDiagnostics
+from bartops.ope.pipeline import EstimateRow, LoggingSummary, TargetDiagnostics
 
 DECISIONS = ("pending", "promote", "reject")
 STATUSES = ("pending", "awaiting_approval", "decided")
@@ -34,7 +34,7 @@ def _typed(cls, value: Any, where: str, **converted: Any):
     ``converted`` holds nested fields the caller has already built."""
     if not isinstance(value, Mapping):
         raise ValueError(f"{where} must be an object, got {type(value).__name__}")
-    reject_unknown(cls, value, f"{where} key")
+    reject_unknown(cls, value, where)
     missing = sorted(f.name for f in fields(cls)
                      if f.default is MISSING and f.default_factory is MISSING and f.name not in value)
     if missing:

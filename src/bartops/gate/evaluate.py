@@ -18,14 +18,15 @@ from typing import Any, Sequence
 
 import pandas as pd
 
+from bartops.config import OPEConfig, Params, PolicyParams
 from bartops.features.candidates import candidates_for_requests
 from bartops.features.partitions import IN_PROCESS, Executor, page_partitions
 from bartops.gate.decision import EvaluatedLogs, GateDecision, OPEEvidence, PolicyWeights
 from bartops.gate.evaluation import (EvaluationSetup, FitFolds, evaluate_partitions, local_fold_models,
                                      scan_partition)
-from bartops.gate.rules import GateParams, decide, ece_from_metrics
+from bartops.gate.rules import decide, ece_from_metrics
 from bartops.leftovers import recover_leftovers, write_text_atomic
-from bartops.ope.pipeline import OPEConfig, PolicyEvaluation
+from bartops.ope.pipeline import PolicyEvaluation
 from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.registry import Registry
 from bartops.reward.policy import load_policy_bundle
@@ -64,7 +65,7 @@ class LoggedCandidates:
         return candidates_for_requests(self.table, contexts["user_id"].to_numpy())
 
 
-def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, policy_params: dict
+def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, policy_params: PolicyParams
                        ) -> tuple[PagePolicy, Any]:
     """The policy that served the logs and what gives its log-time candidate sets (``.candidates_for``):
     a registered bundle's own feature snapshot, or the simulator's recorded candidate table.  None
@@ -74,8 +75,8 @@ def logging_policy_for(version: str, data_dir: Path, registry: Registry | None, 
         items = pd.read_parquet(Path(data_dir) / "items.parquet")
         history = pd.read_parquet(Path(data_dir) / "history.parquet")
         p = policy_params
-        policy = PagePolicy(PopularityAffinityScorer(items, history), p["shelves"], p["cards"], p["epsilon_head"],
-                            p["epsilon_fill"], version=version)
+        policy = PagePolicy(PopularityAffinityScorer(items, history), p.shelves, p.cards, p.epsilon_head,
+                            p.epsilon_fill, version=version)
         table = Path(data_dir) / LOGGING_CANDIDATES
         if not table.is_file():
             log.warning("%s is missing: the logging policy's support is computed on the current snapshot's "
@@ -120,12 +121,12 @@ class Evaluation:
                              self.first_page_view, self.last_page_view)
 
 
-def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, logging_version: str) -> EvaluationSetup:
+def evaluation_setup(bundle_dir: Path, params: Params, registry, data_dir: Path, logging_version: str) -> EvaluationSetup:
     """The candidate bundle, the logging policy and production (a target unless it logged the logs)."""
-    cfg = OPEConfig.from_dict(params.get("ope"))
+    cfg = params.ope
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
     candidate, features = load_policy_bundle(Path(bundle_dir))
-    logging, log_feats = logging_policy_for(logging_version, Path(data_dir), registry, params["policy"])
+    logging, log_feats = logging_policy_for(logging_version, Path(data_dir), registry, params.policy)
     targets: dict[str, Any] = {"candidate": (candidate, features)}
     production = registry.production() if registry is not None else None
     targets["production"] = (None if production is None or production == logging_version
@@ -134,14 +135,14 @@ def evaluation_setup(bundle_dir: Path, params: dict, registry, data_dir: Path, l
                            features.explanations["kind"].astype(str).to_numpy())
 
 
-def evaluate_bundle(bundle_dir: Path, params: dict, registry: Registry | None, impressions: Path | Sequence[Path],
+def evaluate_bundle(bundle_dir: Path, params: Params, registry: Registry | None, impressions: Path | Sequence[Path],
                     data_dir: Path, executor: Executor = IN_PROCESS, partition_rows: int | None = None,
                     fit_folds: FitFolds = local_fold_models) -> Evaluation:
     """OPE of the bundle (and production) on the validated batches ``impressions`` (a folder or files):
     ``evaluate_partitions`` on their page-aligned partitions (each file whole when ``partition_rows`` is
     None), the passes on ``executor``, DR's fold models by ``fit_folds``."""
     parts = page_partitions(impressions, partition_rows)
-    cfg = OPEConfig.from_dict(params.get("ope"))
+    cfg = params.ope
     holdout_from = training_cut(Path(bundle_dir)) if cfg.holdout_only else None
     scans = executor.map(scan_partition, parts, holdout_from=holdout_from)
     if holdout_from is not None and sum(len(s["page"]) for s in scans) == 0:
@@ -184,10 +185,10 @@ def training_cut(bundle_dir: Path) -> pd.Timestamp | None:
         pd.Timestamp(cut, tz="UTC")
 
 
-def make_decision(ev: Evaluation, params: dict, metrics: dict | None, validation: list[dict] | None,
+def make_decision(ev: Evaluation, params: Params, metrics: dict | None, validation: list[dict] | None,
                   lineage: dict | None = None, version: str | None = None) -> GateDecision:
     """The gate decision with its evidence (the content of gate.json)."""
-    gp = GateParams.from_dict(params.get("gate"))
+    gp = params.gate
     result = ev.result
     validation_passed = None if validation is None else all(bool(r.get("passed")) for r in validation)
     diff = result.differences["production"][gp.estimator]

@@ -39,10 +39,12 @@ import pandas as pd
 
 from bartops.features.assemble import assemble_rows
 from bartops.features.partitions import Executor, Partition, read_partition_rows
-from bartops.ope.pipeline import (EXAMINATION_ROWS, LoggingMarginals, OPEConfig, PartitionResult, PolicyEvaluation,
-                                  TargetInputs, TargetPages, estimate_examination, evaluate_partition,
-                                  first_row_of_page, logging_marginals, reduce_evaluation, sample_target_pages,
-                                  subsample_pages)
+from bartops.ope.pipeline import (
+    EXAMINATION_ROWS, LoggingMarginals, PartitionResult, PolicyEvaluation, TargetInputs, TargetPages,
+    estimate_examination, evaluate_partition, first_row_of_page, logging_marginals, reduce_evaluation,
+    sample_target_pages, subsample_pages,
+)
+from bartops.config import OPEConfig
 from bartops.ope.reward import fit_fold_models, page_folds, predict_folds
 from bartops.ope.slate import LoggedPages, logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy

@@ -23,43 +23,14 @@ A candidate is promoted only if every rule passes:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import dataclass
 
-from bartops.config import reject_unknown
+from bartops.config import GateParams
 from bartops.ope.estimators import Estimate
 from bartops.ope.kinds import KindLift
 
-ESTIMATORS = ("ips", "snips", "dr")
 
 
-@dataclass(frozen=True)
-class GateParams:
-    estimator: str = "dr"
-    margin: float = 0.0
-    min_ess: float = 100.0
-    max_ece: float = 0.05
-    explanation_tolerance: float = 0.25
-    min_support_share: float = 0.5
-    require_validation: bool = True
-    human_approval: bool = False
-    approval_timeout_s: float = 3600.0
-
-    def __post_init__(self) -> None:
-        if self.estimator not in ESTIMATORS:
-            raise ValueError(f"gate.estimator must be one of {ESTIMATORS}, got {self.estimator!r}")
-        for name in ("min_ess", "max_ece", "explanation_tolerance", "approval_timeout_s", "min_support_share"):
-            if float(getattr(self, name)) < 0:
-                raise ValueError(f"gate.{name} must be non-negative, got {getattr(self, name)!r}")
-
-    @staticmethod
-    def from_dict(values: dict[str, Any] | None) -> "GateParams":
-        values = dict(values or {})
-        reject_unknown(GateParams, values, "gate parameter")
-        return GateParams(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def ece_from_metrics(metrics: dict | None) -> float | None:

@@ -56,7 +56,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from bartops.config import reject_unknown
+from bartops.config import OPEConfig
 from bartops.ope.estimators import (DR, IPS, SNIPS, Estimate, Estimator, PartitionStatistics,
                                     evaluate_many_partitioned, paired_difference_partitioned, partition_statistics,
                                     weights)
@@ -69,33 +69,6 @@ from bartops.policy.page import CandidateSet, PagePolicy, locate_cards, build_pa
 Featurize = Callable[[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray], np.ndarray]
 
 
-@dataclass(frozen=True)
-class OPEConfig:
-    """``params.yaml`` → ``ope:``."""
-
-    n_boot: int = 1000
-    level: float = 0.95
-    seed: int = 0
-    marginal_samples: int = 100  # Monte-Carlo pages for the logging policy's exposures E₀
-    target_samples: int = 4  # sampled pages per context for a stochastic target (1 if greedy)
-    clip: float | None = None  # optional weight cap of IPS and SNIPS
-    dr_clip: float | None = 100.0  # weight cap of DR's correction term (see module docs)
-    folds: int = 2
-    max_pages: int | None = None  # evaluate on a random subset of this many pages (None = all)
-    holdout_only: bool = True  # evaluate a bundle only on logs after its training cut (validation_from)
-
-    def __post_init__(self) -> None:
-        for name in ("n_boot", "marginal_samples", "target_samples", "folds"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ope.{name} must be a positive integer, got {getattr(self, name)!r}")
-        if self.max_pages is not None and int(self.max_pages) < 1:
-            raise ValueError(f"ope.max_pages must be positive or null, got {self.max_pages!r}")
-
-    @staticmethod
-    def from_dict(values: dict | None) -> "OPEConfig":
-        values = dict(values or {})
-        reject_unknown(OPEConfig, values, "ope parameter")
-        return OPEConfig(**values)
 
 
 @dataclass(frozen=True)

@@ -13,8 +13,8 @@ import pandas as pd
 
 from bartops.context import local_hour, platform_code
 from bartops.features.candidates import candidates_for_requests
-from bartops.ope.pipeline import (OPEConfig, PolicyEvaluation, estimate_examination, evaluate_policies,
-                                  logging_marginals)
+from bartops.ope.pipeline import PolicyEvaluation, estimate_examination, evaluate_policies, logging_marginals
+from bartops.config import OPEConfig
 from bartops.ope.slate import logged_pages
 from bartops.policy.page import CandidateSet, PagePolicy, build_pages
 from bartops.sim.simulate import PopularityAffinityScorer, true_value

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from bartops.config import Paths, load_params, section
+from bartops.config import load_params
 from bartops.ops import processes
 from bartops.ops.stack import SERVICE_ORDER, services
 
@@ -15,9 +15,9 @@ app = typer.Typer(add_completion=False, help="Start, check and stop the local se
 
 
 def _stack(params_file: Optional[Path]):
-    ops = section(load_params(params_file), "ops")
+    ops = load_params(params_file).ops
     root = Path.cwd()
-    return services(ops, root), root / ops["run_dir"]
+    return services(ops, root), root / ops.run_dir
 
 
 @app.command("up")
@@ -65,8 +65,7 @@ def check(params_file: Optional[Path] = typer.Option(None, "--params")) -> None:
     from bartops.ops.smoke import check_stack
 
     params = load_params(params_file)
-    results = check_stack(section(params, "ops"), Paths.from_params(params).registry,
-                          int(section(params, "policy")["shelves"]))
+    results = check_stack(params.ops, params.paths.registry, params.policy.shelves)
     for r in results:
         typer.echo(r.line(), err=not r.ok)
     failed = [r.name for r in results if not r.ok]

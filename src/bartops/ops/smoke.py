@@ -19,6 +19,8 @@ from typing import Any
 
 import httpx
 
+from bartops.config import OpsParams
+
 DEPLOYMENT = "retrain/nightly"
 HOME_REQUEST = {"user_id": 5, "platform": "ios", "region": "SE"}
 
@@ -126,7 +128,7 @@ def check_dashboard(dashboard_url: str, version: str | None, timeout: float = 30
     return Check("dashboard", True, f"{base}/ lists production {version}")
 
 
-def check_stack(ops: dict[str, Any], registry_root: str | Path, shelves: int) -> list[Check]:
+def check_stack(ops: OpsParams, registry_root: str | Path, shelves: int) -> list[Check]:
     """Every entry point of the local stack described by params ``ops:``, against the registry's production."""
     from bartops.registry import Registry
     from bartops.ops.stack import prefect_api_url
@@ -140,10 +142,10 @@ def check_stack(ops: dict[str, Any], registry_root: str | Path, shelves: int) ->
         pointer = Path(registry_root) / "production.json"
         registry = Check("registry", version is not None,
                          f"production is {version}" if version else f"{pointer} does not exist: nothing is in production")
-    host = ops["host"]
+    host = ops.host
     return [
         registry,
         check_prefect(prefect_api_url(ops)),
-        check_service(f"http://{host}:{ops['service_port']}", version, shelves),
-        check_dashboard(f"http://{host}:{ops['dashboard_port']}", version),
+        check_service(f"http://{host}:{ops.service_port}", version, shelves),
+        check_dashboard(f"http://{host}:{ops.dashboard_port}", version),
     ]

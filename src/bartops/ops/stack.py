@@ -5,26 +5,27 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from bartops.config import OpsParams
 from bartops.ops.processes import Service, python_module
 
 SERVICE_ORDER = ("prefect", "deployments", "service", "dashboard")
 
 
-def prefect_api_url(ops: dict) -> str:
-    return f"http://{ops['host']}:{ops['prefect_port']}/api"
+def prefect_api_url(ops: OpsParams) -> str:
+    return f"http://{ops.host}:{ops.prefect_port}/api"
 
 
-def services(ops: dict, root: Path) -> dict[str, Service]:
+def services(ops: OpsParams, root: Path) -> dict[str, Service]:
     """Definitions of every local service, from params.yaml ``ops:`` and the project root."""
-    host = ops["host"]
+    host = ops.host
     api = prefect_api_url(ops)
     prefect_env = {"PREFECT_API_URL": api, "PREFECT_HOME": str(root / ".prefect")}
     bin_dir = Path(sys.executable).parent
     return {
         "prefect": Service(
             "prefect",
-            [str(bin_dir / "prefect"), "server", "start", "--host", host, "--port", str(ops["prefect_port"])],
-            f"{api}/health", f"http://{host}:{ops['prefect_port']}",
+            [str(bin_dir / "prefect"), "server", "start", "--host", host, "--port", str(ops.prefect_port)],
+            f"{api}/health", f"http://{host}:{ops.prefect_port}",
             env={"PREFECT_HOME": str(root / ".prefect"), "PREFECT_API_URL": ""},
         ),
         "deployments": Service(
@@ -36,13 +37,13 @@ def services(ops: dict, root: Path) -> dict[str, Service]:
         "service": Service(
             "service",
             [str(bin_dir / "bentoml"), "serve", "bartops.serving.service:HomePage", "--host", host,
-             "--port", str(ops["service_port"])],
-            f"http://{host}:{ops['service_port']}/readyz", f"http://{host}:{ops['service_port']}",
+             "--port", str(ops.service_port)],
+            f"http://{host}:{ops.service_port}/readyz", f"http://{host}:{ops.service_port}",
             env=prefect_env,
         ),
         "dashboard": Service(
-            "dashboard", python_module("bartops.cli", "dashboard", "--host", host, "--port", str(ops["dashboard_port"])),
-            f"http://{host}:{ops['dashboard_port']}/", f"http://{host}:{ops['dashboard_port']}",
+            "dashboard", python_module("bartops.cli", "dashboard", "--host", host, "--port", str(ops.dashboard_port)),
+            f"http://{host}:{ops.dashboard_port}/", f"http://{host}:{ops.dashboard_port}",
             env=prefect_env,
         ),
     }

@@ -22,12 +22,9 @@ def _registry(root: Optional[Path]) -> Registry:
         if env:
             root = Path(env)
         else:
-            from bartops.config import load_params
+            from bartops.config import load_params_or_defaults
 
-            try:
-                root = Path(load_params().get("paths", {}).get("registry", "registry"))
-            except FileNotFoundError:
-                root = Path("registry")
+            root = load_params_or_defaults().paths.registry
     return Registry(root)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bartops.config import Paths
+from bartops.config import Params
 from bartops.features.logstats import load_impressions
 from bartops.features.partitions import IN_PROCESS, Executor
 from bartops.features.store import Features, build_features, load_features, save_features
@@ -21,9 +21,9 @@ from bartops.reward.policy import write_policy_bundle
 from bartops.reward.train import TrainingResult, train_reward_models
 
 
-def default_paths(params: dict[str, Any]) -> dict[str, Path]:
+def default_paths(params: Params) -> dict[str, Path]:
     """Where the steps read and write, from ``paths:`` in params.yaml."""
-    p = Paths.from_params(params)
+    p = params.paths
     build = p.build
     return {
         "data": p.data,
@@ -36,17 +36,18 @@ def default_paths(params: dict[str, Any]) -> dict[str, Path]:
     }
 
 
-def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any], impressions_dir: Path | None = None,
+def run_build_features(data_dir: Path, out_dir: Path, params: Params, impressions_dir: Path | None = None,
                        executor: Executor = IN_PROCESS, partition_rows: int | None = None) -> Features:
     """Build the shared-layer snapshot from ``data_dir`` and the validated impression batches
     (``impressions_dir``, default params ``paths.impressions``) and save it to ``out_dir``
     (``build_features``'s per-partition work on ``executor``)."""
+    impressions_dir = params.paths.impressions if impressions_dir is None else impressions_dir
     features = build_features(Path(data_dir), params, impressions_dir, executor, partition_rows)
     save_features(features, Path(out_dir))
     return features
 
 
-def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: dict[str, Any],
+def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: Params,
                  metrics_path: Path | None = None, baselines_dir: Path | None = None,
                  bundle_dir: Path | None = None) -> tuple[TrainingResult, dict[str, Any]]:
     """Train the candidate and baselines; write the model, metrics JSON and (optionally) a bundle.
@@ -61,7 +62,7 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
 
 
 def write_training_outputs(result: TrainingResult, features: Features, data_version: str, features_dir: Path,
-                           impressions_dir: Path, model_dir: Path, params: dict[str, Any],
+                           impressions_dir: Path, model_dir: Path, params: Params,
                            metrics_path: Path | None = None, baselines_dir: Path | None = None,
                            bundle_dir: Path | None = None, backend: str = "local") -> dict[str, Any]:
     """Save the model (and baselines), the metrics JSON + calibration CSV and the policy bundle;
@@ -87,7 +88,7 @@ def write_training_outputs(result: TrainingResult, features: Features, data_vers
         written["metrics"] = str(metrics_path)
         written["calibration"] = str(write_calibration_csv(report, Path(metrics_path).with_name("calibration.csv")))
     if bundle_dir is not None:
-        write_policy_bundle(Path(model_dir), Path(features_dir), params["policy"], Path(bundle_dir), version,
+        write_policy_bundle(Path(model_dir), Path(features_dir), params.policy, Path(bundle_dir), version,
                             lineage={"impressions_dir": str(impressions_dir), "backend": backend})
         written["bundle"] = str(bundle_dir)
     return {**report, "written": written}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+from dataclasses import asdict, fields
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -18,15 +19,15 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from bartops.config import PolicyParams
 from bartops.faults import crash_point
 from bartops.features.store import Features, atomic_replace_dir, load_features
 from bartops.leftovers import make_temp_dir, recover_leftovers
-from bartops.policy.page import CandidateSet, PagePolicy, check_shape_and_epsilon
+from bartops.policy.page import CandidateSet, PagePolicy
 from bartops.reward.model import Predictor, load_model
 
 REFERENCE_SHELF = 0
 REFERENCE_POSITION = 0
-POLICY_KEYS = ("shelves", "cards", "epsilon_head", "epsilon_fill")
 
 
 class ModelScorer:
@@ -45,23 +46,11 @@ def model_scorer(model: Predictor, features: Features) -> Callable[[pd.DataFrame
     return ModelScorer(model, features)
 
 
-def candidate_policy(model: Predictor, features: Features, policy_params: dict[str, Any],
+def candidate_policy(model: Predictor, features: Features, policy: PolicyParams,
                      version: str = "candidate") -> PagePolicy:
-    """``PagePolicy(model_scorer(model, features), …)`` with shape and ε from ``policy:`` params."""
-    p = _policy_values(policy_params)
-    return PagePolicy(model_scorer(model, features), p["shelves"], p["cards"],
-                      p["epsilon_head"], p["epsilon_fill"], version=version)
-
-
-def _policy_values(policy_params: dict[str, Any]) -> dict[str, Any]:
-    missing = [k for k in POLICY_KEYS if k not in policy_params]
-    if missing:
-        raise ValueError(f"policy parameters lack {missing}")
-    out = {"shelves": int(policy_params["shelves"]), "cards": int(policy_params["cards"]),
-           "epsilon_head": float(policy_params["epsilon_head"]),
-           "epsilon_fill": float(policy_params["epsilon_fill"])}
-    check_shape_and_epsilon(**out)
-    return out
+    """``PagePolicy(model_scorer(model, features), …)`` with the shape and ε of ``policy``."""
+    return PagePolicy(model_scorer(model, features), policy.shelves, policy.cards, policy.epsilon_head,
+                      policy.epsilon_fill, version=version)
 
 
 def code_version(root: Path | None = None) -> str:
@@ -74,7 +63,7 @@ def code_version(root: Path | None = None) -> str:
         return "unknown"
 
 
-def write_policy_bundle(model_dir: Path, features_dir: Path, policy_params: dict, out_dir: Path,
+def write_policy_bundle(model_dir: Path, features_dir: Path, policy: PolicyParams, out_dir: Path,
                         version: str, lineage: dict | None = None) -> Path:
     """Assemble a policy bundle in ``out_dir`` atomically (temp dir + rename); returns ``out_dir``.
 
@@ -91,7 +80,7 @@ def write_policy_bundle(model_dir: Path, features_dir: Path, policy_params: dict
         raise FileNotFoundError(f"no feature snapshot in {features_dir} (manifest.json missing)")
     check_model_matches_features(model, load_features(features_dir))  # verifies every file, too
     manifest = json.loads(manifest_path.read_text())
-    pol = {"version": str(version), **_policy_values(policy_params)}
+    pol = {"version": str(version), **asdict(policy)}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     recover_leftovers(out_dir.parent)  # what a killed earlier step left beside it
     tmp = make_temp_dir(out_dir)
@@ -141,5 +130,9 @@ def load_policy_bundle(bundle_dir: Path) -> tuple[PagePolicy, Features]:
     features = load_features(d / "features")
     model = load_model(d / "model")
     check_model_matches_features(model, features)
-    policy = candidate_policy(model, features, pol, version=str(pol.get("version", d.name)))
+    shape = {k: v for k, v in pol.items() if k != "version"}
+    missing = sorted({f.name for f in fields(PolicyParams)} - set(shape))
+    if missing:
+        raise ValueError(f"{d / 'policy.json'} lacks {missing}")
+    policy = candidate_policy(model, features, PolicyParams.from_dict(shape), version=str(pol.get("version", d.name)))
     return policy, features

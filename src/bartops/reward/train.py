@@ -14,15 +14,14 @@ saved model carries (``margin.json``) and applies on every prediction.
 
 from __future__ import annotations
 
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 import numpy as np
 import pandas as pd
 import xgboost as xgb
 
-from bartops.config import reject_unknown
+from bartops.config import Params, RewardParams
 from bartops.features.arrays import native_threads
 from bartops.features.assemble import (FEATURE_NAMES, RESPONSE_NAMES, assemble_rows, feature_schema_hash,
                                        impression_inputs, response_columns)
@@ -31,66 +30,8 @@ from bartops.features.logstats import page_folds, response_tables, time_split
 from bartops.features.store import Features
 from bartops.reward.model import LogisticModel, PopularityModel, RewardModel
 
-BASELINES = ("xgboost-unweighted", "logistic", "popularity")
 
 
-@dataclass(frozen=True)
-class RewardParams:
-    """``params.yaml`` → ``reward:``."""
-
-    weighting: str = "ips"  # "ips" (1/propensity) or "none"
-    clip: float | None = 3.0  # largest sample weight; None = no clipping
-    normalize: bool = True  # scale weights to mean 1
-    validation_fraction: float = 0.2  # the latest share of page views, by time
-    num_boost_round: int = 300
-    xgboost: dict = field(default_factory=lambda: {
-        "max_depth": 4, "eta": 0.02, "min_child_weight": 200, "subsample": 1.0, "lambda": 1.0,
-    })
-    baselines: tuple[str, ...] = BASELINES
-    logistic_C: float = 1.0
-    popularity_prior: float = 20.0
-    ece_bins: int = 10
-    response_folds: int = 5  # out-of-fold folds (by page view) of the logged-response features
-    stack: str = "logistic"  # "logistic": trees fitted on top of a logistic regression's log-odds (base_margin)
-    stack_rows: int = 200_000  # training rows (a seeded sample) the stacked logistic regression is fitted on
-    baseline_rows: int | None = 1_000_000  # the comparison baselines fit on a seeded sample of at most this many rows
-
-    def __post_init__(self) -> None:
-        if self.weighting not in ("ips", "none"):
-            raise ValueError(f"reward.weighting must be 'ips' or 'none', got {self.weighting!r}")
-        if self.clip is not None and not self.clip >= 1:
-            raise ValueError(f"reward.clip must be at least 1 (or null), got {self.clip!r}")
-        if not 0 < self.validation_fraction < 1:
-            raise ValueError(f"reward.validation_fraction must lie in (0, 1), got {self.validation_fraction!r}")
-        if int(self.num_boost_round) != self.num_boost_round or self.num_boost_round < 1:
-            raise ValueError(f"reward.num_boost_round must be a positive integer, got {self.num_boost_round!r}")
-        if int(self.response_folds) != self.response_folds or self.response_folds < 2:
-            raise ValueError(f"reward.response_folds must be an integer of at least 2, got {self.response_folds!r}")
-        if self.stack not in ("logistic", "none"):
-            raise ValueError(f"reward.stack must be 'logistic' or 'none', got {self.stack!r}")
-        if int(self.stack_rows) != self.stack_rows or self.stack_rows < 100:
-            raise ValueError(f"reward.stack_rows must be an integer of at least 100, got {self.stack_rows!r}")
-        if self.baseline_rows is not None and (int(self.baseline_rows) != self.baseline_rows
-                                               or self.baseline_rows < 100):
-            raise ValueError(f"reward.baseline_rows must be an integer of at least 100 (or null), "
-                             f"got {self.baseline_rows!r}")
-        bad = sorted(set(self.baselines) - set(BASELINES))
-        if bad:
-            raise ValueError(f"unknown reward.baselines {bad}; choose from {list(BASELINES)}")
-
-    @staticmethod
-    def from_dict(values: dict[str, Any] | None) -> "RewardParams":
-        values = dict(values or {})
-        reject_unknown(RewardParams, values, "reward parameter")
-        if "xgboost" in values:
-            values["xgboost"] = {**RewardParams().xgboost, **(values["xgboost"] or {})}
-        if "baselines" in values:
-            values["baselines"] = tuple(values["baselines"] or ())
-        return RewardParams(**values)
-
-    def booster_params(self, seed: int) -> dict[str, Any]:
-        return {"objective": "binary:logistic", "eval_metric": "logloss", "tree_method": "hist",
-                "nthread": os.cpu_count() or 1, "seed": int(seed), **self.xgboost}
 
 
 # ---------------------------------------------------------------------- input
@@ -349,14 +290,13 @@ class TrainingResult:
         return {self.model.name: self.model, **self.baselines}
 
 
-def train_reward_models(features: Features, impressions: pd.DataFrame, params: dict,
+def train_reward_models(features: Features, impressions: pd.DataFrame, params: Params,
                         data_version: str = "unknown") -> TrainingResult:
     """Train the weighted candidate and the baselines on one time-based split (pure).
 
-    ``params`` is the whole params.yaml mapping (reads ``reward:`` and ``seed``).
+    Reads ``params.reward`` and ``params.seed``.
     """
-    rp = RewardParams.from_dict(params.get("reward"))
-    seed = int(params.get("seed", 0))
+    rp, seed = params.reward, params.seed
     check_training_set(impressions)
     impressions = impressions.reset_index(drop=True)
     y = impressions["reward"].to_numpy(np.int64)

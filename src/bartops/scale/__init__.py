@@ -8,7 +8,7 @@ themselves are written once, in their own packages.  Dask is imported lazily, so
 package costs nothing without the extra.
 """
 
-from bartops.scale.cluster import (DaskExecutor, ScaleSettings, dask_client, scale_settings, task_runner,
+from bartops.scale.cluster import (DaskExecutor, dask_client, scale_settings, task_runner,
                                    worker_environment)
 
-__all__ = ["DaskExecutor", "ScaleSettings", "scale_settings", "dask_client", "task_runner", "worker_environment"]
+__all__ = ["DaskExecutor", "scale_settings", "dask_client", "task_runner", "worker_environment"]

@@ -15,13 +15,12 @@ running cluster gets it through ``client.run`` (workers should also be started w
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from bartops.config import reject_unknown
+from bartops.config import Params, ScaleSettings, load_params
 
 SCHEDULER_ENV = "BARTOPS_DASK_SCHEDULER"
-BACKENDS = ("local", "dask")
 QUIET_ENV = {
     "DO_NOT_TRACK": "1",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -31,46 +30,17 @@ QUIET_ENV = {
 }
 
 
-@dataclass(frozen=True)
-class ScaleSettings:
-    """``params.yaml`` → ``scale:`` (after the environment override)."""
-
-    backend: str = "local"
-    scheduler: str | None = None  # None with backend dask = a LocalCluster
-    workers: int = 2
-    threads_per_worker: int = 1
-    memory_limit: str = "4GiB"  # per worker (LocalCluster only)
-    partition_rows: int = 250_000  # target rows per page-aligned partition of the impression log
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"scale.backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.scheduler is not None and "://" not in str(self.scheduler):
-            raise ValueError(f"scale.scheduler must be an address like 'tcp://host:8786', got {self.scheduler!r}")
-        for name in ("workers", "threads_per_worker", "partition_rows"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"scale.{name} must be a positive integer, got {v!r}")
-
-    @property
-    def dask(self) -> bool:
-        return self.backend == "dask"
-
-
-def scale_settings(params: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> ScaleSettings:
-    """``scale:`` of params.yaml, overridden by ``BARTOPS_DASK_SCHEDULER`` (address ⇒ dask; ``local``)."""
-    values = dict((params or {}).get("scale") or {})
-    reject_unknown(ScaleSettings, values, "scale parameter")
+def scale_settings(params: Params, environ: dict[str, str] | None = None) -> ScaleSettings:
+    """``params.scale``, overridden by ``BARTOPS_DASK_SCHEDULER`` (an address or ``dask`` ⇒ Dask; ``local``)."""
+    settings = params.scale
     env = (os.environ if environ is None else environ).get(SCHEDULER_ENV, "").strip()
     if env.lower() == "local":
-        values.update(backend="local", scheduler=None)
+        settings = replace(settings, backend="local", scheduler=None)
     elif env.lower() in ("dask", "localcluster"):
-        values.update(backend="dask", scheduler=None)
+        settings = replace(settings, backend="dask", scheduler=None)
     elif env:
-        values.update(backend="dask", scheduler=env)
-    if values.get("scheduler"):
-        values["backend"] = "dask"
-    return ScaleSettings(**values)
+        settings = replace(settings, backend="dask", scheduler=env)
+    return replace(settings, backend="dask") if settings.scheduler else settings
 
 
 def worker_environment(environ: dict[str, str] | None = None) -> dict[str, str]:
@@ -160,12 +130,10 @@ def close_client(client) -> None:
 def flow_task_runner(params_file: str | None = None):
     """The task runner for a flow decorator: ``task_runner(scale_settings(params.yaml))``, read at
     import (``BARTOPS_PARAMS`` / ./params.yaml; missing file = local)."""
-    from bartops.config import load_params
-
     try:
         params = load_params(params_file)
     except FileNotFoundError:
-        params = {}
+        params = Params()
     return task_runner(scale_settings(params))
 
 

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from bartops.gate.evaluation import PartitionState
-from bartops.ope.pipeline import OPEConfig
+from bartops.config import OPEConfig
 from bartops.ope.reward import CROSS_FIT_ROUNDS, cross_fit_params
 
 

@@ -21,13 +21,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from bartops.config import Params, ScaleSettings
 from bartops.features.logstats import batches_version
 from bartops.features.partitions import batch_files, page_partitions
 from bartops.features.store import Features, load_features
 from bartops.gate.evaluate import Evaluation, evaluate_bundle
 from bartops.reward import pipeline as local
 from bartops.reward.train import TrainingResult
-from bartops.scale.cluster import DaskExecutor, ScaleSettings, close_client, dask_client, scale_settings
+from bartops.scale.cluster import DaskExecutor, close_client, dask_client, scale_settings
 from bartops.scale.evaluate import dask_fold_models
 from bartops.scale.train import train_reward_model_dask
 
@@ -51,7 +52,7 @@ def scale_client(settings: ScaleSettings) -> Iterator[Any]:
         yield client
 
 
-def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any],
+def run_build_features(data_dir: Path, out_dir: Path, params: Params,
                        impressions_dir: Path | None = None) -> Features:
     """``bartops.reward.pipeline.run_build_features`` with its per-partition work on the backend."""
     settings = scale_settings(params)
@@ -62,7 +63,7 @@ def run_build_features(data_dir: Path, out_dir: Path, params: dict[str, Any],
                                         settings.partition_rows)
 
 
-def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: dict[str, Any],
+def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: Params,
                  metrics_path: Path | None = None, baselines_dir: Path | None = None,
                  bundle_dir: Path | None = None) -> tuple[TrainingResult, dict[str, Any]]:
     """``bartops.reward.pipeline.run_training`` on the configured backend (see module docs)."""
@@ -81,7 +82,7 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
                                                 baselines_dir, bundle_dir, backend="dask")
 
 
-def run_evaluation(bundle_dir: Path, params: dict[str, Any], registry: Any, impressions_dir: Path,
+def run_evaluation(bundle_dir: Path, params: Params, registry: Any, impressions_dir: Path,
                    data_dir: Path) -> tuple[Evaluation, list[Path]]:
     """(the gate's ``Evaluation`` of the bundle, the batch files) on the configured backend."""
     settings = scale_settings(params)

@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bartops.config import Params
 from bartops.features.assemble import FEATURE_NAMES
 from bartops.features.logstats import time_split
 from bartops.features.partitions import Partition, read_partition
 from bartops.features.store import Features
 from bartops.reward.model import LogisticModel, RewardModel
-from bartops.reward.train import (LoggedCodes, RewardParams, TrainingResult, candidate_params, fit_stack_margin,
+from bartops.reward.train import (LoggedCodes, TrainingResult, candidate_params, fit_stack_margin,
                                   fold_tables, ips_weights, model_metrics, rows_from_tables, split_summary)
 
 
@@ -113,14 +114,13 @@ def _validation_predictions(r: dict, model: RewardModel) -> dict[str, np.ndarray
     return {"y": r["reward"][valid], "p": model.predict_rows(r["rows"][valid]), "kind": r["kind"][valid]}
 
 
-def train_reward_model_dask(client, features: Features, parts: list[Partition], params: dict[str, Any],
+def train_reward_model_dask(client, features: Features, parts: list[Partition], params: Params,
                             data_version: str = "unknown") -> TrainingResult:
     """The weighted XGBoost candidate trained with ``xgboost.dask`` on page-aligned partitions, with
     validation metrics on the held-out partitions' rows (baselines stay on the local path; module docs)."""
     import xgboost.dask as dxgb
 
-    rp = RewardParams.from_dict(params.get("reward"))
-    seed = int(params.get("seed", 0))
+    rp, seed = params.reward, params.seed
     folds = int(rp.response_folds)
     features_f = _broadcast(client, features)
     logged = client.gather(client.map(partition_logged, parts, features=features_f, clip=rp.clip, folds=folds,

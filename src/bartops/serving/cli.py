@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from bartops.config import Paths, load_params
+from bartops.config import load_params
 
 
 def join(
@@ -25,16 +25,16 @@ def join(
 
     Each log file is read once; consumed files are then archived (``<log_dir>/archive/``), deleted or kept.
     """
-    from bartops.serving.config import ServingConfig
+    from bartops.serving.config import with_environment
     from bartops.serving.join import join_to_batch
     from bartops.serving.schemas import TimestampWindow
 
     params = load_params(params_file)
-    cfg = ServingConfig.from_params(params).with_env()
+    cfg = with_environment(params.serving)
     try:
-        result = join_to_batch(log_dir or Path(cfg.log_dir), out or Paths.from_params(params).incoming,
+        result = join_to_batch(log_dir or Path(cfg.log_dir), out or params.paths.incoming,
                                window or cfg.attribution_window_seconds, now, retire=retire or cfg.retire_joined,
-                               clock_skew=TimestampWindow.from_params(params).future_skew)
+                               clock_skew=TimestampWindow.from_rules(params.validation.window).future_skew)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from None
     typer.echo(json.dumps(result.to_dict(), indent=2))
@@ -54,7 +54,7 @@ def package(
     from bartops.serving.package import package_version
 
     params = load_params(params_file)
-    reg = Registry(registry or Paths.from_params(params).registry)
+    reg = Registry(registry or params.paths.registry)
     version = version or reg.production()
     if version is None:
         raise typer.BadParameter("no version given and the registry has no production version")

@@ -11,10 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
-from typing import Any, Literal, Optional
+from typing import Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from bartops.config import WindowRules
 from bartops.context import PLATFORMS, REGIONS
 
 MAX_SHELVES = 12  # absurd page sizes are rejected before any work is done
@@ -34,14 +35,11 @@ class TimestampWindow:
     not_before: datetime = datetime(2020, 1, 1, tzinfo=timezone.utc)
 
     @staticmethod
-    def from_params(params: dict[str, Any] | None) -> "TimestampWindow":
-        """The window of ``validation.window`` (defaults where a key is missing)."""
-        w = ((params or {}).get("validation") or {}).get("window") or {}
-        d = TimestampWindow()
-        nb = w.get("not_before")
-        not_before = d.not_before if nb is None else _utc(datetime.fromisoformat(str(nb).replace("Z", "+00:00")))
-        return TimestampWindow(timedelta(seconds=float(w.get("future_skew_seconds", 300))),
-                               timedelta(days=float(w.get("max_span_days", 8))), not_before)
+    def from_rules(rules: WindowRules) -> "TimestampWindow":
+        """The window of ``params.validation.window``."""
+        not_before = _utc(datetime.fromisoformat(str(rules.not_before).replace("Z", "+00:00")))
+        return TimestampWindow(timedelta(seconds=float(rules.future_skew_seconds)),
+                               timedelta(days=float(rules.max_span_days)), not_before)
 
     def bounds(self, now: datetime) -> tuple[datetime, datetime]:
         """(earliest, latest) accepted timestamp at ``now``."""
@@ -56,10 +54,9 @@ def _utc(ts: datetime) -> datetime:
 @lru_cache(maxsize=1)
 def served_timestamp_window() -> TimestampWindow:
     """The window of the params file the service reads (``$BARTOPS_PARAMS`` or ./params.yaml; defaults without one)."""
-    from bartops.config import load_params, params_path
+    from bartops.config import load_params_or_defaults
 
-    path = params_path()
-    return TimestampWindow.from_params(load_params(path) if path.exists() else None)
+    return TimestampWindow.from_rules(load_params_or_defaults().validation.window)
 
 
 def check_timestamp(ts: datetime, now: datetime, window: TimestampWindow) -> datetime:

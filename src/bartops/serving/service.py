@@ -40,13 +40,8 @@ import bentoml
 from fastapi import FastAPI
 from starlette.responses import JSONResponse
 
-from bartops.serving.config import (
-    ENV_BUNDLE,
-    ENV_MODEL_TAG,
-    ENV_REGISTRY,
-    ServingConfig,
-    load_serving_config,
-)
+from bartops.serving.config import ENV_BUNDLE, ENV_MODEL_TAG, ENV_REGISTRY, load_serving_config
+from bartops.config import ServingConfig
 from bartops.registry import Registry
 from bartops.serving.engine import BundleLoadError, PageEngine, verify_bundle_isolated
 from bartops.serving.follow import RegistryFollower

@@ -8,7 +8,7 @@ from bartops.sim.simulate import (
     simulate,
     true_value,
 )
-from bartops.sim.world import SimParams, World
+from bartops.sim.world import World
 
-__all__ = ["SimParams", "World", "SimulatedData", "simulate", "true_value", "oracle_policy",
+__all__ = ["World", "SimulatedData", "simulate", "true_value", "oracle_policy",
            "logging_policy", "sample_contexts"]

@@ -19,68 +19,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bartops.config import reject_unknown
-from bartops.context import PLATFORMS, REGIONS, local_hour, platform_code
+from bartops.config import SimParams
+from bartops.context import GENRES, MOODS, PLATFORMS, REGIONS, local_hour, platform_code
 from bartops.features.candidates import EXPLANATION_KINDS, explanation_table
 from bartops.leftovers import write_parquet_atomic
 from bartops.policy.page import CandidateSet
 
-GENRES = ("pop", "rock", "hip-hop", "electronic", "jazz", "classical", "indie", "metal", "latin",
-          "r&b", "country", "folk", "k-pop", "reggae", "blues", "soul")
-MOODS = ("chill", "energetic", "happy", "melancholy", "focus", "party", "romantic", "dark")
 _SYLLABLES = ("ka", "lo", "mi", "ra", "ven", "tor", "sa", "li", "nu", "bel", "dro", "fa", "xi", "mon",
               "ter", "qui", "zan", "pe", "ro", "da")
 LATENT_DIM = 8
 
 
-@dataclass(frozen=True)
-class SimParams:
-    """Sizes and effect strengths of the simulated world (``params.yaml`` → ``sim:``)."""
-
-    impressions: int = 200_000
-    users: int = 4000
-    artists: int = 400
-    items: int = 6000
-    genres: int = 12
-    moods: int = 6
-    history_plays_per_user: int = 60
-    window_days: int = 7
-    window_end: str = "2026-11-01T00:00:00Z"
-    position_decay_shelf: float = 0.35
-    position_decay_card: float = 0.25
-    base_logit: float = -2.6
-    taste_weight: float = 1.6
-    popularity_weight: float = 0.35
-    explanation_weight: float = 1.0
-    context_weight: float = 0.5
-
-    def __post_init__(self) -> None:
-        for name in ("impressions", "users", "artists", "items", "genres", "moods", "window_days"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"sim.{name} must be a positive integer, got {value!r}")
-        if self.history_plays_per_user < 1:
-            raise ValueError(f"sim.history_plays_per_user must be at least 1, got {self.history_plays_per_user!r}")
-        if self.genres > len(GENRES):
-            raise ValueError(f"sim.genres must be at most {len(GENRES)}, got {self.genres}")
-        if self.moods > len(MOODS):
-            raise ValueError(f"sim.moods must be at most {len(MOODS)}, got {self.moods}")
-        if self.artists > self.items:
-            raise ValueError(f"sim.artists ({self.artists}) must not exceed sim.items ({self.items})")
-        for name in ("position_decay_shelf", "position_decay_card"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"sim.{name} must be non-negative, got {getattr(self, name)!r}")
-
-    @staticmethod
-    def from_dict(values: dict) -> "SimParams":
-        reject_unknown(SimParams, values, "sim parameter")
-        return SimParams(**values)
-
-    @property
-    def window(self) -> tuple[pd.Timestamp, pd.Timestamp]:
-        end = pd.Timestamp(self.window_end)
-        end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
-        return end - pd.Timedelta(days=self.window_days), end
 
 
 def _names(rng: np.random.Generator, n: int, parts: int, prefix: str = "") -> list[str]:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from bartops.config import Paths, load_params
+from bartops.config import load_params
 
 
 def validate(
@@ -24,7 +24,7 @@ def validate(
     from bartops.validation import ValidationSetupError, ingest, validate_batch
 
     params = load_params(params_file)
-    paths = Paths.from_params(params)
+    paths = params.paths
     data = Path(data or paths.data)
     docs_dir = paths.build / "validation" if docs else None
     try:

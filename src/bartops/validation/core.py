@@ -37,6 +37,7 @@ from typing import Any
 
 import pandas as pd
 
+from bartops.config import Params
 from bartops.faults import crash_point
 from bartops.leftovers import owner_gone, recover_leftovers, temp_path
 from bartops.validation.reader import Batch, BatchReadError, read_batch
@@ -58,11 +59,6 @@ class _Run:
     now: pd.Timestamp | None = None
 
 
-def _vparams(params: dict[str, Any]) -> dict[str, Any]:
-    v = params.get("validation")
-    return v if isinstance(v, dict) else {}
-
-
 def _now_iso() -> str:
     return pd.Timestamp.now(tz="UTC").isoformat(timespec="seconds")
 
@@ -75,7 +71,7 @@ def check_reference(data_dir: Path) -> None:
                                    "(or point --data at the raw data folder)")
 
 
-def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timestamp | None,
+def _validate(path: Path, data_dir: Path, params: Params, now: pd.Timestamp | None,
               docs_dir: Path | None, store: Path | None = None) -> _Run:
     from bartops.validation import suites as S
 
@@ -98,11 +94,11 @@ def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timest
     parameters = S.impression_parameters(frame, data_dir, params, now, store=store, store_exclude=batch.digest[:16])
     report.parameters = parameters
     now = pd.Timestamp(parameters["window_end"]) - pd.Timedelta(
-        seconds=float(_vparams(params).get("window", {}).get("future_skew_seconds", 300)))
+        seconds=float(params.validation.window.future_skew_seconds))
     t1 = time.perf_counter()
     context = S.make_context(docs_dir)
     report.timings["gx_context"] = time.perf_counter() - t1
-    examples = int(_vparams(params).get("examples", 3))
+    examples = params.validation.examples
     tables = {"impressions": frame,
               "catalog": pd.read_parquet(Path(data_dir) / "items.parquet"),
               "history": pd.read_parquet(Path(data_dir) / "history.parquet")}
@@ -120,7 +116,7 @@ def _validate(path: Path, data_dir: Path, params: dict[str, Any], now: pd.Timest
     return _Run(report, batch, context, parameters, now)
 
 
-def validate_batch(path: Path, data_dir: Path, params: dict[str, Any], *, now: pd.Timestamp | None = None,
+def validate_batch(path: Path, data_dir: Path, params: Params, *, now: pd.Timestamp | None = None,
                    docs_dir: Path | None = None, impressions_dir: Path | None = None) -> ValidationReport:
     """Read the batch at ``path`` and run the GX suites; moves nothing.
 
@@ -134,7 +130,7 @@ def validate_batch(path: Path, data_dir: Path, params: dict[str, Any], *, now: p
                      Path(impressions_dir) if impressions_dir is not None else None).report
 
 
-def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: dict[str, Any], *,
+def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: Params, *,
            impressions_dir: Path | None = None, docs_dir: Path | None = None,
            now: pd.Timestamp | None = None) -> ValidationReport:
     """Validate the batch and accept it into ``impressions_dir`` (default data_dir/impressions) or quarantine it.
@@ -152,9 +148,8 @@ def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: dict[str, A
                 return _read_report(final / "report.json")
     run = _validate(path, data_dir, params, now, docs_dir, impressions_dir)
     report, batch = run.report, run.batch
-    v = _vparams(params)
     if report.passed and batch is not None:
-        _accept(batch, batch.frame, impressions_dir, report, remove_source=bool(v.get("remove_accepted_source", True)))
+        _accept(batch, batch.frame, impressions_dir, report, remove_source=params.validation.remove_accepted_source)
         return report
     if batch is not None and _try_split(run, params, data_dir, quarantine_dir, impressions_dir):
         return report
@@ -358,14 +353,14 @@ def _read_report(path: Path) -> ValidationReport:
 
 
 # ---------------------------------------------------------------------------- row-level split
-def _try_split(run: _Run, params: dict[str, Any], data_dir: Path, quarantine_dir: Path,
+def _try_split(run: _Run, params: Params, data_dir: Path, quarantine_dir: Path,
                impressions_dir: Path) -> bool:
     """Split off pages with rows failing only row-level checks, when under the configured share."""
     from bartops.validation import suites as S
 
-    cfg = _vparams(params).get("row_split", {}) or {}
+    cfg = params.validation.row_split
     report, batch = run.report, run.batch
-    if not cfg.get("enabled", False) or batch is None or run.context is None:
+    if not cfg.enabled or batch is None or run.context is None:
         return False
     failed = report.failed
     if not failed or any(o.suite != "impressions" or o.level != "row" or o.error for o in failed):
@@ -376,7 +371,7 @@ def _try_split(run: _Run, params: dict[str, Any], data_dir: Path, quarantine_dir
     bad_pages = frame["request_id"][bad_rows].unique()
     split_mask = frame["request_id"].isin(bad_pages).to_numpy() | bad_rows
     share = float(split_mask.mean())
-    max_share = float(cfg.get("max_share", 0.01))
+    max_share = cfg.max_share
     split_info = {"checks": checks, "rows": int(split_mask.sum()), "failing_rows": int(bad_rows.sum()),
                   "pages": int(len(bad_pages)), "share": share, "max_share": max_share}
     if share > max_share or split_mask.all():
@@ -386,7 +381,7 @@ def _try_split(run: _Run, params: dict[str, Any], data_dir: Path, quarantine_dir
     params2 = S.impression_parameters(kept, data_dir, params, run.now, store=run.parameters["store_path"] or None,
                                       store_exclude=run.parameters["store_exclude"])
     rerun, _ = S.run_suite(run.context, "impressions", kept, params2,
-                           examples=int(_vparams(params).get("examples", 3)))
+                           examples=params.validation.examples)
     if any(not o.success for o in rerun.outcomes):
         report.split = {**split_info, "applied": False,
                         "reason": "the remaining rows still fail: " + ", ".join(o.check for o in rerun.outcomes if not o.success)}

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bartops.config import Params, StreamRateRules, WindowRules
 from bartops.validation.checks import page_reward_sums, store_stream_rates
 from bartops.validation.report import ExpectationOutcome
 
@@ -114,15 +115,14 @@ class StreamRateReference:
     source: str
 
 
-def stream_rate_reference(batch_versions: list[str], rates: pd.DataFrame, vparams: dict[str, Any]
+def stream_rate_reference(batch_versions: list[str], rates: pd.DataFrame, rules: StreamRateRules
                           ) -> StreamRateReference | None:
     """The drift check's reference, following production: the accepted history of the policy
     version(s) that logged the batch; for a version without enough history (a new production), the
     accepted history of every version; before any history, ``validation.stream_rate.reference`` if set;
     else None (no reference yet: the check passes and says so).  ``rates``: ``checks.store_stream_rates``.
     "Enough" is ``validation.stream_rate.min_reference_pages`` page views."""
-    sr = vparams.get("stream_rate", {}) or {}
-    min_pages = int(sr.get("min_reference_pages", 50))
+    min_pages = rules.min_reference_pages
     own = rates.loc[rates.index.intersection(batch_versions)]
     for chosen, source in ((own, f"accepted history of {', '.join(sorted(batch_versions))}"),
                            (rates, "accepted history of every policy version (none yet for this batch's)")):
@@ -130,25 +130,24 @@ def stream_rate_reference(batch_versions: list[str], rates: pd.DataFrame, vparam
             rows = int(chosen["rows"].sum())
             return StreamRateReference(float(chosen["streams"].sum()) / rows, rows,
                                        f"{source}: {int(chosen['pages'].sum()):,} page views")
-    if sr.get("reference") is not None:
-        return StreamRateReference(float(sr["reference"]), int(sr.get("reference_rows", 100_000)),
+    if rules.reference is not None:
+        return StreamRateReference(float(rules.reference), rules.reference_rows,
                                    "validation.stream_rate.reference (no accepted history yet)")
     return None
 
 
-def batch_stream_rate_bounds(sums: dict[str, float], vparams: dict[str, Any],
+def batch_stream_rate_bounds(sums: dict[str, float], rules: StreamRateRules,
                              reference: StreamRateReference | None) -> dict[str, Any]:
     """Suite parameters of the stream-rate check from a batch's ``checks.page_reward_sums`` and its
     reference (None: no reference yet, bounds [0, 1])."""
     from bartops.validation.checks import design_effect
 
-    sr = vparams.get("stream_rate", {}) or {}
     deff = design_effect(sums)
     if reference is None:
         lo, hi = 0.0, 1.0
     else:
         lo, hi = stream_rate_bounds(int(sums["rows"]), reference.rate, reference.rows,
-                                    float(sr.get("rel_tolerance", 0.5)), float(sr.get("alpha", 1e-6)),
+                                    rules.rel_tolerance, rules.alpha,
                                     design_effect=deff, pages=int(sums["pages"]) or None)
     return {"stream_rate_min": lo, "stream_rate_max": hi, "stream_rate_design_effect": deff,
             "stream_rate_pages": int(sums["pages"]),
@@ -168,24 +167,21 @@ def _utc(value: Any) -> pd.Timestamp:
     return ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
 
 
-def batch_window(timestamps: pd.Series, vparams: dict[str, Any], now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
+def batch_window(timestamps: pd.Series, rules: WindowRules, now: pd.Timestamp) -> tuple[pd.Timestamp, pd.Timestamp]:
     """(start, end) of the batch window.
 
     end = now + future_skew_seconds (nothing may come from the future); start = the batch's latest
     timestamp that is not in the future, minus max_span_days, and never before not_before.
     """
-    w = vparams.get("window", {})
-    end = now + pd.Timedelta(seconds=float(w.get("future_skew_seconds", 300)))
+    end = now + pd.Timedelta(seconds=float(rules.future_skew_seconds))
     ts = timestamps[timestamps <= end] if pd.api.types.is_datetime64_any_dtype(timestamps) else timestamps.iloc[:0]
     latest = ts.max() if len(ts) else pd.NaT
     latest = end if (latest is pd.NaT or pd.isna(latest)) else _utc(latest)
-    start = latest - pd.Timedelta(days=float(w.get("max_span_days", 8)))
-    if w.get("not_before"):
-        start = max(start, _utc(w["not_before"]))
+    start = max(latest - pd.Timedelta(days=float(rules.max_span_days)), _utc(rules.not_before))
     return start, end
 
 
-def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: dict[str, Any],
+def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: Params,
                           now: pd.Timestamp | None = None, *, store: Path | None = None,
                           store_exclude: str = "") -> dict[str, Any]:
     """Run-time suite parameters for the impressions, catalog and history suites.
@@ -193,19 +189,18 @@ def impression_parameters(frame: pd.DataFrame, data_dir: Path, params: dict[str,
     ``store`` is the folder of accepted batches the batch must not repeat (none: no such check);
     ``store_exclude`` the digest key of the batch's own accepted files there (see ``checks.store_files``).
     """
-    v = params.get("validation", {})
-    pol = params.get("policy", {})
+    v, pol = params.validation, params.policy
     now = _utc(now if now is not None else pd.Timestamp.now(tz="UTC"))
-    start, end = batch_window(frame["timestamp"], v, now)
+    start, end = batch_window(frame["timestamp"], v.window, now)
     sums = page_reward_sums(frame["reward"], frame["request_id"])
     data_dir = Path(data_dir)
     versions = sorted(frame["policy_version"].astype(str).unique()) if "policy_version" in frame.columns else []
-    reference = stream_rate_reference(versions, store_stream_rates(store, store_exclude), v)
+    reference = stream_rate_reference(versions, store_stream_rates(store, store_exclude), v.stream_rate)
     return {
         "window_start": start.isoformat(), "window_end": end.isoformat(),
-        **batch_stream_rate_bounds(sums, v, reference),
-        "explored_z": normal_quantile(float(v.get("explored_share_alpha", 1e-6))),
-        "max_shelf": int(pol.get("shelves", 6)) - 1, "max_position": int(pol.get("cards", 8)) - 1,
+        **batch_stream_rate_bounds(sums, v.stream_rate, reference),
+        "explored_z": normal_quantile(v.explored_share_alpha),
+        "max_shelf": pol.shelves - 1, "max_position": pol.cards - 1,
         "items_path": str(data_dir / "items.parquet"),
         "explanations_path": str(data_dir / "explanations.parquet"),
         "users_path": str(data_dir / "users.parquet"),

@@ -286,8 +286,9 @@ def evaluate_partitions(executor: Executor, parts: Sequence[Partition], setup: E
                         scans: Sequence[dict[str, Any]] | None = None,
                         fit_folds: FitFolds = local_fold_models) -> PartitionedEvaluation:
     """The evaluation of the partitions' pages after ``setup.holdout_from`` (module docs); ``scans``:
-    their ``scan_partition`` results, if already gathered.  κ runs beside the targets' pages and DR's
-    fold models beside the logging exposures, so one machine's cores serve both sides."""
+    their ``scan_partition`` results, if already gathered.  A side thread computes κ and then DR's fold
+    models while this one samples the targets' pages and then the logging exposures (which need κ), so
+    one machine's cores serve both sides."""
     cfg = setup.cfg
     files = list(dict.fromkeys(p.file for p in parts))
     file_index = [files.index(p.file) for p in parts]
@@ -302,13 +303,13 @@ def evaluate_partitions(executor: Executor, parts: Sequence[Partition], setup: E
     live = [i for i, ok in enumerate(executor.gather([executor.submit(loaded, s) for s in states])) if ok]
     states, where = [states[i] for i in live], live
     samples = executor.gather([executor.submit(sample_rows, s) for s in states])
-    with ThreadPoolExecutor(1, thread_name_prefix="bartops-evaluation") as side:
+    summaries = executor.gather([executor.submit(partition_summary, s) for s in states])
+    folds = page_fold_assignment(summaries, cfg.folds, cfg.seed)
+    with ThreadPoolExecutor(1, thread_name_prefix="bartops-evaluation") as side:  # κ, then DR's fold models
         kappa_f = side.submit(examination_profile, samples, [file_index[i] for i in live], setup)
-        states = [executor.submit(sample_targets, s, shared, where=w) for s, w in zip(states, where)]
-        summaries = executor.gather([executor.submit(partition_summary, s) for s in states])
-        folds = page_fold_assignment(summaries, cfg.folds, cfg.seed)
-        kappa = kappa_f.result()
         models_f = side.submit(fit_folds, executor, states, summaries, folds, cfg)
+        states = [executor.submit(sample_targets, s, shared, where=w) for s, w in zip(states, where)]
+        kappa = kappa_f.result()
         states = [executor.submit(logging_exposures, s, shared, kappa, where=w) for s, w in zip(states, where)]
         models = models_f.result()
     models_h = executor.share(models)

@@ -15,7 +15,7 @@ import os
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, ClassVar, Mapping
 
 import pandas as pd
 import yaml
@@ -111,6 +111,16 @@ def _rate(section: str, name: str, value: Any, low: float = 0.0, high: float = 1
         raise ValueError(f"{section}.{name} must lie in [{low}, {high}], got {value!r}")
 
 
+class Section:
+    """A typed section of ``params.yaml``: ``from_dict`` builds it from its mapping (``build_section``)."""
+
+    section: ClassVar[str]
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None) -> Any:
+        return build_section(cls, values, cls.section)
+
+
 @dataclass(frozen=True)
 class Paths:
     """``params.yaml`` → ``paths:``: where every step reads and writes (relative to the project root)."""
@@ -135,8 +145,10 @@ class Paths:
 
 
 @dataclass(frozen=True)
-class SimParams:
+class SimParams(Section):
     """Sizes and effect strengths of the simulated world (``params.yaml`` → ``sim:``)."""
+
+    section: ClassVar[str] = "sim"
 
     impressions: int = 200_000
     users: int = 4000
@@ -172,10 +184,6 @@ class SimParams:
             if getattr(self, name) < 0:
                 raise ValueError(f"sim.{name} must be non-negative, got {getattr(self, name)!r}")
 
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "SimParams":
-        return build_section(SimParams, values, "sim")
-
     @property
     def window(self) -> tuple[pd.Timestamp, pd.Timestamp]:
         end = pd.Timestamp(self.window_end)
@@ -184,8 +192,10 @@ class SimParams:
 
 
 @dataclass(frozen=True)
-class PolicyParams:
+class PolicyParams(Section):
     """``params.yaml`` → ``policy:``: the page's shape and the ε-greedy exploration of the logging policy."""
+
+    section: ClassVar[str] = "policy"
 
     shelves: int = 6
     cards: int = 8  # per shelf
@@ -198,14 +208,12 @@ class PolicyParams:
         _rate("policy", "epsilon_head", self.epsilon_head)
         _rate("policy", "epsilon_fill", self.epsilon_fill)
 
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "PolicyParams":
-        return build_section(PolicyParams, values, "policy")
-
 
 @dataclass(frozen=True)
-class OpsParams:
+class OpsParams(Section):
     """``params.yaml`` → ``ops:``: the embedded default's local services (``bartops up`` / ``bartops down``)."""
+
+    section: ClassVar[str] = "ops"
 
     host: str = "127.0.0.1"
     prefect_port: int = 4200
@@ -222,10 +230,6 @@ class OpsParams:
         if not str(self.host):
             raise ValueError("ops.host must not be empty")
         object.__setattr__(self, "run_dir", Path(self.run_dir))
-
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "OpsParams":
-        return build_section(OpsParams, values, "ops")
 
 
 @dataclass(frozen=True)
@@ -281,8 +285,10 @@ class RowSplitRules:
 
 
 @dataclass(frozen=True)
-class ValidationParams:
+class ValidationParams(Section):
     """``params.yaml`` → ``validation:``: the rules every incoming batch is checked against."""
+
+    section: ClassVar[str] = "validation"
 
     window: WindowRules = field(default_factory=WindowRules)
     explored_share_alpha: float = 1e-6  # false-alarm rate of the explored-vs-ε check
@@ -298,14 +304,12 @@ class ValidationParams:
                              f"got {self.remove_accepted_source!r}")
         _positive_int("validation", "examples", self.examples)
 
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "ValidationParams":
-        return build_section(ValidationParams, values, "validation")
-
 
 @dataclass(frozen=True)
-class ServingConfig:
+class ServingConfig(Section):
     """Limits, log rotation and attribution settings of the service and the join step."""
+
+    section: ClassVar[str] = "serving"
 
     log_dir: str = "serving-logs"
     log_rotate_rows: int = 20_000  # rows per log file before it is closed (flushed + fsynced)
@@ -331,10 +335,6 @@ class ServingConfig:
         if not str(self.log_dir):
             raise ValueError("serving.log_dir must not be empty")
 
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "ServingConfig":
-        return build_section(ServingConfig, values, "serving")
-
 
 @dataclass(frozen=True)
 class CandidateParams:
@@ -352,8 +352,10 @@ class CandidateParams:
 
 
 @dataclass(frozen=True)
-class FeatureParams:
+class FeatureParams(Section):
     """``params.yaml`` → ``features:``."""
+
+    section: ClassVar[str] = "features"
 
     half_life_days: float = 365.0
     embedding_dim: int = 8
@@ -372,10 +374,6 @@ class FeatureParams:
             v = getattr(self, name)
             if int(v) != v or v < 1:
                 raise ValueError(f"features.{name} must be a positive integer, got {v!r}")
-
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "FeatureParams":
-        return build_section(FeatureParams, values, "features")
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "candidates"}
@@ -443,8 +441,10 @@ class RewardParams:
 
 
 @dataclass(frozen=True)
-class OPEConfig:
+class OPEConfig(Section):
     """``params.yaml`` → ``ope:``."""
+
+    section: ClassVar[str] = "ope"
 
     n_boot: int = 1000
     level: float = 0.95
@@ -464,14 +464,12 @@ class OPEConfig:
         if self.max_pages is not None and int(self.max_pages) < 1:
             raise ValueError(f"ope.max_pages must be positive or null, got {self.max_pages!r}")
 
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "OPEConfig":
-        return build_section(OPEConfig, values, "ope")
-
 
 @dataclass(frozen=True)
-class GateParams:
+class GateParams(Section):
     """``params.yaml`` → ``gate:``: the promotion rules."""
+
+    section: ClassVar[str] = "gate"
 
     estimator: str = "dr"
     margin: float = 0.0
@@ -490,17 +488,15 @@ class GateParams:
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"gate.{name} must be non-negative, got {getattr(self, name)!r}")
 
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "GateParams":
-        return build_section(GateParams, values, "gate")
-
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
 @dataclass(frozen=True)
-class ScaleSettings:
+class ScaleSettings(Section):
     """``params.yaml`` → ``scale:`` (after the environment override)."""
+
+    section: ClassVar[str] = "scale"
 
     backend: str = "local"
     scheduler: str | None = None  # None with backend dask = a LocalCluster
@@ -522,10 +518,6 @@ class ScaleSettings:
     @property
     def dask(self) -> bool:
         return self.backend == "dask"
-
-    @staticmethod
-    def from_dict(values: Mapping[str, Any] | None) -> "ScaleSettings":
-        return build_section(ScaleSettings, values, "scale")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,6 @@ line from stdin with ``--password-stdin``) and stores its salted hash in the rev
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -49,14 +48,9 @@ def dashboard(
 
     from bartops.dashboard.app import serve
 
-    if registry is None:
-        env = os.environ.get("BARTOPS_REGISTRY")
-        if env:
-            registry = Path(env)
-        else:
-            from bartops.config import load_params_or_defaults
+    from bartops.registry import registry_root
 
-            registry = load_params_or_defaults().paths.registry
+    registry = registry_root(registry)
     typer.echo(f"review dashboard: http://{host}:{port}/  (registry {registry.resolve()}, reviewers {reviewers})")
     serve(registry, host=host, port=port, preview_users=preview_users, seed=seed, loop_file=loop_file,
           reviewers_file=reviewers)

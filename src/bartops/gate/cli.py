@@ -7,7 +7,6 @@ Reads the registry only to know production; never registers, records or promotes
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -27,14 +26,14 @@ def evaluate(
     With `scale:` dask (or BARTOPS_DASK_SCHEDULER) the evaluation runs on page-aligned partitions."""
     from bartops.config import load_params
     from bartops.gate.evaluate import make_decision, validation_reports, write_reports
-    from bartops.registry import Registry
+    from bartops.registry import Registry, registry_root as default_registry_root
     from bartops.scale.pipeline import run_evaluation
 
     params = load_params(params_file)
     paths = params.paths
     build = paths.build
     bundle = Path(bundle or build / "bundle")
-    root = Path(registry_root or os.environ.get("BARTOPS_REGISTRY") or paths.registry)
+    root = default_registry_root(registry_root, paths)
     try:
         reg = Registry(root) if root.is_dir() else None
         impressions_dir = Path(impressions or paths.impressions)

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-from bartops.registry.store import Registry, RegistryError
+from bartops.registry.store import Registry, RegistryError, registry_root
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="The policy registry and its production pointer.")
 
@@ -17,15 +16,7 @@ RootOption = typer.Option(None, "--root", help="registry folder (default: $BARTO
 
 
 def _registry(root: Optional[Path]) -> Registry:
-    if root is None:
-        env = os.environ.get("BARTOPS_REGISTRY")
-        if env:
-            root = Path(env)
-        else:
-            from bartops.config import load_params_or_defaults
-
-            root = load_params_or_defaults().paths.registry
-    return Registry(root)
+    return Registry(registry_root(root))
 
 
 def _fail(exc: Exception) -> None:

@@ -30,14 +30,26 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from bartops.config import Paths, load_params_or_defaults
 from bartops.faults import crash_point
 from bartops.leftovers import recover_leftovers, temp_path, write_json_atomic
 
+REGISTRY_ENV = "BARTOPS_REGISTRY"  # the registry folder, unless a command names one
 POINTER = "production.json"
 HISTORY = "history.jsonl"
 REQUIRED_BUNDLE_ENTRIES = ("model", "features", "policy.json")
 BUNDLE_JSON_FILES = ("policy.json", "metrics.json", "gate.json", "lineage.json", "registry.json")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def registry_root(root: str | Path | None = None, paths: Paths | None = None) -> Path:
+    """The registry folder: ``root``, else ``$BARTOPS_REGISTRY``, else ``paths.registry`` (without
+    ``paths``: the params file's, or the default ``registry``)."""
+    if root:
+        return Path(root)
+    if os.environ.get(REGISTRY_ENV):
+        return Path(os.environ[REGISTRY_ENV])
+    return (paths or load_params_or_defaults().paths).registry
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@
 ``validate_batch`` reads the batch and runs the three GX suites (impressions, catalog, history)
 without touching any file.  ``ingest`` then acts on the result:
 
-* passed: the batch is written (canonical parquet) into ``data/impressions/`` through a temp file
-  and a rename, named after its content digest, so a rerun on the same batch adds nothing; a batch
+* passed: the batch is written (canonical parquet) into the accepted store (``paths.impressions``)
+  through a temp file and a rename, named after its content digest, so a rerun on the same batch adds nothing; a batch
   repeating impressions or pages already accepted there fails (``impressions_not_already_accepted``,
   ``rewards_not_contradicting_accepted``, ``pages_not_already_accepted``), so no impression id is
   stored twice;
@@ -133,13 +133,13 @@ def validate_batch(path: Path, data_dir: Path, params: Params, *, now: pd.Timest
 def ingest(path: Path, data_dir: Path, quarantine_dir: Path, params: Params, *,
            impressions_dir: Path | None = None, docs_dir: Path | None = None,
            now: pd.Timestamp | None = None) -> ValidationReport:
-    """Validate the batch and accept it into ``impressions_dir`` (default data_dir/impressions) or quarantine it.
+    """Validate the batch and accept it into ``impressions_dir`` (default ``params.paths.impressions``) or quarantine it.
 
     First finishes what killed runs left (``recover_quarantine``, temporary files in the store); a
     batch that such a run was moving to quarantine is completed there and its report returned.
     """
     path, data_dir, quarantine_dir = Path(path), Path(data_dir), Path(quarantine_dir)
-    impressions_dir = Path(impressions_dir or data_dir / "impressions")
+    impressions_dir = Path(impressions_dir or params.paths.impressions)
     recover_leftovers(impressions_dir)
     finished = recover_quarantine(quarantine_dir)
     if not (path.exists() or path.is_symlink()):

@@ -20,6 +20,7 @@ import collections
 import json
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -50,14 +51,13 @@ def main() -> None:
 
 
 def _measure(args: argparse.Namespace, now: pd.Timestamp, tmp: Path) -> dict:
-    from bartops.config import load_params
+    from bartops.config import Params, PolicyParams, SimParams, load_params
     from bartops.features.store import build_features
     from bartops.logs.schema import conform_impressions
     from bartops.policy.page import build_pages
     from bartops.reward.policy import candidate_policy
     from bartops.reward.train import train_reward_models
     from bartops.sim import World, sample_contexts, simulate
-    from bartops.config import Params, PolicyParams, SimParams
     from bartops.sim.simulate import pages_to_impressions
     from bartops.sim.store import write_simulation
     from bartops.validation import suites as S
@@ -72,7 +72,8 @@ def _measure(args: argparse.Namespace, now: pd.Timestamp, tmp: Path) -> dict:
     policy = candidate_policy(train_reward_models(features, sim.impressions, train).model, features,
                               PolicyParams(**POLICY), "v")
     params = load_params(ROOT / "params.yaml")
-    sr = params.validation.stream_rate
+    sr = replace(params.validation.stream_rate, **S.reference_stream_rate(sim.impressions))  # the simulated batch
+    params = replace(params, validation=replace(params.validation, stream_rate=sr))  # is the configured reference
 
     def served(seed: int, at: pd.Timestamp, n_pages: int = 150) -> pd.DataFrame:
         rng = np.random.default_rng(seed)

@@ -169,9 +169,7 @@ class SimParams(Section):
 
     def __post_init__(self) -> None:
         for name in ("impressions", "users", "artists", "items", "genres", "moods", "window_days"):
-            value = getattr(self, name)
-            if int(value) != value or value < 1:
-                raise ValueError(f"sim.{name} must be a positive integer, got {value!r}")
+            _positive_int("sim", name, getattr(self, name))
         if self.history_plays_per_user < 1:
             raise ValueError(f"sim.history_plays_per_user must be at least 1, got {self.history_plays_per_user!r}")
         if self.genres > len(GENRES):
@@ -371,9 +369,7 @@ class FeatureParams(Section):
         if not self.response_prior > 0:
             raise ValueError(f"features.response_prior must be positive, got {self.response_prior!r}")
         for name in ("embedding_dim", "clusters", "similar_items"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"features.{name} must be a positive integer, got {v!r}")
+            _positive_int("features", name, getattr(self, name))
 
     def to_dict(self) -> dict[str, Any]:
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "candidates"}
@@ -459,8 +455,7 @@ class OPEConfig(Section):
 
     def __post_init__(self) -> None:
         for name in ("n_boot", "marginal_samples", "target_samples", "folds"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ope.{name} must be a positive integer, got {getattr(self, name)!r}")
+            _positive_int("ope", name, getattr(self, name))
         if self.max_pages is not None and int(self.max_pages) < 1:
             raise ValueError(f"ope.max_pages must be positive or null, got {self.max_pages!r}")
 
@@ -511,9 +506,7 @@ class ScaleSettings(Section):
         if self.scheduler is not None and "://" not in str(self.scheduler):
             raise ValueError(f"scale.scheduler must be an address like 'tcp://host:8786', got {self.scheduler!r}")
         for name in ("workers", "threads_per_worker", "partition_rows"):
-            v = getattr(self, name)
-            if int(v) != v or v < 1:
-                raise ValueError(f"scale.{name} must be a positive integer, got {v!r}")
+            _positive_int("scale", name, getattr(self, name))
 
     @property
     def dask(self) -> bool:
@@ -561,6 +554,4 @@ class Params:
         return Params(**parsed)
 
 
-SECTION_TYPES: dict[str, Any] = {"sim": SimParams, "policy": PolicyParams, "paths": Paths, "ops": OpsParams,
-                                 "validation": ValidationParams, "serving": ServingConfig, "features": FeatureParams,
-                                 "reward": RewardParams, "ope": OPEConfig, "gate": GateParams, "scale": ScaleSettings}
+SECTION_TYPES: dict[str, Any] = {name: kind for name, kind in typing.get_type_hints(Params).items() if name != "seed"}

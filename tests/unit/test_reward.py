@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bartops.features.assemble import assemble_rows
+from bartops.features.assemble import FEATURE_NAMES, assemble_rows
 from bartops.features.store import build_features_from_frames, save_features
 from bartops.config import FeatureParams, Params, PolicyParams, RewardParams
 from bartops.policy.page import PagePolicy, build_pages
@@ -193,6 +193,32 @@ def test_metrics_and_blocked_log_odds_equal_their_direct_forms():
     one = rows.astype(np.float64) @ (m.coef / m.scale) + (m.intercept - float(m.mean @ (m.coef / m.scale)))
     np.testing.assert_allclose(m.decision(rows, block=999), one, rtol=0, atol=1e-12)
     assert np.array_equal(m.decision(rows[:5]), m.decision(rows, block=3)[:5])
+
+
+def test_logistic_slot_columns_enter_as_log1p_and_old_files_keep_raw_slots():
+    """The fitted logistic regression sees the slot as log(1 + shelf), log(1 + position); its log-odds
+    equal the direct formula on those columns, the option survives to_dict/from_dict, and a file
+    written before the option (no ``log_columns``) is read with raw slot columns."""
+    from bartops.features.assemble import SLOT_COLUMNS
+    from bartops.reward.model import LogisticModel
+
+    rng = np.random.default_rng(5)
+    rows = rng.integers(0, 8, size=(3_000, len(FEATURE_NAMES))).astype(np.float32)
+    y = (rng.random(len(rows)) < 0.2 / (1 + rows[:, SLOT_COLUMNS[0]])).astype(int)
+    m = LogisticModel.fit(rows, y, C=1.0, seed=0)
+    assert m.log_columns == SLOT_COLUMNS, f"fit's default log columns: {m.log_columns}"
+    x = rows.astype(np.float64)
+    x[:, list(SLOT_COLUMNS)] = np.log1p(x[:, list(SLOT_COLUMNS)])
+    direct = x @ (m.coef / m.scale) + (m.intercept - float(m.mean @ (m.coef / m.scale)))
+    np.testing.assert_allclose(m.decision(rows, block=700), direct, rtol=0, atol=1e-12)
+    again = LogisticModel.from_dict(json.loads(json.dumps(m.to_dict())), len(FEATURE_NAMES))
+    assert np.array_equal(again.decision(rows), m.decision(rows)), "to_dict/from_dict changed the log-odds"
+    old = {k: v for k, v in m.to_dict().items() if k != "log_columns"}
+    raw = LogisticModel.from_dict(old, len(FEATURE_NAMES))
+    assert raw.log_columns == (), f"a file without log_columns must keep raw slots, got {raw.log_columns}"
+    assert not np.allclose(raw.decision(rows), m.decision(rows)), "raw and log slots gave the same log-odds"
+    with pytest.raises(ValueError, match="log_columns"):
+        LogisticModel.from_dict({**m.to_dict(), "log_columns": [len(FEATURE_NAMES)]}, len(FEATURE_NAMES))
 
 
 def test_baselines_fit_on_a_capped_sample_while_the_candidate_sees_every_row(feats, small_sim):

@@ -38,6 +38,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "user_kind_lift", "user_kind_log_shows", "user_lift", "user_log_shows",
     *HOUR_AUDIO_NAMES,
 )
+SLOT_COLUMNS = (FEATURE_NAMES.index("shelf"), FEATURE_NAMES.index("position"))  # the slot's columns
 CONTEXT_COLUMNS = ("user_id", "platform", "region", "timestamp")
 RESPONSE_NAMES = ("user_kind_lift", "user_kind_log_shows", "user_lift", "user_log_shows")
 # the only columns that depend on the snapshot's logged-response table (``Features.user_kind``)

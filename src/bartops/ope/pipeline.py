@@ -9,7 +9,8 @@ A1. A card's expected reward is θ(context, card) · κ(slot): its appeal times 
 A2. Support: every card the target can show, the logging policy shows somewhere with positive
     probability (true of ε-greedy logging: any pair can head a shelf by exploration).
 A3. κ is known up to a constant: ``estimate_examination`` takes it from a reward model fitted on the
-    logs (partial dependence on the slot), reported in the diagnostics.
+    logs (partial dependence on the slot; a logistic base in log(1 + slot) under the trees), reported
+    in the diagnostics.
 
 Exposure: E_π(card) = Σ_slots π(card at slot)·κ(slot), the card's expected examination under policy π.
 Under A1 the target's value is Σ_cards θ·E_t, and a logged reward r at slot a has E[r] = θ·κ(a), so
@@ -65,6 +66,7 @@ from bartops.ope.reward import cross_fit
 from bartops.ope.slate import LoggedPages, examination_marginals
 from bartops.ope.validate import LoggedData, check_inputs
 from bartops.policy.page import CandidateSet, PagePolicy, locate_cards, build_pages
+from bartops.reward.model import LogisticModel
 
 Featurize = Callable[[pd.DataFrame, CandidateSet, np.ndarray, np.ndarray], np.ndarray]
 
@@ -97,9 +99,16 @@ EXAMINATION_ROWS = 200_000  # logged cards (at most) the examination profile's m
 
 def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, cards: int, seed: int = 0,
                          max_rows: int = EXAMINATION_ROWS, probe_cards: int = 2_000) -> np.ndarray:
-    """Examination profile κ(shelf, position), max 1, from the logs: a reward model fitted on (a sample
+    """Examination profile κ(shelf, position), max 1, from the logs: a stream model fitted on (a sample
     of) the logged cards, then its mean prediction for ``probe_cards`` logged cards moved to each slot
-    (partial dependence).  Under the position-based model E[r] = θ(card)·κ(slot) this recovers κ."""
+    (partial dependence).  Under the position-based model E[r] = θ(card)·κ(slot) this recovers κ.
+
+    The model is stacked: a logistic regression on the card's inputs plus log(1 + shelf) and
+    log(1 + position) gives the log-odds the trees start from.  Examination decays multiplicatively,
+    so the regression carries the slot's effect into the rarely streamed bottom of the page, where
+    trees alone (few streams, tiny Hessians) stay near their neighbours' values and κ came out too flat
+    (docs/ope-method.md#the-examination-profile).
+    """
     import xgboost as xgb
 
     rng = np.random.default_rng([seed, 13])
@@ -107,24 +116,31 @@ def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, 
     fit = np.sort(rng.choice(n, size=min(n, max_rows), replace=False))
     cards_fit = CandidateSet(logs.page[fit], logs.item_id[fit], logs.explanation[fit], logs.n_pages,
                              np.ones(len(fit), bool))
-    x = featurize(logs.contexts, cards_fit, logs.shelf[fit], logs.position[fit])
+    x = np.asarray(featurize(logs.contexts, cards_fit, logs.shelf[fit], logs.position[fit]), np.float32)
     y = logs.reward[fit]
     if len(np.unique(y)) < 2:
         return np.ones((shelves, cards))
+    base = LogisticModel.fit(with_log_slots(x, logs.shelf[fit], logs.position[fit]), y, seed=seed, log_columns=())
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 5, "eta": 0.15,
               "min_child_weight": 5.0, "nthread": 2, "seed": seed, "verbosity": 0}
-    booster = xgb.train(params, xgb.DMatrix(np.asarray(x, np.float32), label=y), num_boost_round=80)
+    margin = base.decision(with_log_slots(x, logs.shelf[fit], logs.position[fit]))
+    booster = xgb.train(params, xgb.DMatrix(x, label=y, base_margin=margin), num_boost_round=80)
     probe = rng.choice(n, size=min(n, probe_cards), replace=False)
     pc = CandidateSet(logs.page[probe], logs.item_id[probe], logs.explanation[probe], logs.n_pages,
                       np.ones(len(probe), bool))
     n, slots = len(probe), shelves * cards
     moved = CandidateSet(np.tile(pc.page, slots), np.tile(pc.item_id, slots), np.tile(pc.explanation, slots),
                          logs.n_pages, np.ones(n * slots, bool))  # every probe card at every slot, one call
-    xs = featurize(logs.contexts, moved, np.repeat(np.arange(shelves), cards * n),
-                   np.tile(np.repeat(np.arange(cards), n), shelves))
-    pred = booster.inplace_predict(np.asarray(xs, np.float32))
-    kappa = np.array([pred[i * n:(i + 1) * n].mean() for i in range(slots)], np.float64).reshape(shelves, cards)
+    shelf, position = np.repeat(np.arange(shelves), cards * n), np.tile(np.repeat(np.arange(cards), n), shelves)
+    xs = np.asarray(featurize(logs.contexts, moved, shelf, position), np.float32)
+    pred = booster.inplace_predict(xs, base_margin=base.decision(with_log_slots(xs, shelf, position)))
+    kappa = pred.reshape(slots, n).mean(axis=1).reshape(shelves, cards)
     return kappa / kappa.max()
+
+
+def with_log_slots(x: np.ndarray, shelf: np.ndarray, position: np.ndarray) -> np.ndarray:
+    """``x`` with log(1 + shelf) and log(1 + position) appended as two columns."""
+    return np.column_stack([x, np.log1p(np.asarray(shelf, np.float64)), np.log1p(np.asarray(position, np.float64))])
 
 
 def logging_marginals(logging: PagePolicy, logs: LoggedPages, candidates: CandidateSet, cfg: OPEConfig,

@@ -19,7 +19,7 @@ import xgboost as xgb
 
 from bartops.faults import crash_point
 from bartops.features.arrays import native_threads
-from bartops.features.assemble import FEATURE_NAMES, assemble_rows, feature_schema_hash
+from bartops.features.assemble import FEATURE_NAMES, SLOT_COLUMNS, assemble_rows, feature_schema_hash
 from bartops.features.store import Features, atomic_replace_dir
 from bartops.leftovers import make_temp_dir, recover_leftovers
 from bartops.policy.page import CandidateSet
@@ -80,20 +80,27 @@ class RewardModel:
 
 @dataclass
 class LogisticModel:
-    """Baseline: scikit-learn logistic regression on standardised ``FEATURE_NAMES`` rows."""
+    """Baseline: scikit-learn logistic regression on standardised ``FEATURE_NAMES`` rows.
+
+    The columns ``log_columns`` (by default the slot, ``SLOT_COLUMNS``) enter as log(1 + x): the
+    examination of a slot decays multiplicatively down the page and along a shelf, so its log-odds
+    are close to linear in log(1 + shelf) and log(1 + position), not in the slot numbers themselves
+    (docs/reward-model.md).  A model saved before this option has none (``from_dict``).
+    """
 
     coef: np.ndarray
     intercept: float
     mean: np.ndarray
     scale: np.ndarray
     name: str = "logistic"
+    log_columns: tuple[int, ...] = ()
 
     @staticmethod
     def fit(rows: np.ndarray, y: np.ndarray, sample_weight: np.ndarray | None = None, C: float = 1.0,
-            seed: int = 0) -> "LogisticModel":
+            seed: int = 0, log_columns: tuple[int, ...] = SLOT_COLUMNS) -> "LogisticModel":
         from sklearn.linear_model import LogisticRegression
 
-        x = np.array(rows, np.float64)  # a copy, standardised in place
+        x = log_inputs(rows, log_columns)  # a copy, standardised in place
         mean = x.mean(axis=0)
         z = np.subtract(x, mean, out=x)
         scale = np.sqrt(np.add.reduce(z * z, axis=0) / max(len(z), 1))  # x.std(axis=0), the same floats
@@ -102,7 +109,8 @@ class LogisticModel:
         lr = LogisticRegression(C=C, max_iter=500, random_state=seed)
         with native_threads():  # faster at these sizes, and the same coefficients on any core count
             lr.fit(z, y, sample_weight=sample_weight)
-        return LogisticModel(lr.coef_.ravel().copy(), float(lr.intercept_[0]), mean, scale)
+        return LogisticModel(lr.coef_.ravel().copy(), float(lr.intercept_[0]), mean, scale,
+                             log_columns=tuple(int(c) for c in log_columns))
 
     def decision(self, rows: np.ndarray, block: int = 16384) -> np.ndarray:
         """Log-odds of the rows (float64): the standardisation folded into the coefficients (one pass),
@@ -111,10 +119,10 @@ class LogisticModel:
         b = self.intercept - float(self.mean @ w)
         rows = np.asarray(rows)
         if len(rows) <= block:
-            return np.asarray(rows, np.float64) @ w + b
+            return log_inputs(rows, self.log_columns) @ w + b
         out = np.empty(len(rows))
         for lo in range(0, len(rows), block):
-            out[lo:lo + block] = np.asarray(rows[lo:lo + block], np.float64) @ w
+            out[lo:lo + block] = log_inputs(rows[lo:lo + block], self.log_columns) @ w
         return out + b
 
     def predict_rows(self, rows: np.ndarray) -> np.ndarray:
@@ -123,7 +131,7 @@ class LogisticModel:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready coefficients (Python floats round-trip exactly through ``json``)."""
         return {"coef": self.coef.tolist(), "intercept": float(self.intercept), "mean": self.mean.tolist(),
-                "scale": self.scale.tolist()}
+                "scale": self.scale.tolist(), "log_columns": list(self.log_columns)}
 
     @staticmethod
     def from_dict(values: dict[str, Any], n_features: int) -> "LogisticModel":
@@ -131,12 +139,24 @@ class LogisticModel:
         try:
             arrays = [np.asarray(values[k], np.float64) for k in ("coef", "mean", "scale")]
             intercept = float(values["intercept"])
+            log_columns = tuple(int(c) for c in values.get("log_columns", ()))  # none before the option
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"logistic coefficients are incomplete: {exc}") from None
         if any(a.shape != (n_features,) for a in arrays):
             raise ValueError(f"logistic coefficients must have {n_features} values each, got "
                              f"{[a.shape for a in arrays]}")
-        return LogisticModel(arrays[0], intercept, arrays[1], arrays[2])
+        if any(not 0 <= c < n_features for c in log_columns):
+            raise ValueError(f"log_columns {list(log_columns)} must index the {n_features} features")
+        return LogisticModel(arrays[0], intercept, arrays[1], arrays[2], log_columns=log_columns)
+
+
+def log_inputs(rows: np.ndarray, log_columns: tuple[int, ...]) -> np.ndarray:
+    """A float64 copy of ``rows`` with the columns ``log_columns`` replaced by log(1 + x)."""
+    x = np.array(rows, np.float64)
+    if log_columns:
+        cols = list(log_columns)
+        x[:, cols] = np.log1p(x[:, cols])
+    return x
 
     def predict(self, features: Features, contexts: pd.DataFrame, candidates: CandidateSet,
                 shelf: int | np.ndarray = 0, position: int | np.ndarray = 0) -> np.ndarray:

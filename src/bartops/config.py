@@ -13,7 +13,7 @@ import difflib
 import math
 import os
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Mapping
 
@@ -482,9 +482,6 @@ class GateParams(Section):
         for name in ("min_ess", "max_ece", "explanation_tolerance", "approval_timeout_s", "min_support_share"):
             if float(getattr(self, name)) < 0:
                 raise ValueError(f"gate.{name} must be non-negative, got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
 Deterministic (fixed world, log and model seeds, fixed threads): these tests cannot alarm by chance; a
 failure means the estimator changed.  The bounds come from 20 seeds of each world at the same size
-(30k impressions, ε = 0.1; script in docs/ope-method.md#the-examination-profile): the mean absolute log
+(30k impressions, ε = 0.1; `python -m bench.examination`): the mean absolute log
 error of κ over the 48 slots (after removing the scale, which the weights ignore) was 0.044–0.160 on
 the steep world and 0.016–0.053 on the flat one, and the bounds on it sit above every seed.  The
 estimator before the logistic base gave 0.148–0.302 on the steep world (0.217 on this seed).  The

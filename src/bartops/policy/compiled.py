@@ -35,7 +35,6 @@ def _build_one(b, off, choosable, score, item_local, expl_local, n_local, S, K, 
     expl_used = np.zeros(max(n_local, 1), np.bool_)
     title = np.full(S, -1, np.int64)
     free = np.zeros(max(n, 1), np.bool_)
-    step = 0
     n_steps = S + fill_shelves * (K - 1)
     replay = forced_col.shape[0] > 0
     for step in range(n_steps):

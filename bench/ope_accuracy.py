@@ -56,14 +56,20 @@ def population_truth(world, sim, log, pages: int = 100_000, seed: int = 12345, c
 
 
 def evaluate_all(world, sim, log, logs, cfg, gate: GateParams, population: dict[str, float],
-                 truth_samples: int = 8) -> list[dict]:
+                 truth_samples: int = 8, true_examination: bool = False) -> list[dict]:
     """Every candidate's estimates on ``logs`` against its population value (``population_truth``: what
     the intervals are for, since the page bootstrap resamples page views) and, for reference, its value
-    on the logged contexts (conditional on them, so the intervals over-cover it for a close candidate)."""
+    on the logged contexts (conditional on them, so the intervals over-cover it for a close candidate).
+    ``true_examination``: the simulator's κ instead of the one estimated from the logs (a diagnosis)."""
     lp = logged_pages(logs, world.explanations)
     cands = candidates_for_requests(sim.candidates, lp.contexts["user_id"].to_numpy())
     feat = SimFeaturizer(world, sim.history)
-    marg = logging_marginals(log, lp, cands, cfg, estimate_examination(lp, feat, log.shelves, log.cards, cfg.seed))
+    if true_examination:
+        kappa = world.examination(np.arange(log.shelves)[:, None], np.arange(log.cards)[None, :])
+        kappa = kappa / kappa.max()
+    else:
+        kappa = estimate_examination(lp, feat, log.shelves, log.cards, cfg.seed)
+    marg = logging_marginals(log, lp, cands, cfg, kappa)
     kinds = world.explanations["kind"].to_numpy()
     v_log = true_value(world, log, lp.contexts, cands, n_samples=truth_samples)[0]
     rows = []

@@ -120,10 +120,11 @@ def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, 
     y = logs.reward[fit]
     if len(np.unique(y)) < 2:
         return np.ones((shelves, cards))
-    base = LogisticModel.fit(with_log_slots(x, logs.shelf[fit], logs.position[fit]), y, seed=seed, log_columns=())
+    x_base = with_log_slots(x, logs.shelf[fit], logs.position[fit])
+    base = LogisticModel.fit(x_base, y, seed=seed, log_columns=())
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 5, "eta": 0.15,
               "min_child_weight": 5.0, "nthread": 2, "seed": seed, "verbosity": 0}
-    margin = base.decision(with_log_slots(x, logs.shelf[fit], logs.position[fit]))
+    margin = base.decision(x_base)
     booster = xgb.train(params, xgb.DMatrix(x, label=y, base_margin=margin), num_boost_round=80)
     probe = rng.choice(n, size=min(n, probe_cards), replace=False)
     pc = CandidateSet(logs.page[probe], logs.item_id[probe], logs.explanation[probe], logs.n_pages,

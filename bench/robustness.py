@@ -194,10 +194,11 @@ def main() -> None:
     unsafe = sum(r["unsafe"] for r in runs)
     print(f"\n{len(runs)} gate decisions, unsafe promotions: {unsafe}")
     diagnosis = args.true_examination or args.dr_clip != OPEConfig.dr_clip  # keep the grid's own results
-    path = save("robustness-diagnosis" if diagnosis else "robustness", {"summary": summary, "models": models, "runs": runs, "unsafe_promotions": int(unsafe),
-                               "worlds": {n: {"seed": WORLDS[n].seed, "epsilon": WORLDS[n].epsilon,
-                                              "params": vars(WORLDS[n].params)} for n in names},
-                               "args": vars(args), "wall_s": time.time() - t0})
+    path = save("robustness-diagnosis" if diagnosis else "robustness", {
+        "summary": summary, "models": models, "runs": runs, "unsafe_promotions": int(unsafe),
+        "worlds": {n: {"seed": WORLDS[n].seed, "epsilon": WORLDS[n].epsilon, "params": vars(WORLDS[n].params)}
+                   for n in names},
+        "args": vars(args), "wall_s": time.time() - t0})
     print(f"\nsaved {path} ({time.time() - t0:.0f} s)")
 
 

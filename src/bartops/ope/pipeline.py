@@ -120,8 +120,9 @@ def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, 
     y = logs.reward[fit]
     if len(np.unique(y)) < 2:
         return np.ones((shelves, cards))
-    x_base = with_log_slots(x, logs.shelf[fit], logs.position[fit])
-    base = LogisticModel.fit(x_base, y, seed=seed, log_columns=())
+    width = x.shape[1]  # the regression's inputs: the card's, then its slot (as log(1 + ·): log_columns)
+    x_base = np.column_stack([x, logs.shelf[fit], logs.position[fit]])
+    base = LogisticModel.fit(x_base, y, seed=seed, log_columns=(width, width + 1))
     params = {"objective": "binary:logistic", "tree_method": "hist", "max_depth": 5, "eta": 0.15,
               "min_child_weight": 5.0, "nthread": 2, "seed": seed, "verbosity": 0}
     margin = base.decision(x_base)
@@ -134,14 +135,9 @@ def estimate_examination(logs: LoggedPages, featurize: Featurize, shelves: int, 
                          logs.n_pages, np.ones(n * slots, bool))  # every probe card at every slot, one call
     shelf, position = np.repeat(np.arange(shelves), cards * n), np.tile(np.repeat(np.arange(cards), n), shelves)
     xs = np.asarray(featurize(logs.contexts, moved, shelf, position), np.float32)
-    pred = booster.inplace_predict(xs, base_margin=base.decision(with_log_slots(xs, shelf, position)))
+    pred = booster.inplace_predict(xs, base_margin=base.decision(np.column_stack([xs, shelf, position])))
     kappa = pred.reshape(slots, n).mean(axis=1).reshape(shelves, cards)
     return kappa / kappa.max()
-
-
-def with_log_slots(x: np.ndarray, shelf: np.ndarray, position: np.ndarray) -> np.ndarray:
-    """``x`` with log(1 + shelf) and log(1 + position) appended as two columns."""
-    return np.column_stack([x, np.log1p(np.asarray(shelf, np.float64)), np.log1p(np.asarray(position, np.float64))])
 
 
 def logging_marginals(logging: PagePolicy, logs: LoggedPages, candidates: CandidateSet, cfg: OPEConfig,

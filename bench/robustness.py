@@ -3,7 +3,7 @@
     python -m bench.robustness [--worlds default,seed-23,flat,steep,big-catalog,eps-0.02,eps-0.3]
                                [--log-impressions 20000] [--seeds 20] [--train-impressions 1000000]
                                [--train-worlds all] [--truth-pages 50000] [--workers 2]
-                               [--dr-clip 100] [--true-examination]
+                               [--dr-clip 100] [--true-examination] [--ceiling]
 
 Each world of ``WORLDS`` changes one thing of ``bench.ope_accuracy``'s world (1,500 users, 2,500
 items, examination (1+shelf)^-0.35·(1+position)^-0.25, ε = 0.1): the seed, the examination decay
@@ -25,8 +25,12 @@ logging policy's ε (0.02, 0.3).  For each world:
    drives, scored by its true value on 2,000 fresh contexts against the oracle's (true stream
    probabilities as the scorer).
 
+``--ceiling`` adds the greedy share of a model fitted to each logged card's true appeal (noise-free
+labels no log has): the most the snapshot's features allow.
+
 Diagnoses (saved as ``robustness-diagnosis.json``): ``--true-examination`` gives the estimators the
-simulator's κ instead of the estimated one; ``--dr-clip`` changes DR's weight cap.
+simulator's κ instead of the estimated one; ``--dr-clip`` changes DR's weight cap.  Logs of another size
+than the grid's 20k save ``robustness[-diagnosis]-<size>.json`` (the gate at 1M: docs/robustness.md).
 
 The floors of the robustness issue: DR coverage 0.90–0.98 pooled in every world, the greedy policy
 ≥ 0.88 of the oracle at 1M impressions, no unsafe promotion, missed promotions of candidates truly
@@ -51,6 +55,7 @@ from bartops.sim.simulate import simulate_impressions
 
 SHELVES, CARDS = 6, 8
 BETTER = 0.10  # a candidate truly this much better than the logging policy should be promoted
+LOG_IMPRESSIONS = 20_000  # each fresh log's size (the grid's; other sizes save robustness-<size>.json)
 
 
 @dataclass(frozen=True)
@@ -96,8 +101,32 @@ def evaluate_seed(name: str, seed: int, size: int, population: dict[str, float],
     return [{"world": name, "seed": seed, **r} for r in rows]
 
 
-def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000) -> dict:
-    """The greedy policy of a reward model trained on ``n_impressions`` of the world, against the oracle."""
+def appeal_ceiling(world: World, impressions, features, params) -> object:
+    """A reward model fitted to what no log shows: each logged card's true appeal (the simulator's
+    stream probability at the top-left slot) as a soft label, on the product's feature rows with the
+    slot set to the top-left.  Its greedy policy is what the snapshot's features allow at best."""
+    import xgboost as xgb
+
+    from bartops.features.assemble import FEATURE_NAMES, SLOT_COLUMNS, impression_inputs
+    from bartops.features.logstats import time_split
+    from bartops.reward.model import RewardModel
+    from bartops.reward.train import LoggedCodes, training_rows
+
+    imp = impressions.reset_index(drop=True)
+    rp = params.reward
+    train = time_split(imp["timestamp"], rp.validation_fraction)
+    rows = training_rows(features, imp, train, rp.response_folds)
+    rows[:, list(SLOT_COLUMNS)] = 0
+    contexts, cards, _, _ = impression_inputs(features, imp, LoggedCodes.of(features, imp, rp.response_folds).explanation)
+    appeal = world.relevance(contexts, cards)
+    booster = xgb.train({"objective": "binary:logistic", "tree_method": "hist", "max_depth": 6, "eta": 0.05,
+                         "seed": params.seed}, xgb.QuantileDMatrix(rows[train], label=appeal[train]), num_boost_round=600)
+    return RewardModel(booster, FEATURE_NAMES, name="appeal-ceiling")
+
+
+def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000, ceiling: bool = False) -> dict:
+    """The greedy policy of a reward model trained on ``n_impressions`` of the world, against the oracle
+    (``ceiling``: also the greedy policy of ``appeal_ceiling``'s model)."""
     from bartops.config import load_params
     from bartops.features.store import build_features_from_frames, with_response_stats
     from bartops.reward.policy import candidate_policy
@@ -121,8 +150,12 @@ def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000) ->
     v_oracle, _ = true_value(world, oracle_policy(world, SHELVES, CARDS), ctx, cands)
     v_log, _ = true_value(world, logging_policy(world, data.history, SHELVES, CARDS, spec.epsilon, spec.epsilon),
                           ctx, cands, n_samples=4, seed=1)
-    return {"impressions": len(data.impressions), "greedy_share": v_model / v_oracle,
-            "logging_share": v_log / v_oracle, "oracle_value": v_oracle, "seconds": time.perf_counter() - t0}
+    out = {"impressions": len(data.impressions), "greedy_share": v_model / v_oracle,
+           "logging_share": v_log / v_oracle, "oracle_value": v_oracle, "seconds": time.perf_counter() - t0}
+    if ceiling:
+        best = appeal_ceiling(world, data.impressions, features, params)
+        out["ceiling_share"] = true_value(world, candidate_policy(best, features, greedy), ctx, cands)[0] / v_oracle
+    return out
 
 
 def summarise(name: str, rows: list[dict], population: dict[str, float]) -> list[dict]:
@@ -148,13 +181,15 @@ def summarise(name: str, rows: list[dict], population: dict[str, float]) -> list
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worlds", default=",".join(WORLDS))
-    ap.add_argument("--log-impressions", type=int, default=20_000)
-    ap.add_argument("--seeds", type=int, default=20, help="fresh logs per world")
+    ap.add_argument("--log-impressions", type=int, default=LOG_IMPRESSIONS)
+    ap.add_argument("--seeds", type=int, default=20, help="fresh logs per world (0: the reward-model part alone)")
     ap.add_argument("--train-impressions", type=int, default=1_000_000, help="0 skips the reward-model part")
     ap.add_argument("--train-worlds", default="all", help="worlds whose reward model is trained ('all' or names)")
     ap.add_argument("--truth-pages", type=int, default=50_000)
     ap.add_argument("--workers", type=int, default=2, help="processes for the logs of a world")
     ap.add_argument("--dr-clip", type=float, default=OPEConfig.dr_clip, help="DR's weight cap (ope.dr_clip)")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="also the greedy share of a model fitted to the true appeal (what the features allow)")
     ap.add_argument("--true-examination", action="store_true",
                     help="give the estimators the simulator's κ instead of the estimated one (a diagnosis)")
     args = ap.parse_args()
@@ -167,21 +202,23 @@ def main() -> None:
     summary, runs, models = [], [], []
     for name in names:
         ts = time.time()
-        world, sim, log = world_setup(WORLDS[name])
-        population, population_se = population_truth(world, sim, log, args.truth_pages)
-        # spawn, not fork: the parent has run XGBoost's OpenMP threads
-        with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            rows = [r for rs in pool.map(evaluate_seed, [name] * args.seeds, range(args.seeds),
-                                         [args.log_impressions] * args.seeds, [population] * args.seeds,
-                                         [args.dr_clip] * args.seeds, [args.true_examination] * args.seeds)
-                    for r in rs]
-        runs += rows
-        summary += summarise(name, rows, population)
-        print(table([s for s in summary if s["world"] == name]), flush=True)
-        print(f"{name}: {args.seeds} logs in {time.time() - ts:.0f} s; population values "
-              + ", ".join(f"{k} {v:.3f} ± {population_se[k]:.3f}" for k, v in population.items()), flush=True)
+        if args.seeds:  # 0: the reward-model part alone
+            world, sim, log = world_setup(WORLDS[name])
+            population, population_se = population_truth(world, sim, log, args.truth_pages)
+            # spawn, not fork: the parent has run XGBoost's OpenMP threads
+            with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                rows = [r for rs in pool.map(evaluate_seed, [name] * args.seeds, range(args.seeds),
+                                             [args.log_impressions] * args.seeds, [population] * args.seeds,
+                                             [args.dr_clip] * args.seeds, [args.true_examination] * args.seeds)
+                        for r in rs]
+            runs += rows
+            summary += summarise(name, rows, population)
+            print(table([s for s in summary if s["world"] == name]), flush=True)
+            print(f"{name}: {args.seeds} logs in {time.time() - ts:.0f} s; population values "
+                  + ", ".join(f"{k} {v:.3f} ± {population_se[k]:.3f}" for k, v in population.items()), flush=True)
         if args.train_impressions and name in train:
-            models.append({"world": name, **oracle_share(WORLDS[name], args.train_impressions)})
+            models.append({"world": name, **oracle_share(WORLDS[name], args.train_impressions,
+                                                         ceiling=args.ceiling)})
             print(table([models[-1]]), flush=True)
     pooled = [s for s in summary if s["candidate"] == "pooled"]
     print("\n## OPE and the gate per world (DR, pooled over the candidates)\n")
@@ -194,7 +231,12 @@ def main() -> None:
     unsafe = sum(r["unsafe"] for r in runs)
     print(f"\n{len(runs)} gate decisions, unsafe promotions: {unsafe}")
     diagnosis = args.true_examination or args.dr_clip != OPEConfig.dr_clip  # keep the grid's own results
-    path = save("robustness-diagnosis" if diagnosis else "robustness", {
+    name = "robustness-diagnosis" if diagnosis else "robustness"
+    if not args.seeds:
+        name = "robustness-models"  # the reward-model part alone
+    elif args.log_impressions != LOG_IMPRESSIONS:
+        name += f"-{args.log_impressions}"  # e.g. robustness-1000000.json: the gate at production scale
+    path = save(name, {
         "summary": summary, "models": models, "runs": runs, "unsafe_promotions": int(unsafe),
         "worlds": {n: {"seed": WORLDS[n].seed, "epsilon": WORLDS[n].epsilon, "params": vars(WORLDS[n].params)}
                    for n in names},

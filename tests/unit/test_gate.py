@@ -162,3 +162,18 @@ def test_support_is_computed_on_the_log_time_candidate_sets(small_sim, small_dat
     assert outside > 0.1, f"the enlarged candidate should show new pairs; outside share {outside:.3f}"
     assert share["enlarged"] == 1.0, share
     assert abs(share["log-time"] - (1 - outside)) < 1e-9, (share, outside)
+
+
+def test_the_decision_says_when_its_interval_leaves_out_the_reward_models_error():
+    """Below ``CHECKED_SHARE`` of the candidate's examination checked by the logs, the rest is DR's
+    reward model, whose error the bootstrap interval does not include (docs/robustness.md: at 1M
+    impressions DR covered 6 of 20 such cases); the decision's scope sentence says so, with the share."""
+    from bartops.gate.evaluate import CHECKED_SHARE, interval_scope
+
+    plain = interval_scope(625, "2026-11-01", "2026-11-02")
+    assert "page views like the 625 evaluated ones" in plain, plain
+    assert interval_scope(625, None, None, support=CHECKED_SHARE).endswith("drift."), "no caveat at the threshold"
+    thin = interval_scope(625, None, None, support=0.74)
+    assert thin.startswith(interval_scope(625, None, None)), thin
+    assert "The logs check 74% of the candidate's examination" in thin, thin
+    assert "narrower than the candidate's true uncertainty" in thin, thin

@@ -36,6 +36,7 @@ from bartops.sim.store import LOGGING_CANDIDATES
 log = logging.getLogger(__name__)
 
 SIM_LOGGING_VERSION = "logging-popularity"
+CHECKED_SHARE = 0.95  # below this support share the decision says its intervals leave out the model's error
 
 
 def validation_reports(files: list[Path], build_dir: Path | None = None) -> list[dict]:
@@ -165,12 +166,22 @@ def _iso(timestamp) -> str:
     return pd.Timestamp(timestamp).isoformat()
 
 
-def interval_scope(n_pages: int, first: str | None, last: str | None) -> str:
-    """What the decision's intervals are for, in one sentence (gate.json, artifact, dashboard)."""
+def interval_scope(n_pages: int, first: str | None, last: str | None, support: float | None = None) -> str:
+    """What the decision's intervals are for, in a sentence or two (gate.json, artifact, dashboard).
+
+    ``support``: the share of the candidate's examination the logs check (the support rule's figure);
+    below ``CHECKED_SHARE`` the rest is the reward model's prediction, which the interval takes as exact.
+    """
     span = f" logged from {first} to {last}" if first and last else ""
-    return (f"The intervals are for the value per page view over page views like the {n_pages:,} evaluated "
+    text = (f"The intervals are for the value per page view over page views like the {n_pages:,} evaluated "
             f"ones{span} (the page bootstrap resamples them): the contexts of that window, not a forecast of "
             "future traffic, which may differ if users, catalog or season drift.")
+    if support is not None and support < CHECKED_SHARE:
+        text += (f" The logs check {support:.0%} of the candidate's examination; the rest (capped weights, or "
+                 "cards the logging policy could not show) is the reward model's prediction, whose error the "
+                 "interval leaves out, so the interval is narrower than the candidate's true uncertainty "
+                 "(docs/robustness.md).")
+    return text
 
 
 def training_cut(bundle_dir: Path) -> pd.Timestamp | None:
@@ -195,8 +206,8 @@ def make_decision(ev: Evaluation, params: Params, metrics: dict | None, validati
     cand = result.estimates["candidate"][gp.estimator]
     kind_lifts = result.kind_lifts["production"]
     cand_diag = result.diagnostics["candidate"]  # support: what the logs check, within what the logger could show
-    verdict = decide(gp, validation_passed, diff, cand.ess, ece_from_metrics(metrics), kind_lifts,
-                     min(cand_diag.support_share, cand_diag.log_time_support))
+    support = min(cand_diag.support_share, cand_diag.log_time_support)
+    verdict = decide(gp, validation_passed, diff, cand.ess, ece_from_metrics(metrics), kind_lifts, support)
     lin = lineage or {}
     summary = (f"{verdict.decision}: {gp.estimator} candidate − production {diff.value:+.3f} "
                f"[{diff.ci_low:+.3f}, {diff.ci_high:+.3f}] streams/page"
@@ -208,7 +219,7 @@ def make_decision(ev: Evaluation, params: Params, metrics: dict | None, validati
         decision=verdict.decision, version=version, summary=summary, rules=verdict.rules, failed=verdict.failed,
         params=gp, estimator=gp.estimator, production=ev.production or f"logging policy ({ev.logging_version})",
         evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), logs=ev.logs(),
-        interval_scope=interval_scope(ev.n_pages, ev.first_page_view, ev.last_page_view), ope=ope,
+        interval_scope=interval_scope(ev.n_pages, ev.first_page_view, ev.last_page_view, support), ope=ope,
         validation=validation, data_version=lin.get("data_version"), code_version=lin.get("code_version"))
 
 

@@ -67,3 +67,34 @@ def test_history_sums_of_user_partitions_concatenate_to_the_whole(small_data_dir
     # exact: a user × item sum never spans partitions, and each partition keeps the file's row order
     pd.testing.assert_frame_equal(add_history_sums([history_sums(f, items, now, 30.0) for f in frames]), whole,
                                   check_exact=True)
+
+
+class _RecordingClient:
+    """Stands in for ``distributed.Client``: the scheduler's workers, and what ``submit`` was asked."""
+
+    def __init__(self, workers: dict[str, int]) -> None:
+        self.workers, self.submitted = workers, []
+
+    def nthreads(self) -> dict[str, int]:
+        return dict(self.workers)
+
+    def submit(self, fn, *args, pure=True, **pin):
+        self.submitted.append(pin)
+        return fn(*args)
+
+
+def test_submit_pins_round_robin_and_does_not_fail_without_workers():
+    """A task placed by ``where`` goes to worker ``where mod n`` (in address order); while the scheduler
+    has no worker (all restarting) it is submitted unpinned instead of dividing by zero (CI, session 14:
+    ``ZeroDivisionError`` when the client's cached worker list came back empty)."""
+    from bartops.scale.cluster import DaskExecutor
+
+    client = _RecordingClient({"tcp://b:2": 1, "tcp://a:1": 1})
+    ex = DaskExecutor(client)
+    assert [ex.submit(abs, -k, where=k) for k in range(3)] == [0, 1, 2]
+    assert [p["workers"] for p in client.submitted] == [["tcp://a:1"], ["tcp://b:2"], ["tcp://a:1"]], client.submitted
+    assert all(p["allow_other_workers"] for p in client.submitted), client.submitted
+    client.workers.clear()
+    assert ex.submit(abs, -5, where=3) == 5
+    assert client.submitted[-1] == {}, f"submitted without workers: {client.submitted[-1]}"
+    assert ex.submit(abs, -6) == 6 and client.submitted[-1] == {}, client.submitted[-1]

@@ -107,8 +107,10 @@ class DaskExecutor:
 
     def submit(self, fn, *args, where: int | None = None):
         pin: dict[str, Any] = {}
-        if where is not None:
-            workers = sorted(self.client.scheduler_info()["workers"])
+        # the workers from the scheduler itself: ``scheduler_info()`` returns a cache that the client's
+        # periodic refresh can leave without workers (distributed 2026.8), which made this divide by zero
+        workers = sorted(self.client.nthreads()) if where is not None else []
+        if workers:  # none (all restarting): unpinned, the scheduler places it when one joins
             pin = {"workers": [workers[where % len(workers)]], "allow_other_workers": True}
         return self.client.submit(fn, *args, pure=False, **pin)
 

@@ -1,14 +1,16 @@
 """The gate and the reward model on worlds nobody tuned for: a grid of simulated worlds.
 
-    python -m bench.robustness [--worlds default,seed-23,flat,steep,big-catalog,eps-0.02,eps-0.3]
+    python -m bench.robustness [--worlds default,seed-23,flat,steep,big-catalog,big-candidates,eps-0.02,eps-0.3]
                                [--log-impressions 20000] [--seeds 20] [--train-impressions 1000000]
                                [--train-worlds all] [--truth-pages 50000] [--workers 2]
-                               [--dr-clip 100] [--true-examination] [--ceiling]
+                               [--dr-clip 100] [--dr-interval capped] [--true-examination] [--ceiling]
+                               [--reward JSON]
 
 Each world of ``WORLDS`` changes one thing of ``bench.ope_accuracy``'s world (1,500 users, 2,500
 items, examination (1+shelf)^-0.35·(1+position)^-0.25, ε = 0.1): the seed, the examination decay
 down the page and along the shelves (flat 0.05/0.05, steep 1.5/1.0: the bottom-right slot is looked
-at 0.0085 as often as the top-left), the catalog (6,000 items, 400 artists, 4,000 users) or the
+at 0.0085 as often as the top-left), the catalog (6,000 items, 400 artists, 4,000 users), the
+candidate sets (2.75× as many pairs per user: more artists, genres and moods, more items each) or the
 logging policy's ε (0.02, 0.3).  For each world:
 
 1. **Off-policy evaluation.**  ``--seeds`` fresh logs of ``--log-impressions`` from the world's
@@ -26,10 +28,12 @@ logging policy's ε (0.02, 0.3).  For each world:
    probabilities as the scorer).
 
 ``--ceiling`` adds the greedy share of a model fitted to each logged card's true appeal (noise-free
-labels no log has): the most the snapshot's features allow.
+labels no log has): the most the snapshot's features allow.  ``--reward`` trains with other ``reward:``
+settings (saved as ``robustness-models-diagnosis.json`` with ``--seeds 0``).
 
 Diagnoses (saved as ``robustness-diagnosis.json``): ``--true-examination`` gives the estimators the
-simulator's κ instead of the estimated one; ``--dr-clip`` changes DR's weight cap.  Logs of another size
+simulator's κ instead of the estimated one; ``--dr-clip`` changes DR's weight cap; ``--dr-interval joined``
+also holds the uncapped DR's interval in DR's (``ope.dr_interval``).  Logs of another size
 than the grid's 20k save ``robustness[-diagnosis]-<size>.json`` (the gate at 1M: docs/robustness.md).
 
 The floors of the robustness issue: DR coverage 0.90–0.98 pooled in every world, the greedy policy
@@ -40,6 +44,7 @@ The floors of the robustness issue: DR coverage 0.90–0.98 pooled in every worl
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -49,7 +54,7 @@ import numpy as np
 
 from bench.common import save, table
 from bench.ope_accuracy import CANDIDATES, WORLD, evaluate_all, population_truth, wilson
-from bartops.config import GateParams, OPEConfig, PolicyParams, SimParams
+from bartops.config import DR_INTERVALS, CandidateParams, GateParams, OPEConfig, PolicyParams, SimParams
 from bartops.sim import SimulatedData, World, logging_policy, simulate
 from bartops.sim.simulate import simulate_impressions
 
@@ -60,11 +65,18 @@ LOG_IMPRESSIONS = 20_000  # each fresh log's size (the grid's; other sizes save 
 
 @dataclass(frozen=True)
 class WorldSpec:
-    """One world of the grid: simulator parameters, the world's seed and the logging policy's ε."""
+    """One world of the grid: simulator parameters, the world's seed, the logging policy's ε and how
+    candidate sets are generated (for the logs and for the reward model's features alike)."""
 
     params: SimParams
     seed: int = 11
     epsilon: float = 0.1
+    candidates: CandidateParams = CandidateParams()
+
+
+# 2.75× the default's (user, explanation, item) pairs per user on this world: 13 explanations, not 9
+BIG_CANDIDATES = CandidateParams(top_artists=5, top_genres=3, top_moods=3, items_per_artist=40, items_per_genre=90,
+                                 items_per_mood=70, items_per_region=90, items_new=90)
 
 
 WORLDS = {
@@ -73,6 +85,7 @@ WORLDS = {
     "flat": WorldSpec(replace(WORLD, position_decay_shelf=0.05, position_decay_card=0.05)),
     "steep": WorldSpec(replace(WORLD, position_decay_shelf=1.5, position_decay_card=1.0)),
     "big-catalog": WorldSpec(replace(WORLD, users=4000, artists=400, items=6000)),
+    "big-candidates": WorldSpec(WORLD, candidates=BIG_CANDIDATES),
     "eps-0.02": WorldSpec(WORLD, epsilon=0.02),
     "eps-0.3": WorldSpec(WORLD, epsilon=0.3),
 }
@@ -81,7 +94,7 @@ WORLDS = {
 def world_setup(spec: WorldSpec) -> tuple[World, SimulatedData, object]:
     """The world, its history and candidate sets, and its ε-greedy logging policy."""
     world = World.generate(spec.params, seed=spec.seed)
-    sim = simulate(world, 500, SHELVES, CARDS, spec.epsilon, spec.epsilon, seed=spec.seed)
+    sim = simulate(world, 500, SHELVES, CARDS, spec.epsilon, spec.epsilon, seed=spec.seed, candidates=spec.candidates)
     return world, sim, logging_policy(world, sim.history, SHELVES, CARDS, spec.epsilon, spec.epsilon)
 
 
@@ -89,13 +102,13 @@ _CACHE: dict[str, tuple] = {}
 
 
 def evaluate_seed(name: str, seed: int, size: int, population: dict[str, float], dr_clip: float = OPEConfig.dr_clip,
-                  true_examination: bool = False) -> list[dict]:
+                  true_examination: bool = False, dr_interval: str = OPEConfig.dr_interval) -> list[dict]:
     """Every candidate's estimates and the gate's decision on one fresh log of world ``name``."""
     if name not in _CACHE:
         _CACHE[name] = world_setup(WORLDS[name])
     world, sim, log = _CACHE[name]
     logs = simulate_impressions(world, sim.history, sim.candidates, log, size, np.random.default_rng([seed, 2]))
-    cfg = OPEConfig(n_boot=200, marginal_samples=100, dr_clip=dr_clip)
+    cfg = OPEConfig(n_boot=200, marginal_samples=100, dr_clip=dr_clip, dr_interval=dr_interval)
     rows = evaluate_all(world, sim, log, logs, cfg, GateParams(), population, truth_samples=4,
                         true_examination=true_examination)
     return [{"world": name, "seed": seed, **r} for r in rows]
@@ -124,9 +137,11 @@ def appeal_ceiling(world: World, impressions, features, params) -> object:
     return RewardModel(booster, FEATURE_NAMES, name="appeal-ceiling")
 
 
-def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000, ceiling: bool = False) -> dict:
+def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000, ceiling: bool = False,
+                 reward: dict | None = None) -> dict:
     """The greedy policy of a reward model trained on ``n_impressions`` of the world, against the oracle
-    (``ceiling``: also the greedy policy of ``appeal_ceiling``'s model)."""
+    (``ceiling``: also the greedy policy of ``appeal_ceiling``'s model; ``reward``: ``reward:`` settings
+    that replace params.yaml's, ``xgboost`` merged key by key)."""
     from bartops.config import load_params
     from bartops.features.store import build_features_from_frames, with_response_stats
     from bartops.reward.policy import candidate_policy
@@ -134,11 +149,15 @@ def oracle_share(spec: WorldSpec, n_impressions: int, n_contexts: int = 2000, ce
     from bartops.sim import oracle_policy, sample_contexts, true_value
 
     params = load_params()
+    if reward:
+        booster = {**params.reward.xgboost, **reward.get("xgboost", {})}
+        params = replace(params, reward=replace(params.reward, **{**reward, "xgboost": booster}))
     world = World.generate(spec.params, seed=spec.seed)
     t0 = time.perf_counter()
-    data = simulate(world, n_impressions, SHELVES, CARDS, spec.epsilon, spec.epsilon, seed=spec.seed)
+    data = simulate(world, n_impressions, SHELVES, CARDS, spec.epsilon, spec.epsilon, seed=spec.seed,
+                    candidates=spec.candidates)
     features = build_features_from_frames(world.items, world.users, data.history,
-                                          params.features, seed=params.seed,
+                                          replace(params.features, candidates=spec.candidates), seed=params.seed,
                                           explanations=world.explanations)
     features = with_response_stats(features, data.impressions, None,
                                    params.reward.validation_fraction)
@@ -188,6 +207,11 @@ def main() -> None:
     ap.add_argument("--truth-pages", type=int, default=50_000)
     ap.add_argument("--workers", type=int, default=2, help="processes for the logs of a world")
     ap.add_argument("--dr-clip", type=float, default=OPEConfig.dr_clip, help="DR's weight cap (ope.dr_clip)")
+    ap.add_argument("--dr-interval", default=OPEConfig.dr_interval, choices=DR_INTERVALS,
+                    help="DR's interval: the capped DR's, or joined with the uncapped DR's (ope.dr_interval)")
+    ap.add_argument("--reward", type=json.loads, default=None,
+                    help='the reward model\'s settings instead of params.yaml\'s, as JSON: {"xgboost": '
+                         '{"min_child_weight": 20}, "num_boost_round": 600} (a diagnosis)')
     ap.add_argument("--ceiling", action="store_true",
                     help="also the greedy share of a model fitted to the true appeal (what the features allow)")
     ap.add_argument("--true-examination", action="store_true",
@@ -209,7 +233,8 @@ def main() -> None:
             with ProcessPoolExecutor(args.workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 rows = [r for rs in pool.map(evaluate_seed, [name] * args.seeds, range(args.seeds),
                                              [args.log_impressions] * args.seeds, [population] * args.seeds,
-                                             [args.dr_clip] * args.seeds, [args.true_examination] * args.seeds)
+                                             [args.dr_clip] * args.seeds, [args.true_examination] * args.seeds,
+                                             [args.dr_interval] * args.seeds)
                         for r in rs]
             runs += rows
             summary += summarise(name, rows, population)
@@ -218,7 +243,7 @@ def main() -> None:
                   + ", ".join(f"{k} {v:.3f} ± {population_se[k]:.3f}" for k, v in population.items()), flush=True)
         if args.train_impressions and name in train:
             models.append({"world": name, **oracle_share(WORLDS[name], args.train_impressions,
-                                                         ceiling=args.ceiling)})
+                                                         ceiling=args.ceiling, reward=args.reward)})
             print(table([models[-1]]), flush=True)
     pooled = [s for s in summary if s["candidate"] == "pooled"]
     print("\n## OPE and the gate per world (DR, pooled over the candidates)\n")
@@ -230,15 +255,17 @@ def main() -> None:
         print(table(models))
     unsafe = sum(r["unsafe"] for r in runs)
     print(f"\n{len(runs)} gate decisions, unsafe promotions: {unsafe}")
-    diagnosis = args.true_examination or args.dr_clip != OPEConfig.dr_clip  # keep the grid's own results
+    diagnosis = (args.true_examination or args.dr_clip != OPEConfig.dr_clip  # keep the grid's own results
+                 or args.dr_interval != OPEConfig.dr_interval)
     name = "robustness-diagnosis" if diagnosis else "robustness"
     if not args.seeds:
-        name = "robustness-models"  # the reward-model part alone
+        name = "robustness-models" + ("-diagnosis" if args.reward else "")  # the reward-model part alone
     elif args.log_impressions != LOG_IMPRESSIONS:
         name += f"-{args.log_impressions}"  # e.g. robustness-1000000.json: the gate at production scale
     path = save(name, {
         "summary": summary, "models": models, "runs": runs, "unsafe_promotions": int(unsafe),
-        "worlds": {n: {"seed": WORLDS[n].seed, "epsilon": WORLDS[n].epsilon, "params": vars(WORLDS[n].params)}
+        "worlds": {n: {"seed": WORLDS[n].seed, "epsilon": WORLDS[n].epsilon, "params": vars(WORLDS[n].params),
+                       "candidates": vars(WORLDS[n].candidates)}
                    for n in names},
         "args": vars(args), "wall_s": time.time() - t0})
     print(f"\nsaved {path} ({time.time() - t0:.0f} s)")

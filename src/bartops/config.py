@@ -436,6 +436,9 @@ class RewardParams:
                 "nthread": os.cpu_count() or 1, "seed": int(seed), **self.xgboost}
 
 
+DR_INTERVALS = ("capped", "joined")
+
+
 @dataclass(frozen=True)
 class OPEConfig(Section):
     """``params.yaml`` → ``ope:``."""
@@ -449,6 +452,7 @@ class OPEConfig(Section):
     target_samples: int = 4  # sampled pages per context for a stochastic target (1 if greedy)
     clip: float | None = None  # optional weight cap of IPS and SNIPS
     dr_clip: float | None = 100.0  # weight cap of DR's correction term (see module docs)
+    dr_interval: str = "capped"  # "capped": the capped DR's interval; "joined": ∪ the uncapped DR's (wider)
     folds: int = 2
     max_pages: int | None = None  # evaluate on a random subset of this many pages (None = all)
     holdout_only: bool = True  # evaluate a bundle only on logs after its training cut (validation_from)
@@ -458,6 +462,8 @@ class OPEConfig(Section):
             _positive_int("ope", name, getattr(self, name))
         if self.max_pages is not None and int(self.max_pages) < 1:
             raise ValueError(f"ope.max_pages must be positive or null, got {self.max_pages!r}")
+        if self.dr_interval not in DR_INTERVALS:
+            raise ValueError(f"ope.dr_interval must be one of {', '.join(DR_INTERVALS)}, got {self.dr_interval!r}")
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from bartops.features.candidates import candidates_for_requests
 from bartops.logs.schema import IMPRESSION_COLUMNS, SchemaError, conform_impressions
 from bartops.policy.page import build_pages
 from bartops.sim import World, logging_policy, oracle_policy, sample_contexts, simulate, true_value
-from bartops.config import SimParams
+from bartops.config import CandidateParams, SimParams
 from bartops.sim.simulate import page_value
 
 from conftest import SHAPE, SMALL
@@ -25,6 +25,18 @@ def test_same_seed_gives_identical_data(small_sim):
     pd.testing.assert_frame_equal(again.world.items, small_sim.world.items)
     other = simulate(World.generate(SMALL, seed=4), 2000, seed=4, **SHAPE)
     assert not other.impressions["item_id"].head(200).equals(small_sim.impressions["item_id"].head(200))
+
+
+def test_candidate_generation_is_a_parameter_of_the_simulation(small_sim):
+    """More artists and more items per explanation give larger candidate sets, and the logged pages
+    draw from them: the robustness benchmark's big-candidates world."""
+    bigger = CandidateParams(top_artists=5, items_per_artist=40, items_per_genre=90, items_new=90)
+    big = simulate(World.generate(SMALL, seed=3), 2000, seed=3, candidates=bigger, **SHAPE)
+    default, larger = small_sim.candidates.groupby("user_id").size(), big.candidates.groupby("user_id").size()
+    assert larger.mean() > 1.5 * default.mean(), (larger.mean(), default.mean())
+    logged = big.impressions[["user_id", "item_id"]].drop_duplicates()
+    inside = logged.merge(big.candidates[["user_id", "item_id"]].drop_duplicates(), how="left", indicator=True)
+    assert (inside["_merge"] == "both").all(), f"{(inside['_merge'] != 'both').sum()} logged pairs outside the candidate sets"
 
 
 def test_impressions_follow_the_log_schema(small_sim):

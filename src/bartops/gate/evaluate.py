@@ -166,17 +166,23 @@ def _iso(timestamp) -> str:
     return pd.Timestamp(timestamp).isoformat()
 
 
-def interval_scope(n_pages: int, first: str | None, last: str | None, support: float | None = None) -> str:
+def interval_scope(n_pages: int, first: str | None, last: str | None, support: float | None = None,
+                   joined: bool = False) -> str:
     """What the decision's intervals are for, in a sentence or two (gate.json, artifact, dashboard).
 
     ``support``: the share of the candidate's examination the logs check (the support rule's figure);
-    below ``CHECKED_SHARE`` the rest is the reward model's prediction, which the interval takes as exact.
+    below ``CHECKED_SHARE`` the rest is the reward model's prediction, which the capped interval takes
+    as exact (``joined``, ``ope.dr_interval``: the interval also holds the uncapped DR's).
     """
     span = f" logged from {first} to {last}" if first and last else ""
     text = (f"The intervals are for the value per page view over page views like the {n_pages:,} evaluated "
             f"ones{span} (the page bootstrap resamples them): the contexts of that window, not a forecast of "
             "future traffic, which may differ if users, catalog or season drift.")
-    if support is not None and support < CHECKED_SHARE:
+    if support is not None and support < CHECKED_SHARE and joined:
+        text += (f" The logs check {support:.0%} of the candidate's examination under the weight cap; the interval "
+                 "also holds the uncapped DR's, which checks the rest with large weights (wide, and not for cards "
+                 "the logging policy could not show) (docs/robustness.md).")
+    elif support is not None and support < CHECKED_SHARE:
         text += (f" The logs check {support:.0%} of the candidate's examination; the rest (capped weights, or "
                  "cards the logging policy could not show) is the reward model's prediction, whose error the "
                  "interval leaves out, so the interval is narrower than the candidate's true uncertainty "
@@ -219,7 +225,8 @@ def make_decision(ev: Evaluation, params: Params, metrics: dict | None, validati
         decision=verdict.decision, version=version, summary=summary, rules=verdict.rules, failed=verdict.failed,
         params=gp, estimator=gp.estimator, production=ev.production or f"logging policy ({ev.logging_version})",
         evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), logs=ev.logs(),
-        interval_scope=interval_scope(ev.n_pages, ev.first_page_view, ev.last_page_view, support), ope=ope,
+        interval_scope=interval_scope(ev.n_pages, ev.first_page_view, ev.last_page_view, support,
+                                      gp.estimator == "dr" and ev.config.dr_interval == "joined"), ope=ope,
         validation=validation, data_version=lin.get("data_version"), code_version=lin.get("code_version"))
 
 

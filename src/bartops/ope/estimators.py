@@ -5,6 +5,8 @@ dataclass with ``statistics(data) -> (n, k)`` per-row columns and ``combine(sums
 mapping column sums to a value.  Because every estimator is a function of column sums, the
 bootstrap draws multinomial counts of groups (pages) once and evaluates every estimator — and the
 paired difference candidate − production — on the same resamples with one matrix product.
+``variants(sums, n_groups)`` are the values whose percentile intervals the reported interval joins:
+the value alone, except for a capped DR with ``joined``, whose interval also holds the uncapped DR's.
 
 The value is per group: with pages as groups and cards as rows it is the expected reward per page
 (streams per page view).  Weights are ``target / propensity``; which probabilities are passed
@@ -65,8 +67,17 @@ class Estimator(Protocol):
 
     def combine(self, sums: np.ndarray, n_groups: int) -> np.ndarray: ...
 
+    def variants(self, sums: np.ndarray, n_groups: int) -> np.ndarray: ...
 
-class _PerRowStatistics:
+
+class _OneVariant:
+    """``variants``: the value alone (its interval is the value's percentile interval)."""
+
+    def variants(self, sums: np.ndarray, n_groups: int) -> np.ndarray:
+        return self.combine(sums, n_groups)[..., None]
+
+
+class _PerRowStatistics(_OneVariant):
     """``group_statistics`` as the per-group sums of the per-row ``statistics``."""
 
     def group_statistics(self, d: LoggedData) -> np.ndarray:
@@ -94,7 +105,7 @@ class IPS(_PerRowStatistics):
 
 
 @dataclass(frozen=True)
-class SNIPS:
+class SNIPS(_OneVariant):
     """Self-normalised IPS, per stratum: Σ_s (n_s / n_groups) · Σ_s w·r / Σ_s w.
 
     With slots as strata each slot's weights are normalised to mean 1 (their expectation under
@@ -151,18 +162,32 @@ class DR(_PerRowStatistics):
 
     Unbiased if either the weights are exact (support) or the reward model is; ``prediction`` must
     come from a model not fitted on the same rows (cross-fitting, ``bartops.ope.reward``).
+
+    With a cap ``clip`` the correction uses min(w, clip): far less variance, but a bias of
+    −Σ(w − clip)₊·E[r − prediction], the reward model's error where the logs check the target only
+    through large weights, which the interval leaves out.  ``joined``: the interval is the union of
+    the capped and the uncapped DR's percentile intervals (``variants``), since the uncapped DR
+    estimates that bias (with much variance); the value stays the capped one.
     """
 
     clip: float | None = None
+    joined: bool = False
     name: str = "dr"
 
     def statistics(self, d: LoggedData) -> np.ndarray:
         if d.prediction is None or d.expected is None:
             raise ValueError("dr needs predictions (reward model, logged action) and expected (under the target)")
-        return (d.expected + weights(d, self.clip) * (d.reward - d.prediction))[:, None]
+        w, residual = weights(d), d.reward - d.prediction
+        capped = d.expected + (w if self.clip is None else np.minimum(w, self.clip)) * residual
+        if self.joined and self.clip is not None:
+            return np.column_stack([capped, d.expected + w * residual])
+        return capped[:, None]
 
     def combine(self, sums: np.ndarray, n_groups: int) -> np.ndarray:
         return sums[..., 0] / n_groups
+
+    def variants(self, sums: np.ndarray, n_groups: int) -> np.ndarray:
+        return sums / n_groups  # [capped, uncapped] when joined, else the value alone
 
 
 ESTIMATORS = {"ips": IPS, "snips": SNIPS, "dr": DR}
@@ -224,9 +249,16 @@ def weight_moments(d: LoggedData, clip: float | None) -> np.ndarray:
 
 def estimate_from_moments(name: str, value: float, boot: np.ndarray, level: float, moments: np.ndarray,
                           n_groups: int, clip, n_boot, seed) -> Estimate:
-    """An Estimate from its value, bootstrap values and ``weight_moments`` (reduced over partitions)."""
+    """An Estimate from its value, bootstrap values and ``weight_moments`` (reduced over partitions).
+
+    ``boot`` is (n_boot, variants): the interval joins the variants' percentile intervals; the value
+    and the standard error are the first variant's (``Estimator.variants``).
+    """
     alpha = (1 - level) / 2
-    lo, hi = np.quantile(boot, [alpha, 1 - alpha])
+    boot = boot.reshape(len(boot), -1)
+    ends = np.quantile(boot, [alpha, 1 - alpha], axis=0)
+    lo, hi = ends[0].min(), ends[1].max()
+    boot = boot[:, 0]
     n, sw, sw2, wmax, n_support = moments
     return Estimate(
         estimator=name, value=float(value), ci_low=float(lo), ci_high=float(hi), se=float(boot.std(ddof=1)),
@@ -246,7 +278,7 @@ def estimates_from_sums(estimators: Sequence[Estimator], sums: np.ndarray, width
     edges = np.cumsum((0, *widths))
     total = sums.sum(axis=0)
     boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
-    return {e.name: estimate_from_moments(e.name, e.combine(total[a:b], G), e.combine(boot[:, a:b], G), level, m, G,
+    return {e.name: estimate_from_moments(e.name, e.combine(total[a:b], G), e.variants(boot[:, a:b], G), level, m, G,
                                           getattr(e, "clip", None), n_boot, seed)
             for e, a, b, m in zip(estimators, edges[:-1], edges[1:], moments)}
 
@@ -260,7 +292,7 @@ def difference_from_sums(estimator: Estimator, sums: np.ndarray, k: int, moments
     total = sums.sum(axis=0)
     boot = bootstrap_sums(bootstrap_units(sums, seed), n_boot, seed)
     value = estimator.combine(total[:k], G) - estimator.combine(total[k:], G)
-    diff = estimator.combine(boot[:, :k], G) - estimator.combine(boot[:, k:], G)
+    diff = estimator.variants(boot[:, :k], G) - estimator.variants(boot[:, k:], G)
     return estimate_from_moments(f"{estimator.name}-difference", value, diff, level, moments, G,
                                  getattr(estimator, "clip", None), n_boot, seed)
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from bartops.config import CandidateParams
 from bartops.context import PLATFORMS
 from bartops.features.candidates import candidate_table, candidates_for_requests
 from bartops.logs.schema import conform_impressions
@@ -217,12 +218,14 @@ def simulate_impressions(
 
 
 def simulate(world: World, n_impressions: int, shelves: int, cards: int,
-             epsilon_head: float, epsilon_fill: float, seed: int) -> SimulatedData:
-    """History, candidates and logged impressions of the default logging policy."""
+             epsilon_head: float, epsilon_fill: float, seed: int,
+             candidates: CandidateParams = CandidateParams()) -> SimulatedData:
+    """History, candidates (generated with ``candidates``) and logged impressions of the default
+    logging policy."""
     rng = np.random.default_rng([seed, 1])
     history = simulate_history(world, rng)
     start, _ = world.params.window
-    table = candidate_table(world.users, world.items, history, world.explanations, now=start)
+    table = candidate_table(world.users, world.items, history, world.explanations, now=start, params=candidates)
     check_page_shape(table, shelves)
     policy = logging_policy(world, history, shelves, cards, epsilon_head, epsilon_fill)
     logs = simulate_impressions(world, history, table, policy, n_impressions, rng, batch=f"sim{seed}")

@@ -177,10 +177,10 @@ class DR(_PerRowStatistics):
     def statistics(self, d: LoggedData) -> np.ndarray:
         if d.prediction is None or d.expected is None:
             raise ValueError("dr needs predictions (reward model, logged action) and expected (under the target)")
-        w, residual = weights(d), d.reward - d.prediction
-        capped = d.expected + (w if self.clip is None else np.minimum(w, self.clip)) * residual
+        residual = d.reward - d.prediction
+        capped = d.expected + weights(d, self.clip) * residual
         if self.joined and self.clip is not None:
-            return np.column_stack([capped, d.expected + w * residual])
+            return np.column_stack([capped, d.expected + weights(d) * residual])
         return capped[:, None]
 
     def combine(self, sums: np.ndarray, n_groups: int) -> np.ndarray:

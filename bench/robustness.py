@@ -3,8 +3,7 @@
     python -m bench.robustness [--worlds default,seed-23,flat,steep,big-catalog,big-candidates,eps-0.02,eps-0.3]
                                [--log-impressions 20000] [--seeds 20] [--train-impressions 1000000]
                                [--train-worlds all] [--truth-pages 50000] [--workers 2]
-                               [--dr-clip 100] [--dr-interval capped] [--dr-tail calibrated]
-                               [--true-examination] [--ceiling]
+                               [--dr-clip 100] [--dr-interval capped] [--true-examination] [--ceiling]
                                [--reward JSON]
 
 Each world of ``WORLDS`` changes one thing of ``bench.ope_accuracy``'s world (1,500 users, 2,500
@@ -34,8 +33,7 @@ settings (saved as ``robustness-models-diagnosis.json`` with ``--seeds 0``).
 
 Diagnoses (saved as ``robustness-diagnosis.json``): ``--true-examination`` gives the estimators the
 simulator's κ instead of the estimated one; ``--dr-clip`` changes DR's weight cap; ``--dr-interval joined``
-also holds the uncapped DR's interval in DR's (``ope.dr_interval``); ``--dr-tail model`` leaves the part
-above the cap to the reward model (``ope.dr_tail``; the default before session 17).  Logs of another size
+also holds the uncapped DR's interval in DR's (``ope.dr_interval``).  Logs of another size
 than the grid's 20k save ``robustness[-diagnosis]-<size>.json`` (the gate at 1M: docs/robustness.md).
 
 The floors of the robustness issue: DR coverage 0.90–0.98 pooled in every world, the greedy policy
@@ -56,7 +54,7 @@ import numpy as np
 
 from bench.common import save, table
 from bench.ope_accuracy import CANDIDATES, WORLD, evaluate_all, population_truth, wilson
-from bartops.config import DR_INTERVALS, DR_TAILS, CandidateParams, GateParams, OPEConfig, PolicyParams, SimParams
+from bartops.config import DR_INTERVALS, CandidateParams, GateParams, OPEConfig, PolicyParams, SimParams
 from bartops.sim import SimulatedData, World, logging_policy, simulate
 from bartops.sim.simulate import simulate_impressions
 
@@ -104,14 +102,13 @@ _CACHE: dict[str, tuple] = {}
 
 
 def evaluate_seed(name: str, seed: int, size: int, population: dict[str, float], dr_clip: float = OPEConfig.dr_clip,
-                  true_examination: bool = False, dr_interval: str = OPEConfig.dr_interval,
-                  dr_tail: str = OPEConfig.dr_tail) -> list[dict]:
+                  true_examination: bool = False, dr_interval: str = OPEConfig.dr_interval) -> list[dict]:
     """Every candidate's estimates and the gate's decision on one fresh log of world ``name``."""
     if name not in _CACHE:
         _CACHE[name] = world_setup(WORLDS[name])
     world, sim, log = _CACHE[name]
     logs = simulate_impressions(world, sim.history, sim.candidates, log, size, np.random.default_rng([seed, 2]))
-    cfg = OPEConfig(n_boot=200, marginal_samples=100, dr_clip=dr_clip, dr_interval=dr_interval, dr_tail=dr_tail)
+    cfg = OPEConfig(n_boot=200, marginal_samples=100, dr_clip=dr_clip, dr_interval=dr_interval)
     rows = evaluate_all(world, sim, log, logs, cfg, GateParams(), population, truth_samples=4,
                         true_examination=true_examination)
     return [{"world": name, "seed": seed, **r} for r in rows]
@@ -212,8 +209,6 @@ def main() -> None:
     ap.add_argument("--dr-clip", type=float, default=OPEConfig.dr_clip, help="DR's weight cap (ope.dr_clip)")
     ap.add_argument("--dr-interval", default=OPEConfig.dr_interval, choices=DR_INTERVALS,
                     help="DR's interval: the capped DR's, or joined with the uncapped DR's (ope.dr_interval)")
-    ap.add_argument("--dr-tail", default=OPEConfig.dr_tail, choices=DR_TAILS,
-                    help="DR above the cap: the calibrated model, or the model alone (ope.dr_tail)")
     ap.add_argument("--reward", type=json.loads, default=None,
                     help='the reward model\'s settings instead of params.yaml\'s, as JSON: {"xgboost": '
                          '{"min_child_weight": 20}, "num_boost_round": 600} (a diagnosis)')
@@ -239,7 +234,7 @@ def main() -> None:
                 rows = [r for rs in pool.map(evaluate_seed, [name] * args.seeds, range(args.seeds),
                                              [args.log_impressions] * args.seeds, [population] * args.seeds,
                                              [args.dr_clip] * args.seeds, [args.true_examination] * args.seeds,
-                                             [args.dr_interval] * args.seeds, [args.dr_tail] * args.seeds)
+                                             [args.dr_interval] * args.seeds)
                         for r in rs]
             runs += rows
             summary += summarise(name, rows, population)
@@ -261,7 +256,7 @@ def main() -> None:
     unsafe = sum(r["unsafe"] for r in runs)
     print(f"\n{len(runs)} gate decisions, unsafe promotions: {unsafe}")
     diagnosis = (args.true_examination or args.dr_clip != OPEConfig.dr_clip  # keep the grid's own results
-                 or args.dr_interval != OPEConfig.dr_interval or args.dr_tail != OPEConfig.dr_tail)
+                 or args.dr_interval != OPEConfig.dr_interval)
     name = "robustness-diagnosis" if diagnosis else "robustness"
     if not args.seeds:
         name = "robustness-models" + ("-diagnosis" if args.reward else "")  # the reward-model part alone

@@ -437,7 +437,6 @@ class RewardParams:
 
 
 DR_INTERVALS = ("capped", "joined")
-DR_TAILS = ("calibrated", "model")
 
 
 @dataclass(frozen=True)
@@ -454,7 +453,6 @@ class OPEConfig(Section):
     clip: float | None = None  # optional weight cap of IPS and SNIPS
     dr_clip: float | None = 100.0  # weight cap of DR's correction term (see module docs)
     dr_interval: str = "capped"  # "capped": the capped DR's interval; "joined": ∪ the uncapped DR's (wider)
-    dr_tail: str = "calibrated"  # above the cap: the model's error scaled from the checked part, or "model" (none)
     folds: int = 2
     max_pages: int | None = None  # evaluate on a random subset of this many pages (None = all)
     holdout_only: bool = True  # evaluate a bundle only on logs after its training cut (validation_from)
@@ -466,8 +464,6 @@ class OPEConfig(Section):
             raise ValueError(f"ope.max_pages must be positive or null, got {self.max_pages!r}")
         if self.dr_interval not in DR_INTERVALS:
             raise ValueError(f"ope.dr_interval must be one of {', '.join(DR_INTERVALS)}, got {self.dr_interval!r}")
-        if self.dr_tail not in DR_TAILS:
-            raise ValueError(f"ope.dr_tail must be one of {', '.join(DR_TAILS)}, got {self.dr_tail!r}")
 
 
 @dataclass(frozen=True)

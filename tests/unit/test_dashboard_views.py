@@ -43,17 +43,13 @@ def test_gate_json_round_trips():
 
 
 def test_gate_json_of_the_earlier_layout_still_reads():
-    """Decisions recorded before the typed form: no ``status``, κ under ``diagnostics.logging_marginals``;
-    before ``ope.dr_tail``, whose DR left the part above the cap to the model (tail "model")."""
+    """Decisions recorded before the typed form: no ``status``, κ under ``diagnostics.logging_marginals``."""
     g = gate_decision("promoted")
     old = g.to_dict()
     del old["status"]
     old["ope"]["diagnostics"]["logging_marginals"] = old["ope"].pop("logging")
     gate, problem = read_gate(old)
     assert problem is None and gate == g, problem
-    del old["ope"]["config"]["dr_tail"]
-    gate, problem = read_gate(old)
-    assert problem is None and gate.ope.config.dr_tail == "model", (problem, gate.ope.config)
 
 
 @pytest.mark.parametrize("stored, expected", [

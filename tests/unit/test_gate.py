@@ -177,25 +177,17 @@ def test_the_decision_says_when_its_interval_leaves_out_the_reward_models_error(
     assert thin.startswith(interval_scope(625, None, None)), thin
     assert "The logs check 74% of the candidate's examination" in thin, thin
     assert "narrower than the candidate's true uncertainty" in thin, thin
-    joined = interval_scope(625, None, None, support=0.74, dr_interval="joined")
+    joined = interval_scope(625, None, None, support=0.74, joined=True)
     assert "also holds the uncapped DR's" in joined and "narrower" not in joined, joined
-    calibrated = interval_scope(625, None, None, support=0.74, dr_tail="calibrated")
-    assert "scales the reward model's predictions" in calibrated and "narrower" not in calibrated, calibrated
 
 
-def test_the_dr_interval_and_tail_settings_are_checked_and_reach_the_estimator():
-    """``ope.dr_interval`` and ``ope.dr_tail`` name what the estimator knows; "joined" gives the gate a DR
-    whose interval also holds the uncapped DR's, "model" one without the calibrated tail (tests/unit/
-    test_ope.py checks both); capped and calibrated are the defaults."""
+def test_the_dr_interval_setting_is_checked_and_reaches_the_estimator():
+    """``ope.dr_interval`` names an interval the estimator knows; "joined" gives the gate a DR whose
+    interval also holds the uncapped DR's (tests/unit/test_ope.py checks that union)."""
     from bartops.ope.pipeline import estimators_for
 
     with pytest.raises(ValueError, match="ope.dr_interval must be one of capped, joined, got 'union'"):
         OPEConfig(dr_interval="union")
     dr = {e.name: e for e in estimators_for(OPEConfig(dr_interval="joined"), dr=True)}["dr"]
-    assert dr.interval == "joined" and dr.clip == OPEConfig.dr_clip, dr
-    model = {e.name: e for e in estimators_for(OPEConfig(dr_tail="model"), dr=True)}["dr"]
-    assert model.tail == "model" and model.clip == OPEConfig.dr_clip and not model.calibrated, model
-    with pytest.raises(ValueError, match="ope.dr_tail must be one of calibrated, model, got 'none'"):
-        OPEConfig(dr_tail="none")
-    default = {e.name: e for e in estimators_for(OPEConfig(), dr=True)}["dr"]
-    assert default.interval == "capped" and default.calibrated, f"capped and calibrated are the defaults: {default}"
+    assert dr.joined and dr.clip == OPEConfig.dr_clip, dr
+    assert not {e.name: e for e in estimators_for(OPEConfig(), dr=True)}["dr"].joined, "capped is the default"

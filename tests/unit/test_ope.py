@@ -112,98 +112,36 @@ def _ends(e) -> list[float]:
 
 
 def test_joined_dr_interval_is_the_union_of_the_capped_and_the_uncapped_interval():
-    """DR(clip, tail="model") is the uncapped DR on weights min(w, clip); with interval="joined" it has its value and the
+    """DR(clip) is the uncapped DR on weights min(w, clip); DR(clip, joined=True) has its value and the
     union of both intervals on the same resamples, for one policy and for a paired difference; a cap
     that binds nowhere changes nothing."""
     d, capped, _ = _capped_and_uncapped(3, clip=1.5)
     c, u = evaluate(DR(), capped, 300, seed=3), evaluate(DR(), d, 300, seed=3)
-    assert np.allclose(_ends(evaluate(DR(1.5, tail="model"), d, 300, seed=3)), _ends(c), rtol=1e-12)
+    assert np.allclose(_ends(evaluate(DR(1.5), d, 300, seed=3)), _ends(c), rtol=1e-12)
     assert u.ci_low < c.ci_low or u.ci_high > c.ci_high, ("the cap must bind in this example", c, u)
-    joined = evaluate(DR(1.5, interval="joined", tail="model"), d, 300, seed=3)
+    joined = evaluate(DR(1.5, joined=True), d, 300, seed=3)
     union = [c.value, min(c.ci_low, u.ci_low), max(c.ci_high, u.ci_high)]
     assert np.allclose(_ends(joined), union, rtol=1e-12) and joined.se == pytest.approx(c.se), (joined, union)
     production = check_inputs(d.reward, d.propensity, d.propensity, prediction=d.prediction, expected=d.prediction)
     cd, ud = paired_difference(DR(), capped, production, 300, seed=3), paired_difference(DR(), d, production, 300, seed=3)
-    joined = paired_difference(DR(1.5, interval="joined", tail="model"), d, production, 300, seed=3)
+    joined = paired_difference(DR(1.5, joined=True), d, production, 300, seed=3)
     union = [cd.value, min(cd.ci_low, ud.ci_low), max(cd.ci_high, ud.ci_high)]
     assert np.allclose(_ends(joined), union, rtol=1e-12), (joined, union)
-    assert np.allclose(_ends(evaluate(DR(1e6, interval="joined"), d, 300, seed=3)), _ends(u), rtol=1e-12)
+    assert np.allclose(_ends(evaluate(DR(1e6, joined=True), d, 300, seed=3)), _ends(u), rtol=1e-12)
 
 
 def test_joined_dr_interval_keeps_room_for_the_bias_the_cap_brings():
-    """A deliberately wrong reward model and a cap of 1.5 (weights up to 4): the capped DR alone (tail "model") is
+    """A deliberately wrong reward model and a cap of 1.5 (weights up to 4): the capped DR alone is
     biased and its intervals cover the truth in 26 of 40 logs; the joined interval covers it at least
     as often as the uncapped DR's (nominally 95 %; P(≤ 32 of 40) < 0.1 %).  Seeds fixed: deterministic."""
     joined = alone = 0
     for seed in range(40):
         d, capped, truth = _capped_and_uncapped(seed, clip=1.5)
-        x, c = (evaluate(DR(1.5, interval="joined", tail="model"), d, 200, seed=seed),
-                evaluate(DR(1.5, tail="model"), d, 200, seed=seed))
+        x, c = evaluate(DR(1.5, joined=True), d, 200, seed=seed), evaluate(DR(1.5), d, 200, seed=seed)
         joined += x.ci_low <= truth <= x.ci_high
         alone += c.ci_low <= truth <= c.ci_high
     assert alone < 33, f"the example should show the cap's bias: the capped interval alone covered {alone} of 40"
     assert joined >= 33, f"the joined interval covered the truth in only {joined} of 40 logs"
-
-
-def test_calibrated_tail_scales_the_prediction_above_the_cap_by_the_checked_error():
-    """DR(clip) (tail "calibrated"): the capped DR plus Σ(w − clip)₊·prediction·R̂, R̂ = Σ min(w, clip)·(r −
-    prediction) / Σ min(w, clip)·prediction, by hand; tail "model" is the DR on weights min(w, clip); a cap
-    that binds nowhere leaves the uncapped DR; joined holds the calibrated and the uncapped interval."""
-    pred, exp = [0.5] * 4, [0.4, 0.4, 0.6, 0.6]
-    # w = [2, 2, 0, 0.5], capped at 1.5: terms exp + min(w, 1.5)·(r − pred) sum to 2.25 over 2 pages;
-    # above the cap (w − 1.5)₊·pred sums to 0.5; R̂ = (0.75 − 0.75 + 0.25) / (3.5 · 0.5) = 1/7
-    assert dr(R, P, Q, pred, exp, G, clip=1.5, n_boot=50).value == pytest.approx((2.25 + 0.5 / 7) / 2)
-    d, capped, _ = _capped_and_uncapped(3, clip=1.5)
-    assert np.allclose(_ends(evaluate(DR(1.5, tail="model"), d, 300, seed=3)), _ends(evaluate(DR(), capped, 300,
-                       seed=3)), rtol=1e-12), "tail 'model' must be the DR on capped weights"
-    assert np.allclose(_ends(evaluate(DR(1e6), d, 300, seed=3)), _ends(evaluate(DR(), d, 300, seed=3)), rtol=1e-12)
-    c, u = evaluate(DR(1.5), d, 300, seed=3), evaluate(DR(), d, 300, seed=3)
-    joined = evaluate(DR(1.5, interval="joined"), d, 300, seed=3)
-    union = [c.value, min(c.ci_low, u.ci_low), max(c.ci_high, u.ci_high)]
-    assert np.allclose(_ends(joined), union, rtol=1e-12) and joined.se == pytest.approx(c.se), (joined, union)
-    with pytest.raises(ValueError, match="dr's tail must be one of calibrated, model, got 'drop'"):
-        DR(1.5, tail="drop")
-
-
-def _uniformly_wrong_model(seed: int):
-    """``_bandit``'s log with a reward model that under-predicts every action by the same share (0.7 ×)."""
-    r, p, q, pred, exp, truth = _bandit(seed)
-    mean, mean_target = (pred - 0.1) / 0.8, (exp - 0.1) / 0.8  # undo _bandit's 0.8·mean + 0.1 (π sums to 1)
-    return check_inputs(r, p, q, prediction=0.7 * mean, expected=0.7 * mean_target), truth
-
-
-def test_calibrated_tail_removes_the_caps_bias_when_the_model_errs_by_one_share():
-    """With the model 30 % low everywhere and a cap of 1.5 (weights up to 4), the part above the cap is
-    worth 30 % more than predicted, which the calibrated tail estimates from the checked part: its mean
-    error over 40 logs is within 4 standard errors of zero (false alarm ≈ 6e-5 for an unbiased estimate)
-    and it covers in ≥ 33 of 40 (P(≤ 32) < 0.1 % at 95 %), where tail "model" is biased (beyond 4 se; it
-    covers 3 of 40).  Seeds fixed: deterministic."""
-    errors = {"calibrated": [], "model": []}
-    covered = {"calibrated": 0, "model": 0}
-    for seed in range(40):
-        d, truth = _uniformly_wrong_model(seed)
-        for tail in errors:
-            e = evaluate(DR(1.5, tail=tail), d, 200, seed=seed)
-            errors[tail].append(e.value - truth)
-            covered[tail] += e.ci_low <= truth <= e.ci_high
-    for tail, errs in errors.items():
-        errs = np.asarray(errs)
-        z = errs.mean() / (errs.std(ddof=1) / np.sqrt(len(errs)))
-        assert (abs(z) < 4) == (tail == "calibrated"), f"tail {tail}: mean error {errs.mean():+.4f} ({z:+.1f} se)"
-    assert covered["calibrated"] >= 33, f"the calibrated tail covered the truth in only {covered['calibrated']} of 40"
-    assert covered["model"] < 33, f"the example should show the cap's bias: tail 'model' covered {covered['model']}"
-
-
-def test_calibrated_tail_covers_a_model_whose_error_varies():
-    """``_bandit``'s model (0.8 × truth + 0.1: its relative error varies by action) and a cap of 1.5: the
-    calibrated tail covers in ≥ 33 of 40 logs (it covers 37; P(≤ 32) < 0.1 % at 95 %), tail "model" in 26.
-    Seeds fixed: deterministic."""
-    covered = 0
-    for seed in range(40):
-        d, _, truth = _capped_and_uncapped(seed, clip=1.5)
-        e = evaluate(DR(1.5), d, 200, seed=seed)
-        covered += e.ci_low <= truth <= e.ci_high
-    assert covered >= 33, f"the calibrated tail covered the truth in only {covered} of 40 logs"
 
 
 def test_paired_difference_matches_difference_and_is_tighter():

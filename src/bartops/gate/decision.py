@@ -130,12 +130,9 @@ class OPEEvidence:
         if "logging" not in d and "logging_marginals" in diagnostics:  # gate.json written before 2026-12-06
             d["logging"] = diagnostics.pop("logging_marginals")
             d["diagnostics"] = diagnostics
-        config = d.get("config")
-        if isinstance(config, Mapping) and "dr_tail" not in config:  # gate.json written before ope.dr_tail
-            config = {**config, "dr_tail": "model"}
         return _typed(
             OPEEvidence, d, where,
-            config=OPEConfig.from_dict(config),
+            config=OPEConfig.from_dict(d.get("config")),
             table=[_typed(EstimateRow, r, f"{where}.table[{i}]") for i, r in enumerate(_list(d, "table", where))],
             diagnostics={k: PolicyWeights.from_dict(v, f"{where}.diagnostics.{k}")
                          for k, v in _mapping(d, "diagnostics", where).items()},

@@ -167,34 +167,27 @@ def _iso(timestamp) -> str:
 
 
 def interval_scope(n_pages: int, first: str | None, last: str | None, support: float | None = None,
-                   dr_interval: str = "capped", dr_tail: str = "model") -> str:
+                   joined: bool = False) -> str:
     """What the decision's intervals are for, in a sentence or two (gate.json, artifact, dashboard).
 
     ``support``: the share of the candidate's examination the logs check (the support rule's figure);
-    below ``CHECKED_SHARE`` the rest rests on the reward model, as ``dr_interval`` and ``dr_tail`` say
-    (``ope.dr_interval``, ``ope.dr_tail`` when the gate decides on DR): ``joined``, the interval also
-    holds the uncapped DR's; ``calibrated``, the model's predictions there are scaled by its error on
-    the checked part; ``model``, they are taken as exact.
+    below ``CHECKED_SHARE`` the rest is the reward model's prediction, which the capped interval takes
+    as exact (``joined``, ``ope.dr_interval``: the interval also holds the uncapped DR's).
     """
     span = f" logged from {first} to {last}" if first and last else ""
     text = (f"The intervals are for the value per page view over page views like the {n_pages:,} evaluated "
             f"ones{span} (the page bootstrap resamples them): the contexts of that window, not a forecast of "
             "future traffic, which may differ if users, catalog or season drift.")
-    if support is None or support >= CHECKED_SHARE:
-        return text
-    checked = f" The logs check {support:.0%} of the candidate's examination"
-    if dr_interval == "joined":
-        return text + (f"{checked} under the weight cap; the interval also holds the uncapped DR's, which checks "
-                       "the rest with large weights (wide, and not for cards the logging policy could not show) "
-                       "(docs/robustness.md).")
-    if dr_tail == "calibrated":
-        return text + (f"{checked} under the weight cap; for the rest DR scales the reward model's predictions by "
-                       "the streams the logs show per predicted stream where they check it, which assumes the model "
-                       "errs alike on both: the interval leaves out how far they differ, and cards the logging "
-                       "policy could not show rest on the model alone (docs/robustness.md).")
-    return text + (f"{checked}; the rest (capped weights, or cards the logging policy could not show) is the "
-                   "reward model's prediction, whose error the interval leaves out, so the interval is narrower "
-                   "than the candidate's true uncertainty (docs/robustness.md).")
+    if support is not None and support < CHECKED_SHARE and joined:
+        text += (f" The logs check {support:.0%} of the candidate's examination under the weight cap; the interval "
+                 "also holds the uncapped DR's, which checks the rest with large weights (wide, and not for cards "
+                 "the logging policy could not show) (docs/robustness.md).")
+    elif support is not None and support < CHECKED_SHARE:
+        text += (f" The logs check {support:.0%} of the candidate's examination; the rest (capped weights, or "
+                 "cards the logging policy could not show) is the reward model's prediction, whose error the "
+                 "interval leaves out, so the interval is narrower than the candidate's true uncertainty "
+                 "(docs/robustness.md).")
+    return text
 
 
 def training_cut(bundle_dir: Path) -> pd.Timestamp | None:
@@ -233,8 +226,7 @@ def make_decision(ev: Evaluation, params: Params, metrics: dict | None, validati
         params=gp, estimator=gp.estimator, production=ev.production or f"logging policy ({ev.logging_version})",
         evaluated_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), logs=ev.logs(),
         interval_scope=interval_scope(ev.n_pages, ev.first_page_view, ev.last_page_view, support,
-                                      *((ev.config.dr_interval, ev.config.dr_tail) if gp.estimator == "dr"
-                                        else ("capped", "model"))), ope=ope,
+                                      gp.estimator == "dr" and ev.config.dr_interval == "joined"), ope=ope,
         validation=validation, data_version=lin.get("data_version"), code_version=lin.get("code_version"))
 
 

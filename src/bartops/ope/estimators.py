@@ -6,7 +6,7 @@ mapping column sums to a value.  Because every estimator is a function of column
 bootstrap draws multinomial counts of groups (pages) once and evaluates every estimator — and the
 paired difference candidate − production — on the same resamples with one matrix product.
 ``variants(sums, n_groups)`` are the values whose percentile intervals the reported interval joins:
-the value alone, except for a capped DR whose interval also holds the uncapped DR's (``joined``).
+the value alone, except for a capped DR with ``joined``, whose interval also holds the uncapped DR's.
 
 The value is per group: with pages as groups and cards as rows it is the expected reward per page
 (streams per page view).  Weights are ``target / propensity``; which probabilities are passed
@@ -24,7 +24,6 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from bartops.config import DR_INTERVALS, DR_TAILS
 from bartops.ope.validate import LoggedData, check_bootstrap, check_clip, check_inputs, check_same_logs
 
 # Above this many independent units (pages, or rows of unpaged logs) the bootstrap resamples random
@@ -164,63 +163,31 @@ class DR(_PerRowStatistics):
     Unbiased if either the weights are exact (support) or the reward model is; ``prediction`` must
     come from a model not fitted on the same rows (cross-fitting, ``bartops.ope.reward``).
 
-    With a cap ``clip`` the correction uses min(w, clip): far less variance, but the part above the cap,
-    Σ(w − clip)₊·(r − prediction), is left out, a bias of −Σ(w − clip)₊·E[r − prediction]: the reward
-    model's error where the logs check the target only through large weights.  ``tail`` says what
-    stands in for it:
-
-    - ``calibrated``: its expectation if the model errs there by the share it errs on what the logs check,
-      R̂ = Σ min(w, clip)·(r − prediction) / Σ min(w, clip)·prediction: the part above the cap becomes
-      Σ(w − clip)₊·prediction·R̂ (the model's predictions there scaled by the logs' streams per predicted
-      stream under the capped weights, so never below zero).  A ratio of sums, resampled with the rest;
-    - ``model``: nothing (the model's prediction taken as exact above the cap).
-
-    ``interval``: ``capped``, the percentile interval of this value; ``joined``, its union with the
-    uncapped DR's (``variants``), which estimates the part above the cap with much variance.
+    With a cap ``clip`` the correction uses min(w, clip): far less variance, but a bias of
+    −Σ(w − clip)₊·E[r − prediction], the reward model's error where the logs check the target only
+    through large weights, which the interval leaves out.  ``joined``: the interval is the union of
+    the capped and the uncapped DR's percentile intervals (``variants``), since the uncapped DR
+    estimates that bias (with much variance); the value stays the capped one.
     """
 
     clip: float | None = None
-    interval: str = "capped"
-    tail: str = "calibrated"
+    joined: bool = False
     name: str = "dr"
 
-    def __post_init__(self) -> None:
-        if self.interval not in DR_INTERVALS:
-            raise ValueError(f"dr's interval must be one of {', '.join(DR_INTERVALS)}, got {self.interval!r}")
-        if self.tail not in DR_TAILS:
-            raise ValueError(f"dr's tail must be one of {', '.join(DR_TAILS)}, got {self.tail!r}")
-
-    @property
-    def calibrated(self) -> bool:
-        return self.clip is not None and self.tail == "calibrated"
-
     def statistics(self, d: LoggedData) -> np.ndarray:
-        """[capped DR terms, then (calibrated) (w − clip)₊·prediction, min(w, clip)·(r − prediction),
-        min(w, clip)·prediction, then (joined) the uncapped DR terms] per row."""
         if d.prediction is None or d.expected is None:
             raise ValueError("dr needs predictions (reward model, logged action) and expected (under the target)")
         residual = d.reward - d.prediction
-        w, capped_w = weights(d), weights(d, self.clip)
-        cols = [d.expected + capped_w * residual]
-        if self.calibrated:
-            cols += [(w - capped_w) * d.prediction, capped_w * residual, capped_w * d.prediction]
-        if self.clip is not None and self.interval == "joined":
-            cols.append(d.expected + w * residual)
-        return np.column_stack(cols)
+        capped = d.expected + weights(d, self.clip) * residual
+        if self.joined and self.clip is not None:
+            return np.column_stack([capped, d.expected + weights(d) * residual])
+        return capped[:, None]
 
     def combine(self, sums: np.ndarray, n_groups: int) -> np.ndarray:
-        value = sums[..., 0]
-        if self.calibrated:
-            checked, predicted = sums[..., 2], sums[..., 3]
-            ratio = np.where(predicted > 0, checked / np.where(predicted > 0, predicted, 1.0), 0.0)
-            value = value + sums[..., 1] * ratio
-        return value / n_groups
+        return sums[..., 0] / n_groups
 
     def variants(self, sums: np.ndarray, n_groups: int) -> np.ndarray:
-        value = self.combine(sums, n_groups)[..., None]
-        if self.clip is not None and self.interval == "joined":  # and the uncapped DR
-            return np.concatenate([value, sums[..., -1:] / n_groups], axis=-1)
-        return value
+        return sums / n_groups  # [capped, uncapped] when joined, else the value alone
 
 
 ESTIMATORS = {"ips": IPS, "snips": SNIPS, "dr": DR}

@@ -34,9 +34,7 @@ Estimators (value = expected streams per page view; pages are the bootstrap unit
   reward model q̂) plus the correction Σ_rows w·(r − q̂(logged card, its slot)).  Unbiased if A1–A3
   hold *or* q̂ is exact.  The correction's weights are capped at ``dr_clip``; capping biases only by
   Σ(w − cap)₊·E[r − q̂], small when q̂ is, and the capped share is reported (``clipped_share``).
-  ``ope.dr_tail: calibrated`` (the default) stands in for the part above the cap: the reward model's
-  predictions there scaled by the logs' streams per predicted stream under the capped weights
-  (``ope.estimators.DR``); ``ope.dr_interval: joined`` widens the interval to hold the uncapped DR's too.
+  ``ope.dr_interval: joined`` widens the interval to hold the uncapped DR's too (``ope.estimators.DR``).
 
 Support share: Σ min(w, dr_clip)·κ(slot) / M, the share of the target's examination the logs check
 at moderate weights (its expectation is 1 without the cap); outside it DR is the model's extrapolation.
@@ -348,7 +346,7 @@ def prepare_targets(logs: LoggedPages, targets: dict[str, tuple[PagePolicy, Cand
 
 def estimators_for(cfg: OPEConfig, dr: bool) -> list[Estimator]:
     """The estimators of the gate's evaluation: IPS, SNIPS and, with a reward model, DR."""
-    return [IPS(cfg.clip), SNIPS(cfg.clip)] + ([DR(cfg.dr_clip, cfg.dr_interval, cfg.dr_tail)] if dr else [])
+    return [IPS(cfg.clip), SNIPS(cfg.clip)] + ([DR(cfg.dr_clip, cfg.dr_interval == "joined")] if dr else [])
 
 
 @dataclass(frozen=True)

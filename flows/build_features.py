@@ -8,22 +8,21 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 
 from bartops.config import Params, load_params
+from bartops.features.store import SnapshotSummary
 from bartops.reward.pipeline import default_paths
 from bartops.scale.pipeline import run_build_features  # local or Dask, by params.yaml `scale:`
 
 
 @task(cache_policy=None)
-def build_and_save(data_dir: str, out_dir: str, params: Params, impressions_dir: str) -> dict:
-    """Build the snapshot and write it atomically; returns its manifest summary."""
-    f = run_build_features(Path(data_dir), Path(out_dir), params, Path(impressions_dir))
-    return {"out": out_dir, "version": f.version, "items": len(f.item_ids), "users": len(f.user_ids),
-            "candidates": len(f.candidates), "clusters": int(f.cluster.max()) + 1,
-            "now": f.params.get("now"), "logged_rows": f.params["response_source"]["rows"]}
+def build_and_save(data_dir: str, out_dir: str, params: Params, impressions_dir: str) -> SnapshotSummary:
+    """Build the snapshot and write it atomically; returns its summary."""
+    return SnapshotSummary.of(run_build_features(Path(data_dir), Path(out_dir), params, Path(impressions_dir)),
+                              out_dir)
 
 
 @flow(name="build-features")
 def build_features_flow(data_dir: str | None = None, out_dir: str | None = None,
-                        params_file: str | None = None, impressions_dir: str | None = None) -> dict:
+                        params_file: str | None = None, impressions_dir: str | None = None) -> SnapshotSummary:
     """Build `build/features/` from the raw data and the validated impression batches (for the
     logged response to explanation kinds); defaults from params.yaml `paths:`."""
     params = load_params(params_file)
@@ -34,8 +33,8 @@ def build_features_flow(data_dir: str | None = None, out_dir: str | None = None,
         key="build-features",
         markdown=("### Feature snapshot\n\n| version | items | users | candidate pairs | clusters | reference time "
                   "| logged impressions |\n|---|---|---|---|---|---|---|\n"
-                  f"| `{summary['version']}` | {summary['items']} | {summary['users']} | {summary['candidates']} | "
-                  f"{summary['clusters']} | {summary['now']} | {summary['logged_rows']} |"),
+                  f"| `{summary.version}` | {summary.items} | {summary.users} | {summary.candidates} | "
+                  f"{summary.clusters} | {summary.now} | {summary.logged_rows} |"),
         description="shared-layer feature snapshot",
     )
     return summary

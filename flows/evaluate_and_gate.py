@@ -19,7 +19,7 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 
 from bartops.config import Params, load_params
-from bartops.gate import Approval, GateDecision
+from bartops.gate import Approval, GateDecision, GateOutcome
 from bartops.gate.evaluate import make_decision, markdown, validation_reports, with_batches
 from bartops.scale.pipeline import run_evaluation
 from bartops.registry import Registry
@@ -83,12 +83,11 @@ def evaluate_and_gate(
     impressions_dir: str | None = None,
     data_dir: str | None = None,
     params_file: str | None = None,
-) -> dict:
+) -> GateOutcome:
     """Evaluate the bundle (default ``<paths.build>/bundle``), decide, store gate.json, promote on success.
 
     ``auto_approve``: None follows ``gate.human_approval``; True skips the reviewer; False always asks.
-    ``params_file`` is an alias of ``params_path`` (the other flows' name).  Returns a dict with
-    ``version``, ``decision``, ``promoted`` (bool), ``summary`` (one line), ``failed`` and ``production``.
+    ``params_file`` is an alias of ``params_path`` (the other flows' name).  Returns the ``GateOutcome``.
     A candidate that is already the production version is not evaluated again (decision
     ``already-production``; its gate.json is left as it was).
     """
@@ -105,8 +104,7 @@ def evaluate_and_gate(
         # comparing production with itself decides nothing and would overwrite its recorded evidence
         summary = f"candidate {version} is already production: not evaluated again"
         logger.info("gate: %s", summary)
-        return {"version": version, "decision": "already-production", "promoted": False,
-                "summary": summary, "failed": [], "production": version}
+        return GateOutcome(version, "already-production", False, summary, [], version)
     decision = evaluate_candidate(registry_root, version, impressions_dir or str(paths.impressions),
                                   data_dir or str(paths.data), build_dir, params)
     reg = Registry(Path(registry_root))
@@ -127,8 +125,7 @@ def evaluate_and_gate(
     if promoted:
         reg.promote(version, reason="gate passed: " + decision.summary)
     logger.info("gate decision for %s: %s", version, decision.summary)
-    return {"version": version, "decision": decision.decision, "promoted": promoted,
-            "summary": decision.summary, "failed": decision.failed, "production": reg.production()}
+    return GateOutcome(version, decision.decision, promoted, decision.summary, list(decision.failed), reg.production())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -14,7 +14,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from bartops.config import load_params
 from bartops.registry import Registry
-from bartops.serving.package import default_bentoml_home, ensure_bento, store_bundle_as_bentoml_model
+from bartops.serving.package import (BentoResult, Packaged, default_bentoml_home, ensure_bento,
+                                    store_bundle_as_bentoml_model)
 
 
 @task(cache_policy=None)
@@ -24,15 +25,14 @@ def store_model(bundle_dir: str, version: str, bentoml_home: str) -> str:
 
 
 @task(cache_policy=None)
-def build(model_tag: str, project_dir: str, bentoml_home: str) -> dict:
+def build(model_tag: str, project_dir: str, bentoml_home: str) -> BentoResult:
     """The model's Bento: the stored one for the same bundle and sources, else ``bentoml build`` from a minimal context."""
-    result = ensure_bento(model_tag, Path(project_dir), bentoml_home)
-    return {"bento": result.tag, "built": result.built}
+    return ensure_bento(model_tag, Path(project_dir), bentoml_home)
 
 
 @flow(name="package-service")
 def package_service(version: str | None = None, registry: str | None = None, project_dir: str = ".",
-                    bentoml_home: str | None = None, params_file: str | None = None) -> dict:
+                    bentoml_home: str | None = None, params_file: str | None = None) -> Packaged:
     """Package ``version`` (default: the registry's production version) as a servable Bento."""
     params = load_params(params_file or Path(project_dir) / "params.yaml")
     reg = Registry(Path(registry or Path(project_dir) / params.paths.registry))
@@ -45,13 +45,12 @@ def package_service(version: str | None = None, registry: str | None = None, pro
     create_markdown_artifact(
         key="package-service",
         markdown=(f"### Packaged policy `{version}`\n\n| | |\n|---|---|\n| BentoML model | `{tag}` |\n"
-                  f"| Bento | `{bento['bento']}` ({'built now' if bento['built'] else 'already built'}) |\n"
+                  f"| Bento | `{bento.tag}` ({'built now' if bento.built else 'already built'}) |\n"
                   f"| BENTOML_HOME | `{home}` |\n\n"
-                  f"Serve it: `BENTOML_HOME={home} bentoml serve {bento['bento']} --host 127.0.0.1 --port 3000`"),
+                  f"Serve it: `BENTOML_HOME={home} bentoml serve {bento.tag} --host 127.0.0.1 --port 3000`"),
         description=f"Bento for policy {version}",
     )
-    return {"version": version, "model_tag": tag, "bento": bento["bento"], "built": bento["built"],
-            "bentoml_home": home}
+    return Packaged(version, tag, bento.tag, bento.built, home)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -30,24 +30,24 @@ def retrain(params_file: str | None = None, auto_approve: bool | None = None, pa
     features = build_features_flow(params_file=params_file)
     training = train_reward_model_flow(params_file=params_file)
     decision = evaluate_and_gate(params_file=params_file, auto_approve=auto_approve)
-    promoted = bool(decision.get("promoted"))
+    promoted = decision.promoted
     packaged = None
     if promoted and package:
         packaged = package_service.with_options(retries=1, retry_delay_seconds=5)(
-            version=decision["version"], params_file=params_file)
+            version=decision.version, params_file=params_file)
     create_markdown_artifact(
         key="retrain-summary",
         markdown=(
             "### Retrain\n\n| step | result |\n|---|---|\n"
             f"| validate | {validation.message or 'accepted'} |\n"
-            f"| features | snapshot `{features['version']}` ({features['candidates']} candidate pairs) |\n"
+            f"| features | snapshot `{features.version}` ({features.candidates} candidate pairs) |\n"
             f"| train | model `{training['version']}` |\n"
-            f"| gate | {'promoted' if promoted else 'not promoted'}: {decision.get('summary', '')} |\n"
-            f"| package | {packaged['bento'] if packaged else 'skipped'} |\n"
+            f"| gate | {'promoted' if promoted else 'not promoted'}: {decision.summary} |\n"
+            f"| package | {packaged.bento if packaged else 'skipped'} |\n"
         ),
         description="one retraining round",
     )
-    return Completed(message=f"candidate {decision['version']} {'promoted' if promoted else 'not promoted'}",
+    return Completed(message=f"candidate {decision.version} {'promoted' if promoted else 'not promoted'}",
                      data={"decision": decision, "packaged": packaged})
 
 
@@ -59,9 +59,9 @@ def ingest_served_logs(params_file: str | None = None, now: str | None = None):
     knows every stream has been reported (the simulated listeners of the loop) may pass a later time.
     """
     joined = join_feedback_flow(params_file=params_file, now=now)
-    if not joined.get("batch"):
+    if not joined.batch:
         return Completed(message="no served logs past their attribution window")
-    return validate_logs(path=str(joined["batch"]), params_file=params_file, return_state=True)
+    return validate_logs(path=joined.batch, params_file=params_file, return_state=True)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,8 +76,8 @@ def test_approval_timeout_rejects(prefect_api, workspace):
     from flows.evaluate_and_gate import evaluate_and_gate
 
     out = evaluate_and_gate(bundle_dir=_copy_bundle(workspace, "timeout"), params_path=str(workspace / "params.yaml"))
-    assert out["promoted"] is False and out["decision"] == "reject" and "approval" in out["failed"]
-    assert out["summary"].startswith("reject:") and "\n" not in out["summary"]
+    assert out.promoted is False and out.decision == "reject" and "approval" in out.failed, out
+    assert out.summary.startswith("reject:") and "\n" not in out.summary, out.summary
     gate = Registry(workspace / "registry").show("timeout")["gate"]
     assert gate["status"] == "decided" and gate["approval"]["approved"] is False and "no answer" in gate["approval"]["comment"]
     assert gate["ope"]["diagnostics"]["candidate"]["weight_histogram"]["counts"]
@@ -87,7 +87,7 @@ def test_approval_timeout_rejects(prefect_api, workspace):
     assert Registry(workspace / "registry").production() is None
 
 
-def _run_and_answer(workspace, version: str, run_input: dict) -> tuple[dict, dict]:
+def _run_and_answer(workspace, version: str, run_input: dict) -> tuple[object, dict]:
     """Run the flow in a thread, wait for gate.json to say awaiting_approval, resume with ``run_input``."""
     from prefect.flow_runs import resume_flow_run
 
@@ -99,7 +99,8 @@ def _run_and_answer(workspace, version: str, run_input: dict) -> tuple[dict, dic
     pfile.write_text(yaml.safe_dump(params))
     result: dict = {}
     bundle = _copy_bundle(workspace, version)
-    t = threading.Thread(target=lambda: result.update(evaluate_and_gate(bundle_dir=bundle, params_path=str(pfile))))
+    t = threading.Thread(target=lambda: result.update(
+        outcome=evaluate_and_gate(bundle_dir=bundle, params_path=str(pfile))))
     t.start()
     reg = Registry(workspace / "registry")
     waiting = None
@@ -115,18 +116,19 @@ def _run_and_answer(workspace, version: str, run_input: dict) -> tuple[dict, dic
     time.sleep(1.0)  # let the pause reach the API
     resume_flow_run(waiting["flow_run_id"], run_input=run_input)
     t.join(timeout=120)
-    return result, reg.show(version)["gate"]
+    assert "outcome" in result, f"the flow for {version} did not return within 120 s after the answer"
+    return result["outcome"], reg.show(version)["gate"]
 
 
 def test_resume_with_empty_answer_rejects(prefect_api, workspace):
     out, gate = _run_and_answer(workspace, "empty-answer", {})
-    assert out["promoted"] is False and "approval" in out["failed"]
+    assert out.promoted is False and "approval" in out.failed, out
     assert gate["status"] == "decided" and gate["approval"]["approved"] is False
 
 
 def test_approval_promotes(prefect_api, workspace):
     out, gate = _run_and_answer(workspace, "approved", {"approved": True, "reviewer": "ana", "comment": "ok"})
-    assert out["promoted"] is True and out["production"] == "approved"
+    assert out.promoted is True and out.production == "approved", out
     assert gate["approval"] == {"approved": True, "reviewer": "ana", "comment": "ok"} and gate["status"] == "decided"
     assert Registry(workspace / "registry").production() == "approved"
 
@@ -143,6 +145,6 @@ def test_the_production_version_is_not_gated_again(prefect_api, workspace):
     before = (workspace / "registry" / "versions" / "already-live" / "gate.json").read_text()
     events = len(reg.history())
     out = evaluate_and_gate(bundle_dir=bundle, params_path=str(workspace / "params.yaml"), auto_approve=True)
-    assert out["decision"] == "already-production" and out["promoted"] is False and out["production"] == "already-live"
+    assert out.decision == "already-production" and out.promoted is False and out.production == "already-live", out
     assert (workspace / "registry" / "versions" / "already-live" / "gate.json").read_text() == before
     assert reg.production() == "already-live" and len(reg.history()) == events

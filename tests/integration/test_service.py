@@ -221,13 +221,13 @@ def test_closed_loop_serve_feedback_join_validate_retrain(server, setup, small_s
     incoming = setup["tmp"] / "incoming"
     result = join_feedback_flow(log_dir=str(logs), out_dir=str(incoming), attribution_window_seconds=1800,
                                 now=now, params_file=setup["env"]["BARTOPS_PARAMS"])
-    batch = pd.read_parquet(result["batch"])
+    batch = pd.read_parquet(result.batch)
     mine = batch[batch["request_id"].isin(df["request_id"])].set_index(["request_id", "item_id"]).sort_index()
     assert len(mine) == n  # every served card exactly once
     expected = pd.Series(streamed.astype(int), index=pd.MultiIndex.from_frame(df[["request_id", "item_id"]])).sort_index()
     assert (mine["reward"].to_numpy() == expected.to_numpy()).all()
 
-    report = validate_batch(Path(result["batch"]), small_data_dir, Params.from_mapping(setup["params"]))
+    report = validate_batch(Path(result.batch), small_data_dir, Params.from_mapping(setup["params"]))
     assert report.passed, report.failure_message()
 
     features = load_features(setup["registry"].production_path() / "features")
@@ -243,11 +243,11 @@ def test_package_service_flow_builds_a_bento_that_serves(setup, prefect_api):
     env = setup["env"]
     out = package_service(registry=str(setup["tmp"] / "registry"), project_dir=str(ROOT),
                           bentoml_home=env["BENTOML_HOME"], params_file=env["BARTOPS_PARAMS"])
-    assert out["model_tag"] == f"bartops-policy:{setup['version']}"
+    assert out.model_tag == f"bartops-policy:{setup['version']}" and out.version == setup["version"], out
     # serve the Bento with no registry in sight: the packaged model must be what it serves
     bento_env = {**env, "BARTOPS_REGISTRY": str(setup["tmp"] / "no-registry"),
                  "BARTOPS_SERVING_LOGS": str(setup["tmp"] / "bento-logs")}
-    srv = Server(out["bento"], bento_env, cwd=setup["tmp"])
+    srv = Server(out.bento, bento_env, cwd=setup["tmp"])
     try:
         srv.wait_ready()
         page = post(srv.url, "/home", {"user_id": 3, "platform": "ios", "region": "SE"}).json()

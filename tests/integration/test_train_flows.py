@@ -39,7 +39,7 @@ def test_flows_build_features_and_train_a_loadable_bundle(prefect_api, workspace
     params_file = str(workspace / "params.yaml")
     summary = build_features_flow(params_file=params_file)
     manifest = json.loads((workspace / "build" / "features" / "manifest.json").read_text())
-    assert summary["version"] == manifest["version"] and summary["items"] == len(small_sim.world.items)
+    assert summary.version == manifest["version"] and summary.items == len(small_sim.world.items), summary
 
     report = train_reward_model_flow(params_file=params_file)
     build = workspace / "build"

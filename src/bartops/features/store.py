@@ -64,6 +64,26 @@ def _sorted_lookup(keys: np.ndarray, query: np.ndarray) -> tuple[np.ndarray, np.
     return pos_c, keys[pos_c] == query
 
 
+@dataclass(frozen=True)
+class SnapshotSummary:
+    """What a feature build wrote (the `build-features` flow's result): where, which version, its sizes."""
+
+    out: str
+    version: str
+    items: int
+    users: int
+    candidates: int  # (user, explanation, item) pairs
+    clusters: int
+    now: str | None  # the snapshot's reference time
+    logged_rows: int  # validated impressions behind the logged response to explanation kinds
+
+    @staticmethod
+    def of(features: "Features", out: str | Path) -> "SnapshotSummary":
+        return SnapshotSummary(str(out), features.version, len(features.item_ids), len(features.user_ids),
+                               len(features.candidates), int(features.cluster.max()) + 1,
+                               features.params.get("now"), int(features.params["response_source"]["rows"]))
+
+
 @dataclass
 class Features:
     """A shared-layer snapshot.  Tables are pandas frames, dense arrays numpy; ids are int64.

@@ -247,6 +247,19 @@ class GateDecision:
             approval=None if d.get("approval") is None else _typed(Approval, d["approval"], "gate.json approval"))
 
 
+@dataclass(frozen=True)
+class GateOutcome:
+    """What the `evaluate-and-gate` flow did with a candidate: its decision (``already-production`` when it
+    was not evaluated again), whether it was promoted, the one-line summary and the production version after."""
+
+    version: str
+    decision: str
+    promoted: bool
+    summary: str
+    failed: list[str]
+    production: str | None
+
+
 def _list(d: Mapping, key: str, where: str) -> list:
     v = d.get(key) or []
     if not isinstance(v, list):

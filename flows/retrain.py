@@ -41,7 +41,7 @@ def retrain(params_file: str | None = None, auto_approve: bool | None = None, pa
             "### Retrain\n\n| step | result |\n|---|---|\n"
             f"| validate | {validation.message or 'accepted'} |\n"
             f"| features | snapshot `{features.version}` ({features.candidates} candidate pairs) |\n"
-            f"| train | model `{training['version']}` |\n"
+            f"| train | model `{training.version}` |\n"
             f"| gate | {'promoted' if promoted else 'not promoted'}: {decision.summary} |\n"
             f"| package | {packaged.bento if packaged else 'skipped'} |\n"
         ),

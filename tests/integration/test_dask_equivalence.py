@@ -319,7 +319,7 @@ def test_flow_runs_tasks_on_dask_against_the_session_api(prefect_api, client, fe
                  out_dir=str(tmp_path / "build"), params_file=str(params_file), return_state=True)
     assert state.is_completed(), state.message
     report = state.result()
-    assert report["backend"] == "dask" and report["split"]["partitions"] == 4
+    assert report.backend == "dask" and report.split["partitions"] == 4
     model = load_model(tmp_path / "build" / "model")
     assert model.params.get("backend") == "dask"
 

@@ -45,10 +45,10 @@ def test_flows_build_features_and_train_a_loadable_bundle(prefect_api, workspace
     build = workspace / "build"
     metrics = json.loads((build / "reports" / "reward_metrics.json").read_text())
     assert set(metrics["models"]) == {"xgboost-weighted", "xgboost-unweighted", "logistic", "popularity"}
-    assert metrics["features_version"] == manifest["version"] and report["version"] == metrics["version"]
+    assert metrics["features_version"] == manifest["version"] and report.version == metrics["version"]
     assert (build / "baselines" / "xgboost-unweighted" / "model.ubj").exists()
     policy, features = load_policy_bundle(build / "bundle")
-    assert policy.version == report["version"] and features.version == manifest["version"]
+    assert policy.version == report.version and features.version == manifest["version"]
     ctx = sample_contexts(small_sim.world, 5, np.random.default_rng(0))
     scores = policy.scorer(ctx, features.candidates_for(ctx))
     assert np.isfinite(scores).all() and ((scores > 0) & (scores < 1)).all()

@@ -11,8 +11,8 @@ def test_calibration_csv_has_every_models_bins(tmp_path):
     rng = np.random.default_rng(0)
     p = rng.uniform(0.01, 0.5, 5000)
     y = (rng.uniform(size=p.size) < p).astype(int)
-    report = {"models": {"xgboost": classification_metrics(y, p), "popularity": classification_metrics(y, 0 * p + 0.2)}}
-    path = write_calibration_csv(report, tmp_path / "reports" / "calibration.csv")
+    models = {"xgboost": classification_metrics(y, p), "popularity": classification_metrics(y, 0 * p + 0.2)}
+    path = write_calibration_csv(models, tmp_path / "reports" / "calibration.csv")
     table = pd.read_csv(path)
     assert list(table.columns) == ["model", "predicted", "observed", "count"]
     assert table.groupby("model")["count"].sum().to_dict() == {"popularity": 5000, "xgboost": 5000}

@@ -64,12 +64,12 @@ def train(
     except (ValueError, FileNotFoundError) as exc:
         _fail(exc)
     if as_json:
-        typer.echo(json.dumps(report, indent=2, default=str))
+        typer.echo(json.dumps(report.to_dict(), indent=2, default=str))
         return
-    typer.echo(f"candidate {report['version']} ({report['candidate']}), validation metrics:")
+    typer.echo(f"candidate {report.version} ({report.candidate}), validation metrics:")
     typer.echo(f"{'model':<20} {'log_loss':>9} {'auc':>7} {'ece':>7}")
     for r in metrics_table(report):
         auc = "n/a" if r["auc"] is None else f"{r['auc']:.4f}"
         typer.echo(f"{r['model']:<20} {r['log_loss']:>9.4f} {auc:>7} {r['ece']:>7.4f}")
-    for k, v in report["written"].items():
+    for k, v in report.written.items():
         typer.echo(f"{k:<20} {v}")

@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,33 @@ from bartops.leftovers import recover_leftovers, write_json_atomic, write_text_a
 from bartops.reward.model import RewardModel, save_model
 from bartops.reward.policy import write_policy_bundle
 from bartops.reward.train import TrainingResult, train_reward_models
+
+
+@dataclass(frozen=True)
+class TrainingReport:
+    """A training run's summary: the candidate's version and lineage, every model's validation metrics
+    (model name → log loss, AUC, ECE, calibration, per kind), the time-based split and the paths written.
+    ``metrics_json`` is the content of ``reward_metrics.json``."""
+
+    version: str
+    candidate: str
+    data_version: str
+    features_version: str
+    features_response_source: dict[str, Any]  # the validated logs the snapshot's logged-response table came from
+    features_response_current: bool  # whether those are the logs the model was trained on
+    backend: str
+    models: dict[str, dict[str, Any]]
+    split: dict[str, Any]
+    written: dict[str, str]  # what → path: model, baselines by name, metrics, calibration, bundle
+
+    def metrics_json(self) -> dict[str, Any]:
+        """Everything but the paths written (the metrics file's content)."""
+        out = asdict(self)
+        del out["written"]
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
 
 
 def default_paths(params: Params) -> dict[str, Path]:
@@ -49,11 +77,9 @@ def run_build_features(data_dir: Path, out_dir: Path, params: Params, impression
 
 def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: Params,
                  metrics_path: Path | None = None, baselines_dir: Path | None = None,
-                 bundle_dir: Path | None = None) -> tuple[TrainingResult, dict[str, Any]]:
+                 bundle_dir: Path | None = None) -> tuple[TrainingResult, TrainingReport]:
     """Train the candidate and baselines; write the model, metrics JSON and (optionally) a bundle.
-
-    Returns the result and a summary dict (paths, metrics, version).
-    """
+    Returns the result and its report."""
     features = load_features(Path(features_dir))
     impressions, data_version = load_impressions(Path(impressions_dir))
     result = train_reward_models(features, impressions, params, data_version=data_version)
@@ -64,9 +90,9 @@ def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, par
 def write_training_outputs(result: TrainingResult, features: Features, data_version: str, features_dir: Path,
                            impressions_dir: Path, model_dir: Path, params: Params,
                            metrics_path: Path | None = None, baselines_dir: Path | None = None,
-                           bundle_dir: Path | None = None, backend: str = "local") -> dict[str, Any]:
-    """Save the model (and baselines), the metrics JSON + calibration CSV and the policy bundle;
-    the summary dict (paths, metrics, version).  Shared by the local and the Dask training."""
+                           bundle_dir: Path | None = None, backend: str = "local") -> TrainingReport:
+    """Save the model (and baselines), the metrics JSON + calibration CSV and the policy bundle; their
+    report.  Shared by the local and the Dask training."""
     save_model(result.model, Path(model_dir))
     written = {"model": str(model_dir)}
     if baselines_dir is not None:
@@ -76,36 +102,37 @@ def write_training_outputs(result: TrainingResult, features: Features, data_vers
                 written[name] = str(Path(baselines_dir) / name)
     version = f"cand-{features.version[:8]}-{data_version[:8]}"
     source = features.params.get("response_source") or {}
-    report = {"version": version, "candidate": result.model.name, "data_version": data_version,
-              "features_version": features.version,
-              # the snapshot's logged-response table should come from the same validated logs
-              "features_response_source": source,
-              "features_response_current": source.get("data_version") == data_version,
-              "backend": backend, **result.metrics}
+    report = TrainingReport(version=version, candidate=result.model.name, data_version=data_version,
+                            features_version=features.version, features_response_source=source,
+                            # the snapshot's logged-response table should come from the same validated logs
+                            features_response_current=source.get("data_version") == data_version,
+                            backend=backend, models=result.metrics["models"], split=result.metrics["split"],
+                            written={})
     if metrics_path is not None:
         recover_leftovers(Path(metrics_path).parent)
-        write_json_atomic(Path(metrics_path), report)
+        write_json_atomic(Path(metrics_path), report.metrics_json())
         written["metrics"] = str(metrics_path)
-        written["calibration"] = str(write_calibration_csv(report, Path(metrics_path).with_name("calibration.csv")))
+        written["calibration"] = str(write_calibration_csv(report.models, Path(metrics_path).with_name("calibration.csv")))
     if bundle_dir is not None:
         write_policy_bundle(Path(model_dir), Path(features_dir), params.policy, Path(bundle_dir), version,
                             lineage={"impressions_dir": str(impressions_dir), "backend": backend})
         written["bundle"] = str(bundle_dir)
-    return {**report, "written": written}
+    return replace(report, written=written)
 
 
-def write_calibration_csv(report: dict[str, Any], path: Path) -> Path:
-    """Reliability-diagram data for ``dvc plots`` (model, predicted, observed, count), written atomically."""
+def write_calibration_csv(models: dict[str, dict[str, Any]], path: Path) -> Path:
+    """Reliability-diagram data for ``dvc plots`` (model, predicted, observed, count) of each model's
+    validation metrics, written atomically."""
     lines = ["model,predicted,observed,count"]
-    for name, m in report["models"].items():
+    for name, m in models.items():
         lines += [f"{name},{b['predicted']!r},{b['observed']!r},{b['count']}" for b in m.get("calibration") or []]
     return write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def metrics_table(report: dict[str, Any]) -> list[dict[str, Any]]:
+def metrics_table(report: TrainingReport) -> list[dict[str, Any]]:
     """One row per model: log loss, AUC, ECE on the validation part."""
     rows = []
-    for name, m in report["models"].items():
+    for name, m in report.models.items():
         rows.append({"model": name, "log_loss": m["log_loss"], "auc": m["auc"], "ece": m["ece"],
                      "rows": m["rows"]})
     return rows

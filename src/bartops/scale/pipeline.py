@@ -65,7 +65,7 @@ def run_build_features(data_dir: Path, out_dir: Path, params: Params,
 
 def run_training(features_dir: Path, impressions_dir: Path, model_dir: Path, params: Params,
                  metrics_path: Path | None = None, baselines_dir: Path | None = None,
-                 bundle_dir: Path | None = None) -> tuple[TrainingResult, dict[str, Any]]:
+                 bundle_dir: Path | None = None) -> tuple[TrainingResult, local.TrainingReport]:
     """``bartops.reward.pipeline.run_training`` on the configured backend (see module docs)."""
     settings = scale_settings(params)
     if not settings.dask:

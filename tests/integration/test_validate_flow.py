@@ -46,6 +46,8 @@ def test_flow_accepts_then_rejects_with_a_failed_state(prefect_api, project):
 
     state = validate_logs(path=str(batch), params_file=str(pfile), return_state=True)
     assert state.is_completed(), state.message
+    reports = state.result()  # one typed ValidationReport per batch
+    assert [(r.decision, r.passed, r.rows == len(good)) for r in reports] == [("accepted", True, True)], reports
     accepted = list((root / "build" / "impressions").glob("*.parquet"))
     # the default keeps accepted batches in data/incoming, so the raw data stays as data.dvc versions it
     assert len(accepted) == 1 and batch.exists()

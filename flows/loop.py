@@ -76,7 +76,7 @@ def run_and_check(name: str, parameters: dict, timeout: float):
 
 @flow(name="living-loop")
 def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_file: str | None = None,
-                threads: int = 4, round_timeout_s: float = 3600.0) -> list[dict]:
+                threads: int = 4, round_timeout_s: float = 3600.0) -> list[RoundRecord]:
     """Play ``rounds`` rounds of ``page_views`` simulated page views each; returns the new round records."""
     logger = get_run_logger()
     params = load_params(params_file)
@@ -150,7 +150,7 @@ def living_loop(rounds: int = 5, page_views: int = 4000, seed: int = 0, params_f
         logger.info("round %s", _rounded(asdict(record)))
         create_table_artifact(key="loop-rounds", table=[_rounded(asdict(x)) for x in records],
                               description=f"living loop: {len(records)} rounds ({out})")
-    return [asdict(x) for x in new]
+    return new
 
 
 def _percentile(ms: np.ndarray, q: float) -> float:

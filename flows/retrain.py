@@ -8,11 +8,14 @@ run before anything downstream; a candidate the gate rejects is not packaged.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 from prefect.states import Completed, Failed
 
+from bartops.gate import GateOutcome
+from bartops.serving.package import Packaged
 from flows.build_features import build_features_flow
 from flows.evaluate_and_gate import evaluate_and_gate
 from flows.join_feedback import join_feedback_flow
@@ -21,9 +24,19 @@ from flows.train_reward_model import train_reward_model_flow
 from flows.validate_logs import validate_logs
 
 
+@dataclass(frozen=True)
+class RetrainResult:
+    """What one round produced: the gate's outcome and, if the candidate was promoted and packaged,
+    its Bento (None otherwise)."""
+
+    gate: GateOutcome
+    packaged: Packaged | None
+
+
 @flow(name="retrain")
 def retrain(params_file: str | None = None, auto_approve: bool | None = None, package: bool = True):
-    """One round of counterfactual retraining on every batch waiting in ``paths.incoming``."""
+    """One round of counterfactual retraining on every batch waiting in ``paths.incoming``; the run's
+    state carries its ``RetrainResult``."""
     validation = validate_logs(params_file=params_file, return_state=True)
     if validation.is_failed():
         return Failed(message=f"validation rejected a batch; nothing downstream ran.\n{validation.message}")
@@ -48,7 +61,7 @@ def retrain(params_file: str | None = None, auto_approve: bool | None = None, pa
         description="one retraining round",
     )
     return Completed(message=f"candidate {decision.version} {'promoted' if promoted else 'not promoted'}",
-                     data={"decision": decision, "packaged": packaged})
+                     data=RetrainResult(decision, packaged))
 
 
 @flow(name="ingest-served-logs")

@@ -148,3 +148,29 @@ def test_the_production_version_is_not_gated_again(prefect_api, workspace):
     assert out.decision == "already-production" and out.promoted is False and out.production == "already-live", out
     assert (workspace / "registry" / "versions" / "already-live" / "gate.json").read_text() == before
     assert reg.production() == "already-live" and len(reg.history()) == events
+
+
+def test_retrain_round_in_process_returns_its_typed_result(prefect_api, small_data_dir, tmp_path):
+    """The parent flow on a fresh project: the batch validated, features, a candidate, the gate; its state
+    carries a RetrainResult (packaging skipped here: test_prefect_deployment runs it)."""
+    from flows.retrain import RetrainResult, retrain
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["seed"] = 3
+    params["paths"] = {**params["paths"], "data": str(small_data_dir), "incoming": str(tmp_path / "incoming"),
+                       "impressions": str(tmp_path / "impressions"), "quarantine": str(tmp_path / "quarantine"),
+                       "build": str(tmp_path / "build"), "registry": str(tmp_path / "registry")}
+    params["reward"] = {**params["reward"], "num_boost_round": 40}
+    params["ope"] = {**params["ope"], "n_boot": 200, "marginal_samples": 20}
+    (tmp_path / "incoming").mkdir()
+    shutil.copy(small_data_dir / "incoming" / "sim-seed3.parquet", tmp_path / "incoming")
+    pfile = tmp_path / "params.yaml"
+    pfile.write_text(yaml.safe_dump(params))
+    state = retrain(params_file=str(pfile), auto_approve=True, package=False, return_state=True)
+    assert state.is_completed(), state.message
+    result = state.result()
+    assert isinstance(result, RetrainResult) and result.packaged is None, result
+    gate = Registry(tmp_path / "registry").show(result.gate.version)["gate"]
+    assert result.gate.decision == gate["decision"] and result.gate.promoted == (gate["decision"] == "promote"), \
+        (result.gate, gate["decision"])
+    assert state.message == f"candidate {result.gate.version} {'promoted' if result.gate.promoted else 'not promoted'}"

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from bartops.gate import GateDecision
+from bartops.gate import GateDecision, GateOutcome
 from bartops.registry import Registry
 
 pytestmark = pytest.mark.integration
@@ -87,7 +87,7 @@ def test_approval_timeout_rejects(prefect_api, workspace):
     assert Registry(workspace / "registry").production() is None
 
 
-def _run_and_answer(workspace, version: str, run_input: dict) -> tuple[object, dict]:
+def _run_and_answer(workspace, version: str, run_input: dict) -> tuple[GateOutcome, dict]:
     """Run the flow in a thread, wait for gate.json to say awaiting_approval, resume with ``run_input``."""
     from prefect.flow_runs import resume_flow_run
 
